@@ -1,0 +1,18 @@
+"""The methods tbench ships with, in the order `tbench list` shows them."""
+
+from __future__ import annotations
+
+from .exact import flash2, full, sdpa_cudnn, sdpa_efficient, sdpa_math, xformers_attention
+from .registry import Method
+from .tensorized import tensorized_ref, tensorized_triton
+
+BUILTIN_METHODS: tuple[Method, ...] = (
+    tensorized_triton,
+    tensorized_ref,
+    full,
+    flash2,
+    sdpa_cudnn,
+    sdpa_efficient,
+    xformers_attention,
+    sdpa_math,
+)

@@ -1,0 +1,178 @@
+"""The method registry: declarative attention methods, built-in and from plugins.
+
+A method is a `Method` value made by the `@method(...)` decorator around its call. Nothing is
+registered as a side effect of importing: `load_registry()` builds a fresh `Registry` from the
+built-in list and from the entry-point group `tbench.methods`, so tests and tools can hold
+several registries side by side, and a broken plugin is reported instead of breaking the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import torch
+
+from ..harness.config import DTYPES, FAMILIES, Case
+
+ENTRY_POINT_GROUP = "tbench.methods"
+
+Call = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Case], torch.Tensor]
+Prepare = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, Case], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a method can run on a device, and what exactly runs when it does."""
+
+    available: bool
+    reason: str = ""  # why not, when unavailable
+    provenance: str = ""  # what really runs, e.g. "FlashAttention-2 via torch SDPA flash backend"
+
+
+def always_available(provenance: str) -> Callable[[str], Availability]:
+    return lambda device: Availability(True, provenance=provenance)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    call: Call
+    description: str
+    availability: Callable[[str], Availability]
+    devices: frozenset[str] = frozenset({"cuda", "cpu"})
+    dtypes: frozenset[str] = frozenset(DTYPES)
+    causal: bool = True
+    noncausal: bool = True
+    gqa: bool = True
+    head_dims: frozenset[int] | None = None  # None: any head dim
+    max_order: int = 8  # tensorized methods: orders 1..max_order
+    # Extra device bytes the call needs beyond its inputs; the runner skips what cannot fit.
+    memory_estimate: Callable[[Case], int] | None = None
+    # Per-case provenance (e.g. which xFormers operator dispatches); defaults to availability's.
+    describe: Callable[[Case], str] | None = None
+    # Puts inputs into the layout the call wants (outside the timed region), e.g. (B, N, H, D).
+    prepare: Prepare | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"method {self.name}: family '{self.family}' must be one of {FAMILIES}")
+
+    @property
+    def is_tensorized(self) -> bool:
+        return self.family == "tensorized"
+
+    def unsupported_reason(self, case: Case) -> str | None:
+        """A one-line reason this method cannot run the case, or None if it can."""
+        if case.device not in self.devices:
+            return f"runs on {', '.join(sorted(self.devices))} only, not {case.device}"
+        if case.dtype not in self.dtypes:
+            return f"dtype {case.dtype} unsupported; supported: {', '.join(sorted(self.dtypes))}"
+        if case.causal and not self.causal:
+            return "causal masking unsupported"
+        if not case.causal and not self.noncausal:
+            return "non-causal attention unsupported"
+        if case.kv_heads != case.heads and not self.gqa:
+            return f"GQA (H={case.heads}, H_kv={case.kv_heads}) unsupported"
+        if self.head_dims is not None and case.head_dim not in self.head_dims:
+            allowed = ", ".join(str(d) for d in sorted(self.head_dims))
+            return f"head dim {case.head_dim} unsupported; supported: {allowed}"
+        if self.is_tensorized and case.order is not None and not 1 <= case.order <= self.max_order:
+            return f"order m={case.order} unsupported; supported: 1..{self.max_order}"
+        return None
+
+    def prepared(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.prepare(q, k, v, case) if self.prepare is not None else (q, k, v)
+
+    def provenance(self, case: Case) -> str:
+        if self.describe is not None:
+            return self.describe(case)
+        return self.availability(case.device).provenance
+
+
+def method(
+    *,
+    name: str,
+    family: str,
+    description: str,
+    availability: Callable[[str], Availability],
+    **supports: object,
+) -> Callable[[Call], Method]:
+    """Decorator: turn `call(q, k, v, case) -> out` into a declarative `Method`."""
+
+    def wrap(call: Call) -> Method:
+        return Method(name=name, family=family, call=call, description=description,
+                      availability=availability, **supports)  # type: ignore[arg-type]
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class PluginError:
+    entry_point: str
+    message: str
+
+
+@dataclass
+class Registry:
+    methods: dict[str, Method] = field(default_factory=dict)
+    plugin_errors: list[PluginError] = field(default_factory=list)
+
+    def add(self, item: Method) -> None:
+        if item.name in self.methods:
+            raise ValueError(f"method name '{item.name}' is registered twice")
+        self.methods[item.name] = item
+
+    def get(self, name: str) -> Method:
+        try:
+            return self.methods[name]
+        except KeyError:
+            known = ", ".join(self.methods)
+            raise KeyError(f"unknown method '{name}'; known: {known}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.methods
+
+    def __iter__(self) -> Iterator[Method]:
+        return iter(self.methods.values())
+
+    def names(self) -> list[str]:
+        return list(self.methods)
+
+
+def _as_methods(obj: object) -> list[Method]:
+    if isinstance(obj, Method):
+        return [obj]
+    if callable(obj) and not isinstance(obj, Iterable):
+        obj = obj()  # a factory returning a Method or several
+        if isinstance(obj, Method):
+            return [obj]
+    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
+        items = list(obj)
+        if items and all(isinstance(i, Method) for i in items):
+            return items
+    raise TypeError(f"expected a tbench Method or a list of them, got {type(obj).__name__}")
+
+
+def load_registry(plugins: bool = True) -> Registry:
+    """The built-in methods plus, if asked, every method from the `tbench.methods` entry points."""
+    from .builtin import BUILTIN_METHODS
+
+    registry = Registry()
+    for item in BUILTIN_METHODS:
+        registry.add(item)
+    if not plugins:
+        return registry
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            for item in _as_methods(ep.load()):
+                registry.add(item)
+        except Exception as exc:  # a broken plugin must not take the CLI down with it
+            registry.plugin_errors.append(PluginError(f"{ep.name} = {ep.value}", f"{type(exc).__name__}: {exc}"))
+    return registry

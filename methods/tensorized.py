@@ -1,0 +1,72 @@
+"""Tensorized attention methods (SPEC-tensorized-attention.md): the PyTorch composition and the
+Triton kernel. The case carries the order m and the resolved folding dims."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..harness.config import Case
+from ..kernels.tensorized_sdpa import tensorized_attention_sdpa
+from .availability import cuda_availability, has_module
+from .registry import Availability, always_available, method
+
+
+def _folded_bytes(case: Case, heads: int) -> int:
+    assert case.dims is not None
+    return case.batch * heads * math.prod(case.dims) * case.head_dim * case.element_size
+
+
+def _ref_memory(case: Case) -> int:
+    padded = case.dims is not None and math.prod(case.dims) > case.seq_len
+    gqa = case.kv_heads != case.heads
+    # two live value tensors between hops plus the output slice; expanded K and V under GQA;
+    # padded copies of q, k, v when N is not a product of the dims
+    copies = 3 + (2 if gqa else 0) + (3 if padded else 0)
+    return copies * _folded_bytes(case, case.heads)
+
+
+@method(
+    name="tensorized-ref",
+    family="tensorized",
+    description="Tensorized attention in plain PyTorch: one SDPA call per hop on strided views",
+    availability=always_available("PyTorch SDPA per hop (default backend dispatch) on strided views"),
+    memory_estimate=_ref_memory,
+)
+def tensorized_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    assert case.dims is not None, "tensorized methods need resolved dims"
+    return tensorized_attention_sdpa(q, k, v, case.dims, case.causal, case.softmax_scale)
+
+
+def _triton_availability(device: str) -> Availability:
+    if not has_module("triton"):
+        return Availability(False, reason="triton is not installed")
+    if device == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return Availability(True, provenance="Triton kernel in the interpreter (CPU): timings are not meaningful")
+        return Availability(False, reason="needs a CUDA GPU (set TRITON_INTERPRET=1 to run it on the CPU, slowly)")
+    import triton
+
+    return cuda_availability(device, f"tbench Triton kernel, triton {triton.__version__}")
+
+
+def _triton_memory(case: Case) -> int:
+    # the output plus one intermediate value tensor, both N rows long
+    return 2 * case.batch * case.heads * case.seq_len * case.head_dim * case.element_size
+
+
+@method(
+    name="tensorized",
+    family="tensorized",
+    description="Tensorized attention, tbench's Triton kernel (one strided-hop kernel per axis)",
+    availability=_triton_availability,
+    head_dims=frozenset({64, 128}),
+    memory_estimate=_triton_memory,
+)
+def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    from ..kernels.tensorized_triton import tensorized_attention_triton
+
+    assert case.dims is not None, "tensorized methods need resolved dims"
+    return tensorized_attention_triton(q, k, v, case.dims, case.causal, case.softmax_scale)
