@@ -1,0 +1,237 @@
+"""The results store: any SQLAlchemy URL, a SQLite file (./tbench.db) by default.
+
+Each measurement is committed on its own as soon as it is recorded, so a killed runner loses
+nothing already measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine, Integer, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import SCHEMA_VERSION, Base, Measurement, Meta, Run
+from .records import MeasurementRecord, RunInfo, utcnow
+
+DEFAULT_DB = "sqlite:///tbench.db"
+ENV_VAR = "TBENCH_DB"
+
+
+class StoreError(Exception):
+    """A store problem worth one clear line to the user (bad URL, unreadable file, newer schema)."""
+
+
+def resolve_url(url: str | None = None) -> str:
+    """--db beats $TBENCH_DB beats ./tbench.db; a bare path means a SQLite file."""
+    url = url or os.environ.get(ENV_VAR) or DEFAULT_DB
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    return url
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: int
+    uuid: str
+    status: str
+    started_at: object
+    finished_at: object
+    device: str
+    gpu_name: str | None
+    command: str
+    measurements: int
+    ok: int
+
+
+class Store:
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        self.url = resolve_url(url)
+        self.engine = self._connect(self.url, create)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._prepare_schema(create)
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(url: str, create: bool) -> Engine:
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(f"database URL '{url}' is not a valid SQLAlchemy URL "
+                             "(e.g. sqlite:///tbench.db or postgresql+psycopg://user@host/db)") from None
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            path = Path(parsed.database)
+            if not create and not path.exists():
+                raise StoreError(f"database file '{path}' does not exist; create one with `tbench run`")
+            if path.exists() and path.is_dir():
+                raise StoreError(f"database path '{path}' is a directory, not a SQLite file")
+            if not path.parent.exists():
+                raise StoreError(f"cannot create database '{path}': folder '{path.parent}' does not exist")
+        try:
+            engine = create_engine(parsed)
+        except (NoSuchModuleError, ImportError, ArgumentError) as exc:
+            raise StoreError(f"database URL '{url}' needs a driver that is not installed: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _prepare_schema(self, create: bool) -> None:
+        try:
+            with self.engine.begin() as conn:
+                if create:
+                    Base.metadata.create_all(conn)
+                with Session(bind=conn) as session:
+                    found = session.get(Meta, "schema_version")
+                    if found is None:
+                        if not create:
+                            raise StoreError(f"'{self.url}' is not a tbench database (no schema version)")
+                        session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                        session.flush()
+                    elif int(found.value) > SCHEMA_VERSION:
+                        raise StoreError(
+                            f"database '{self.url}' has schema version {found.value}, newer than this "
+                            f"tbench supports ({SCHEMA_VERSION}); upgrade tbench to read it"
+                        )
+        except StoreError:
+            raise
+        except (OperationalError, SQLAlchemyError) as exc:
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            raise StoreError(f"cannot open database '{self.url}': {reason}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def start_run(self, info: RunInfo) -> int:
+        run = Run(
+            uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
+            command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
+            gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
+            triton_version=info.triton_version, python_version=info.python_version, platform=info.platform,
+            tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
+            environment=info.environment,
+        )
+        with self.session() as session, session.begin():
+            session.add(run)
+        return run.id
+
+    def update_environment(self, run_id: int, **values: object) -> None:
+        with self.session() as session, session.begin():
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"run {run_id} does not exist")
+            run.environment = {**(run.environment or {}), **values}
+
+    def record(self, run_id: int, rec: MeasurementRecord) -> bool:
+        """Commit one measurement. Returns False if the run already has this configuration."""
+        row = _to_row(run_id, rec)
+        try:
+            with self.session() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        with self.session() as session, session.begin():
+            run = session.get(Run, run_id)
+            if run is not None:
+                run.status = status
+                run.finished_at = utcnow()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def runs(self) -> list[RunSummary]:
+        counts = (
+            select(Measurement.run_id, func.count().label("n"),
+                   func.sum((Measurement.status == "ok").cast(Integer)).label("ok"))
+            .group_by(Measurement.run_id).subquery()
+        )
+        stmt = (select(Run, counts.c.n, counts.c.ok).outerjoin(counts, counts.c.run_id == Run.id)
+                .order_by(Run.id))
+        with self.session() as session:
+            return [
+                RunSummary(r.id, r.uuid, r.status, r.started_at, r.finished_at, r.device, r.gpu_name,
+                           r.command, int(n or 0), int(ok or 0))
+                for r, n, ok in session.execute(stmt)
+            ]
+
+    def get_run(self, run_id: int | None = None) -> Run:
+        """A run by id, or the latest one."""
+        with self.session() as session:
+            if run_id is None:
+                run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+                if run is None:
+                    raise StoreError(f"no runs in '{self.url}' yet; make one with `tbench run`")
+            else:
+                run = session.get(Run, run_id)
+                if run is None:
+                    raise StoreError(f"run {run_id} does not exist in '{self.url}'")
+            return run
+
+    def measured_keys(self, run_id: int) -> set[str]:
+        with self.session() as session:
+            return set(session.scalars(select(Measurement.config_key).where(Measurement.run_id == run_id)))
+
+    def measurements(self, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+        """Measurements (joined with their run's GPU) as a DataFrame, one row per configuration."""
+        stmt = select(Measurement, Run.gpu_name, Run.uuid).join(Run)
+        if run_ids is not None:
+            stmt = stmt.where(Measurement.run_id.in_(list(run_ids)))
+        with self.session() as session:
+            rows = []
+            for m, gpu_name, run_uuid in session.execute(stmt.order_by(Measurement.id)):
+                data = {c.key: getattr(m, c.key) for c in Measurement.__table__.columns}
+                data["gpu_name"] = gpu_name
+                data["run_uuid"] = run_uuid
+                rows.append(data)
+        columns = [c.key for c in Measurement.__table__.columns] + ["gpu_name", "run_uuid"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets readers (the dashboard) work while a runner writes; the busy timeout makes
+    # concurrent writers wait for the lock instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _to_row(run_id: int, rec: MeasurementRecord) -> Measurement:
+    case, timing = rec.case, rec.timing
+    return Measurement(
+        run_id=run_id, config_key=case.key, method=case.method, family=case.family, seq_len=case.seq_len,
+        order_m=case.order, dims=case.dims_text, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads,
+        head_dim=case.head_dim, dtype=case.dtype, causal=case.causal, device=case.device,
+        device_index=rec.device_index, timing_mode=case.timing, status=rec.status, message=rec.message,
+        provenance=rec.provenance,
+        median_ms=timing.median_ms if timing else None, p20_ms=timing.p20_ms if timing else None,
+        p80_ms=timing.p80_ms if timing else None, mean_ms=timing.mean_ms if timing else None,
+        std_ms=timing.std_ms if timing else None, min_ms=timing.min_ms if timing else None,
+        rse=_finite(timing.rse) if timing else None, n_samples=timing.count if timing else 0,
+        samples_ms=timing.samples_ms if timing else None,
+        peak_bytes=rec.peak_bytes, total_peak_bytes=rec.total_peak_bytes, flops=rec.flops,
+        min_bytes=rec.min_bytes, tflops=rec.tflops, tbps=rec.tbps, check_error=_finite(rec.check_error),
+        fidelity_rel_l2=_finite(rec.fidelity_rel_l2), fidelity_max_abs=_finite(rec.fidelity_max_abs),
+        throttled=rec.throttled, device_state=rec.device_state or None,
+        started_at=rec.started_at, finished_at=rec.finished_at,
+    )
