@@ -35,6 +35,48 @@ def _masked_softmax_attend(
     return weights @ values
 
 
+# Bound on the float64 score block of one chunk of slices, so long sequences fit in memory.
+_CHUNK_ELEMENTS = 2**25
+
+
+def _hop_f64(
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    vf: torch.Tensor,
+    position: torch.Tensor,
+    axis: int,
+    n: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """One hop over `axis` of the folded (B, H, *dims, D) tensors, in chunks of slices."""
+    tensor_axis = 2 + axis
+    length = qf.shape[tensor_axis]
+    d = qf.shape[-1]
+    # (slices, length, D) copies: every slice is an independent attention problem
+    qs = qf.movedim(tensor_axis, -2).reshape(-1, length, d)
+    ks = kf.movedim(tensor_axis, -2).reshape(-1, length, d)
+    vs = vf.movedim(tensor_axis, -2).reshape(-1, length, d)
+    # key validity per slice; the same for every (batch, head)
+    key_valid = position.movedim(axis, -1).reshape(-1, length) < n
+    per_head = key_valid.shape[0]
+    idx = torch.arange(length, device=qf.device)
+    causal_allowed = idx[None, :] <= idx[:, None]
+    out = torch.empty_like(vs)
+    chunk = max(1, _CHUNK_ELEMENTS // (length * length))
+    for start in range(0, qs.shape[0], chunk):
+        stop = min(start + chunk, qs.shape[0])
+        scores = (qs[start:stop] @ ks[start:stop].transpose(-1, -2)) * scale
+        if causal:
+            allowed = causal_allowed.expand(scores.shape)
+        else:
+            rows = torch.arange(start, stop, device=qf.device) % per_head
+            allowed = key_valid[rows].unsqueeze(-2).expand(scores.shape)
+        out[start:stop] = _masked_softmax_attend(scores, allowed, vs[start:stop])
+    moved_shape = qf.movedim(tensor_axis, -2).shape
+    return out.reshape(moved_shape).movedim(-2, tensor_axis)
+
+
 def tensorized_attention_f64(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -63,20 +105,7 @@ def tensorized_attention_f64(
     position = torch.arange(total, device=q.device).reshape(dims)
 
     for axis in hop_axes(m):
-        tensor_axis = 2 + axis
-        qa = qf.movedim(tensor_axis, -2)
-        ka = kf.movedim(tensor_axis, -2)
-        va = vf.movedim(tensor_axis, -2)
-        length = dims[axis]
-        scores = (qa @ ka.transpose(-1, -2)) * scale
-        if causal:
-            idx = torch.arange(length, device=q.device)
-            allowed = (idx[None, :] <= idx[:, None]).expand(scores.shape)
-        else:
-            key_valid = position.movedim(axis, -1) < n  # (..., n_axis) for every slice
-            allowed = key_valid.unsqueeze(-2).expand(scores.shape)
-        out = _masked_softmax_attend(scores, allowed, va)
-        vf = out.movedim(-2, tensor_axis)
+        vf = _hop_f64(qf, kf, vf, position, axis, n, causal, scale)
 
     return vf.reshape(batch, heads, total, d)[:, :, :n]
 

@@ -1,0 +1,304 @@
+"""The `tbench` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .kernels.folding import FoldingError, parse_dims
+
+app = typer.Typer(
+    help="Benchmark long-sequence attention kernels: tensorized attention against exact attention.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path [default: $TBENCH_DB or "
+                                              "./tbench.db]", show_default=False)]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]tbench: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn: F) -> F:
+    """Bad input and store problems end as one line and exit code 2, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .harness.sweep import UsageError
+        from .results.store import StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, StoreError, FoldingError) as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device: str) -> str:
+    from .harness.sweep import UsageError
+
+    if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
+        raise UsageError(f"device '{device}' unknown; allowed: cuda, cuda:N, cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{device}' asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+GPU_DEFAULTS = {"lengths": "4k..128k", "heads": "32", "kv_heads": "8", "head_dim": "128", "dtype": "bf16"}
+CPU_DEFAULTS = {"lengths": "512..2k", "heads": "4", "kv_heads": "2", "head_dim": "64", "dtype": "fp32"}
+
+
+@app.command()
+@friendly_errors
+def run(
+    lengths: Annotated[str | None, typer.Option(help="Sequence lengths: 4k..128k (powers of two), or a list "
+                                                "4096,6000,8k [default: 4k..128k on GPU, 512..2k on CPU]",
+                                                show_default=False)] = None,
+    orders: Annotated[str, typer.Option(help="Orders m for tensorized methods, e.g. 2,3")] = "2,3",
+    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,5")] = "1",
+    heads: Annotated[str | None, typer.Option(help="Query heads [default: 32 GPU, 4 CPU]", show_default=False)] = None,
+    kv_heads: Annotated[str | None, typer.Option("--kv-heads", help="Key/value heads (GQA) [default: 8 GPU, 2 CPU]",
+                                                 show_default=False)] = None,
+    head_dim: Annotated[str | None, typer.Option("--head-dim", help="Head dims [default: 128 GPU, 64 CPU]",
+                                                 show_default=False)] = None,
+    dtype: Annotated[str | None, typer.Option(help="bf16, fp16, fp32 or a list [default: bf16 GPU, fp32 CPU]",
+                                              show_default=False)] = None,
+    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal masking")] = True,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods [default: all available]",
+                                                show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: flash2 where available, "
+                                                 "else sdpa-math]", show_default=False)] = None,
+    dims: Annotated[str | None, typer.Option(help="Explicit folding dims for tensorized methods, e.g. 256x512 "
+                                             "(needs a single --orders)", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
+                                               show_default=False)] = None,
+    timing: Annotated[str | None, typer.Option(help="GPU: events (CUDA events, L2 flushed) or graph (CUDA graph "
+                                               "replay); CPU: cpu", show_default=False)] = None,
+    target_rse: Annotated[float, typer.Option("--target-rse", help="Stop sampling at this relative standard error "
+                                              "of the median")] = 0.005,
+    min_samples: Annotated[int, typer.Option("--min-samples")] = 10,
+    budget: Annotated[float | None, typer.Option(help="Seconds of sampling per measurement at most "
+                                                 "[default: 10 GPU, 2 CPU]", show_default=False)] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds without progress before a configuration counts as "
+                                           "hung")] = 300.0,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Correctness gate before timing")] = True,
+    isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Measure in a worker subprocess")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs")] = 0,
+    resume: Annotated[str | None, typer.Option(help="Measure only what run RUN (an id, or 'latest') lacks",
+                                               show_default=False)] = None,
+    db: DbOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """Sweep sequence lengths, orders, shapes and methods; store every measurement."""
+    from .harness import provenance
+    from .harness.measure import MeasureSettings
+    from .harness.report import run_table
+    from .harness.runner import Runner, RunOptions
+    from .harness.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths, parse_names
+    from .harness.timing import TimingPolicy
+    from .methods.registry import load_registry
+    from .results.store import Store
+
+    registry = load_registry()
+    store = Store(db)
+    if resume is not None:
+        run_id = None if resume == "latest" else _parse_run_id(resume)
+        previous = store.get_run(run_id)
+        sweep = Sweep.from_dict(previous.sweep)
+        sweep.validate(registry)
+        device = sweep.device
+        _check_device(device)
+    else:
+        device = _check_device(device or _default_device())
+        defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
+        mode = timing or ("events" if device.startswith("cuda") else "cpu")
+        if mode not in (("events", "graph") if device.startswith("cuda") else ("cpu",)):
+            allowed = "events, graph" if device.startswith("cuda") else "cpu"
+            raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {allowed}")
+        method_names = parse_names(methods) if methods else [
+            m.name for m in registry if m.availability(device).available]
+        if not method_names:
+            raise UsageError("no method is available on this device; see `tbench list`")
+        if baseline is None:
+            baseline = "flash2" if "flash2" in method_names else (
+                "sdpa-math" if "sdpa-math" in method_names else method_names[0])
+        sweep = Sweep(
+            lengths=parse_lengths(lengths or defaults["lengths"]),
+            methods=method_names,
+            orders=parse_ints(orders, "orders"),
+            batches=parse_ints(batch, "batch"),
+            heads=parse_ints(heads or defaults["heads"], "heads"),
+            kv_heads=parse_ints(kv_heads or defaults["kv_heads"], "kv-heads"),
+            head_dims=parse_ints(head_dim or defaults["head_dim"], "head-dim"),
+            dtypes=parse_dtypes(dtype or defaults["dtype"]),
+            causal=[causal],
+            device=device,
+            timing=mode,
+            baseline=baseline,
+            dims=parse_dims(dims) if dims else None,
+            seed=seed,
+        )
+        sweep.validate(registry)
+        previous = None
+
+    if target_rse <= 0 or target_rse >= 1:
+        raise UsageError(f"target-rse {target_rse} must be between 0 and 1")
+    if min_samples < 1:
+        raise UsageError(f"min-samples {min_samples} must be at least 1")
+    if timeout <= 0:
+        raise UsageError(f"timeout {timeout} must be positive")
+    on_gpu = device.startswith("cuda")
+    policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
+                          budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0))
+    options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
+                         case_timeout_s=timeout)
+    runner = Runner(store, registry, options, console=err, show_progress=not quiet)
+    if previous is not None:
+        err.print(f"Resuming run {previous.id} on {store.url}")
+        outcome = runner.run(sweep, resume_run_id=previous.id)
+    else:
+        info = provenance.collect(device, sweep.as_dict())
+        outcome = runner.run(sweep, info=info)
+    run_row = store.get_run(outcome.run_id)
+    df = store.measurements([outcome.run_id])
+    out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
+                        peaks=(run_row.environment or {}).get("peaks"), wide=out.width >= 150))
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
+    err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'}; stored in {store.url}")
+    if outcome.status == "interrupted":
+        err.print(f"Interrupted. Continue with: tbench run --resume {outcome.run_id}")
+        raise typer.Exit(130)
+
+
+def _parse_run_id(text: str) -> int:
+    from .harness.sweep import UsageError
+
+    if not text.isdigit():
+        raise UsageError(f"run '{text}' is not a run id (a positive integer) or 'latest'")
+    return int(text)
+
+
+# --- list, runs, show -----------------------------------------------------------------------------
+
+
+@app.command("list")
+@friendly_errors
+def list_methods(
+    device: Annotated[str | None, typer.Option(help="Device to check availability on [default: cuda if present]",
+                                               show_default=False)] = None,
+) -> None:
+    """Methods, whether they are available here (and why not), and what runs."""
+    from .methods.registry import load_registry
+
+    registry = load_registry()
+    device = device or _default_device()
+    table = Table(title=f"tbench methods (availability on {device})", header_style="bold")
+    for column in ("method", "family", "available", "provenance / reason", "supports"):
+        table.add_column(column)
+    for method in registry:
+        availability = method.availability(device)
+        mark = "[green]yes[/green]" if availability.available else "[red]no[/red]"
+        detail = availability.provenance if availability.available else availability.reason
+        supports = [",".join(sorted(method.dtypes)),
+                    "causal" if method.causal else "", "non-causal" if method.noncausal else "",
+                    "GQA" if method.gqa else "no GQA",
+                    "D=" + ",".join(map(str, sorted(method.head_dims))) if method.head_dims and
+                    len(method.head_dims) < 6 else "any D" if method.head_dims is None else "D<=256",
+                    f"m=1..{method.max_order}" if method.is_tensorized else ""]
+        table.add_row(method.name, method.family, mark, detail, " ".join(s for s in supports if s))
+    out.print(table)
+    for problem in registry.plugin_errors:
+        err.print(f"[yellow]plugin not loaded:[/yellow] {problem.entry_point}: {problem.message}")
+
+
+@app.command()
+@friendly_errors
+def runs(db: DbOption = None) -> None:
+    """Past runs in the store."""
+    from .results.store import Store
+
+    store = Store(db, create=False)
+    table = Table(title=f"runs in {store.url}", header_style="bold")
+    for column in ("id", "started (UTC)", "status", "device", "ok / all", "command"):
+        table.add_column(column)
+    for r in store.runs():
+        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M}", r.status, r.gpu_name or r.device,
+                      f"{r.ok} / {r.measurements}", r.command)
+    out.print(table)
+
+
+@app.command()
+@friendly_errors
+def show(
+    run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id [default: latest]",
+                                                 show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: the run's]",
+                                                 show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """A run's results with speedups over the baseline."""
+    from .harness.report import run_table
+    from .results.store import Store
+
+    store = Store(db, create=False)
+    run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
+    baseline = baseline or (run_row.sweep or {}).get("baseline")
+    device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
+    started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
+    out.print(f"[bold]Run {run_row.id}[/bold] ({run_row.status}) on {device}, started {started} UTC\n"
+              f"  {run_row.command}\n  torch {run_row.torch_version}, triton {run_row.triton_version}, "
+              f"CUDA {run_row.cuda}, driver {run_row.driver}, tbench {run_row.tbench_version} "
+              f"({run_row.git_commit or 'no git commit'})", highlight=False)
+    df = store.measurements([run_row.id])
+    if df.empty:
+        out.print("This run has no measurements yet.")
+        return
+    out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=(run_row.environment or {}).get("peaks"),
+                        wide=out.width >= 150))
+
+
+@app.command()
+@friendly_errors
+def dashboard(
+    db: DbOption = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: a free one]", show_default=False)] = None,
+) -> None:
+    """Start the Streamlit leaderboard dashboard on the store (read-only)."""
+    from .dashboard.launch import launch
+    from .results.store import resolve_url
+
+    raise typer.Exit(launch(resolve_url(db), port))
+
+
+def main() -> None:
+    app(prog_name="tbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Measuring a group of cases that share one shape, in one process.
+
+Order of work per case: supported? available? fits in memory? warm-up (compilation and
+autotuning happen here), correctness gate on fresh inputs, peak memory of one call. Then all
+surviving cases are timed in interleaved rounds (A B C A B C ...) so that drift in clocks or
+temperature hits them alike, each until its own stopping rule says done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..methods.registry import Method, Registry
+from ..results.records import MeasurementRecord, utcnow
+from . import cost
+from .config import Case, make_inputs
+from .correctness import check
+from .devicestate import DeviceMonitor
+from .memory import free_bytes, measure_peak, preflight
+from .timing import Sampling, Timer, TimingPolicy, make_timer, summarize
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    seed: int = 0
+    check: bool = True
+
+
+Emit = Callable[[MeasurementRecord], None]
+# Called before each step that runs method code, so an isolating parent knows what crashed.
+Beacon = Callable[[Case, str], None]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+@dataclass
+class _Active:
+    case: Case
+    method: Method
+    fn: Callable[[], object]
+    sampling: Sampling
+    record: MeasurementRecord
+
+
+def _base_record(case: Case, method: Method | None) -> MeasurementRecord:
+    rec = MeasurementRecord(case=case, status="ok", started_at=utcnow())
+    rec.flops = cost.flops(case)
+    rec.min_bytes = cost.min_bytes(case)
+    if method is not None:
+        try:
+            rec.provenance = method.provenance(case)
+        except Exception as exc:
+            rec.provenance = f"provenance unknown ({_one_line(exc)})"
+    return rec
+
+
+def _finish(rec: MeasurementRecord, status: str, message: str, emit: Emit) -> None:
+    rec.status, rec.message = status, message
+    rec.finished_at = utcnow()
+    emit(rec)
+
+
+def measure_group(
+    cases: list[Case],
+    registry: Registry,
+    settings: MeasureSettings,
+    emit: Emit,
+    beacon: Beacon = lambda case, step: None,
+    device_index: int | None = None,
+) -> None:
+    """Measure cases of one shape; emit one record per case, whatever happens to it."""
+    if not cases:
+        return
+    first = cases[0]
+    device = first.device
+    monitor = DeviceMonitor(device)
+    timer: Timer = make_timer(first.timing, device)
+    active: list[_Active] = []
+    inputs: tuple[torch.Tensor, ...] | None = None
+
+    for case in cases:
+        method = registry.methods.get(case.method)
+        rec = _base_record(case, method)
+        rec.device_index = device_index
+        if method is None:
+            _finish(rec, "error", f"method '{case.method}' is not in this registry", emit)
+            continue
+        reason = method.unsupported_reason(case)
+        if reason is not None:
+            _finish(rec, "unsupported", reason, emit)
+            continue
+        availability = method.availability(device)
+        if not availability.available:
+            _finish(rec, "unsupported", f"unavailable: {availability.reason}", emit)
+            continue
+        estimate = method.memory_estimate(case) if method.memory_estimate else None
+        skip = preflight(case, estimate, free_bytes(device) + _input_bytes_held(inputs))
+        if skip is not None:
+            _finish(rec, "skipped", skip, emit)
+            continue
+        try:
+            if inputs is None:
+                inputs = make_inputs(case, settings.seed)
+            entry = _warm_up(case, method, inputs, rec, settings, timer, beacon)
+        except Exception as exc:
+            _release()
+            _finish(rec, "oom" if _is_oom(exc) else "error", _one_line(exc), emit)
+            continue
+        if entry is None:
+            emit(rec)
+            continue
+        active.append(entry)
+
+    _timed_rounds(active, timer, monitor, emit, beacon)
+
+
+def _input_bytes_held(inputs: tuple[torch.Tensor, ...] | None) -> int:
+    # Inputs already allocated for this group are not extra: preflight counts them itself.
+    return sum(t.numel() * t.element_size() for t in inputs) if inputs else 0
+
+
+def _release() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _warm_up(
+    case: Case,
+    method: Method,
+    inputs: tuple[torch.Tensor, ...],
+    rec: MeasurementRecord,
+    settings: MeasureSettings,
+    timer: Timer,
+    beacon: Beacon,
+) -> _Active | None:
+    """Prepare, warm up, check and size one case. Returns None if the record is already final."""
+    beacon(case, "warm-up")
+    q, k, v = method.prepared(*inputs, case)
+
+    def fn() -> torch.Tensor:
+        with torch.no_grad():
+            return method.call(q, k, v, case)
+
+    deadline = time.perf_counter() + settings.policy.warmup_s
+    calls = 0
+    while calls < settings.policy.warmup_calls or time.perf_counter() < deadline:
+        fn()
+        calls += 1
+        if case.device != "cpu":
+            torch.cuda.synchronize()
+
+    if settings.check:
+        beacon(case, "check")
+        result = check(lambda a, b, c: method.call(*method.prepared(a, b, c, case), case), case,
+                       seed=settings.seed + 7919)
+        rec.check_error = result.error
+        rec.fidelity_rel_l2 = result.fidelity_rel_l2
+        rec.fidelity_max_abs = result.fidelity_max_abs
+        if not result.passed:
+            rec.status, rec.message = "wrong", result.message
+            rec.finished_at = utcnow()
+            return None
+        rec.message = result.message
+
+    beacon(case, "memory")
+    peak = measure_peak(fn, case.device)
+    rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes
+    beacon(case, "graph capture" if timer.mode == "graph" else "timing")
+    timed = timer.prepare(fn)
+    return _Active(case, method, timed, Sampling(settings.policy, []), rec)
+
+
+def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon) -> None:
+    for entry in active:
+        entry.record.device_state["before"] = monitor.sample()
+    while active:
+        for entry in list(active):
+            beacon(entry.case, "timing")
+            start = time.perf_counter()
+            try:
+                sample = timer.sample(entry.fn)
+            except Exception as exc:
+                active.remove(entry)
+                entry.sampling.samples.clear()
+                _release()
+                _finish(entry.record, "oom" if _is_oom(exc) else "error", _one_line(exc), emit)
+                continue
+            entry.sampling.add(sample, time.perf_counter() - start)
+            if entry.sampling.done:
+                active.remove(entry)
+                rec = entry.record
+                rec.timing = summarize(entry.sampling.samples)
+                after = monitor.sample()
+                rec.device_state["after"] = after
+                rec.device_state["stop"] = entry.sampling.stop_reason
+                rec.throttled = monitor.throttled(rec.device_state.get("before"), after)
+                if rec.throttled:
+                    rec.message = (rec.message + "; " if rec.message else "") + "GPU was throttled while measuring"
+                rec.finished_at = utcnow()
+                emit(rec)

@@ -1,0 +1,76 @@
+"""Memory: what a configuration will need (pre-flight), what is free, and what a call used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .config import Case, input_bytes
+
+# Leave headroom for the allocator's fragmentation and the CUDA context.
+FIT_FRACTION = 0.9
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def free_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 2**62  # unknown: do not skip anything
+
+
+def preflight(case: Case, extra_bytes: int | None, free: int) -> str | None:
+    """A skip message if the case cannot fit in `free` bytes (inputs not yet allocated), else None."""
+    if extra_bytes is None:
+        return None
+    need = extra_bytes + input_bytes(case)
+    if need > FIT_FRACTION * free:
+        return f"needs about {gib(need)} (estimate), {gib(free)} free on {case.device}"
+    return None
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    extra_bytes: int  # beyond what was allocated before the call (the inputs)
+    total_bytes: int  # including the inputs
+
+
+def measure_peak(fn: Callable[[], object], device: str) -> PeakMemory:
+    """Peak allocation of one call. CUDA: the caching allocator's statistics, reset before.
+    CPU: the running sum of the torch profiler's allocation events."""
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        out = fn()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+        del out
+        return PeakMemory(extra_bytes=peak - before, total_bytes=peak)
+    return _cpu_peak(fn)
+
+
+def _cpu_peak(fn: Callable[[], object]) -> PeakMemory:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    # Each op's own allocations (self usage, so nested ops are not counted twice) and the
+    # frees, in time order; the running sum's maximum is the peak.
+    running = peak = 0
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    for event in events:
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return PeakMemory(extra_bytes=peak, total_bytes=peak)

@@ -1,0 +1,143 @@
+"""The sweep: parsing its axes from the command line and expanding them into Cases."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from ..kernels.folding import FoldingError, resolve_dims
+from ..methods.registry import Registry
+from .config import DTYPES, Case
+
+
+class UsageError(ValueError):
+    """Bad user input; the message is one line naming the bad value and what is allowed."""
+
+
+_SIZE = re.compile(r"^(\d+)([kKmM]?)$")
+
+
+def parse_size(text: str) -> int:
+    """'4096' -> 4096, '8k' -> 8192, '1m' -> 1048576 (k = 1024)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise UsageError(f"length '{text}' is not a number like 4096, 8k or 1m")
+    value = int(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20}[match.group(2).lower()]
+    if value < 1:
+        raise UsageError(f"length '{text}' must be at least 1")
+    return value
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'4k..128k' (powers of two from 4096 to 131072), '1k..8k', or a list '4096,6000,8k'."""
+    text = text.strip()
+    if ".." in text:
+        low_text, _, high_text = text.partition("..")
+        low, high = parse_size(low_text), parse_size(high_text)
+        if low > high:
+            raise UsageError(f"lengths '{text}': a range must go upwards, e.g. {high_text}..{low_text}")
+        if low & (low - 1) or high & (high - 1):
+            raise UsageError(f"lengths '{text}': range ends must be powers of two (e.g. 4k..128k); else use a list")
+        return [2**e for e in range(int(math.log2(low)), int(math.log2(high)) + 1)]
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise UsageError("lengths '' is empty; give e.g. 4k..128k or 4096,8192")
+    return sorted(set(parse_size(p) for p in parts))
+
+
+def parse_ints(text: str, name: str, minimum: int = 1) -> list[int]:
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < minimum:
+            raise UsageError(f"{name} '{text}': '{part}' is not an integer >= {minimum}")
+        values.append(int(part))
+    return sorted(set(values))
+
+
+def parse_dtypes(text: str) -> list[str]:
+    values = [p.strip().lower() for p in text.split(",") if p.strip()]
+    for value in values:
+        if value not in DTYPES:
+            raise UsageError(f"dtype '{value}' unknown; allowed: {', '.join(DTYPES)}")
+    if not values:
+        raise UsageError(f"dtype '{text}' is empty; allowed: {', '.join(DTYPES)}")
+    return list(dict.fromkeys(values))
+
+
+def parse_names(text: str) -> list[str]:
+    return list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Every axis of a sweep. Exact methods are measured once per shape; tensorized ones once per
+    order m (with auto dims, or the explicit `dims` when given)."""
+
+    lengths: list[int]
+    methods: list[str]
+    orders: list[int] = field(default_factory=lambda: [2, 3])
+    batches: list[int] = field(default_factory=lambda: [1])
+    heads: list[int] = field(default_factory=lambda: [32])
+    kv_heads: list[int] = field(default_factory=lambda: [8])
+    head_dims: list[int] = field(default_factory=lambda: [128])
+    dtypes: list[str] = field(default_factory=lambda: ["bf16"])
+    causal: list[bool] = field(default_factory=lambda: [True])
+    device: str = "cuda"
+    timing: str = "events"
+    baseline: str | None = None
+    dims: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["dims"] = list(self.dims) if self.dims else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sweep:
+        data = dict(data)
+        data["dims"] = tuple(data["dims"]) if data.get("dims") else None
+        return cls(**data)
+
+    def validate(self, registry: Registry) -> None:
+        for name in self.methods:
+            if name not in registry:
+                raise UsageError(f"method '{name}' unknown; known: {', '.join(registry.names())}")
+        if self.baseline is not None and self.baseline not in registry:
+            raise UsageError(f"baseline '{self.baseline}' unknown; known: {', '.join(registry.names())}")
+        for h in self.heads:
+            for kv in self.kv_heads:
+                if kv > h or h % kv:
+                    raise UsageError(f"heads {h} is not a multiple of kv-heads {kv} (GQA needs H % H_kv == 0)")
+        if self.dims is not None:
+            if len(self.orders) != 1 or self.orders[0] != len(self.dims):
+                raise UsageError(f"--dims {'x'.join(map(str, self.dims))} has {len(self.dims)} axes; "
+                                 f"use it with --orders {len(self.dims)} alone")
+            for n in self.lengths:
+                try:
+                    resolve_dims(n, len(self.dims), self.dims)
+                except FoldingError as exc:
+                    raise UsageError(str(exc)) from None
+
+    def cases(self, registry: Registry) -> list[Case]:
+        """All configurations, shortest sequences first, so a sweep shows results early."""
+        out: list[Case] = []
+        for n in self.lengths:
+            for b, h, kv, d, dtype, causal in itertools.product(self.batches, self.heads, self.kv_heads, self.head_dims,
+                                                       self.dtypes, self.causal):
+                if h % kv:
+                    continue
+                for name in self.methods:
+                    method = registry.get(name)
+                    base = dict(method=name, family=method.family, seq_len=n, batch=b, heads=h, kv_heads=kv,
+                                head_dim=d, dtype=dtype, causal=causal, device=self.device, timing=self.timing)
+                    if method.is_tensorized:
+                        for m in self.orders:
+                            dims = resolve_dims(n, m, self.dims)
+                            out.append(Case(**base, order=m, dims=dims))
+                    else:
+                        out.append(Case(**base))
+        return out

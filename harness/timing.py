@@ -1,0 +1,163 @@
+"""How one sample is timed, and when to stop sampling.
+
+GPU samples are CUDA-event intervals around one call (or one CUDA-graph replay) with the L2
+cache flushed before each, outside the timed interval. CPU samples use time.perf_counter.
+Sampling is adaptive: it stops once the relative standard error of the median (Maritz-Jarrett)
+is at most `target_rse`, with a floor on samples and time and a per-measurement budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats.mstats import mjci
+
+from ..results.records import Timing
+
+TIMING_MODES = ("events", "graph", "cpu")
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    target_rse: float = 0.005
+    min_samples: int = 10
+    max_samples: int = 2000
+    min_time_s: float = 0.1
+    budget_s: float = 10.0  # per measurement, excluding warm-up
+    warmup_s: float = 0.05
+    warmup_calls: int = 2
+
+    @classmethod
+    def quick(cls) -> TimingPolicy:
+        """For tests and smoke runs: coarse, fast."""
+        return cls(target_rse=0.05, min_samples=3, max_samples=30, min_time_s=0.0, budget_s=1.0,
+                   warmup_s=0.0, warmup_calls=1)
+
+
+def median_rse(samples: list[float]) -> float:
+    """Relative standard error of the median; infinite until there are enough samples."""
+    if len(samples) < 5:
+        return float("inf")
+    data = np.asarray(samples, dtype=np.float64)
+    median = float(np.median(data))
+    if median <= 0:
+        return float("inf")
+    if np.ptp(data) == 0:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        stderr = float(np.asarray(mjci(data, prob=[0.5]))[0])
+    return stderr / median if np.isfinite(stderr) else float("inf")
+
+
+def summarize(samples: list[float]) -> Timing:
+    data = np.asarray(samples, dtype=np.float64)
+    return Timing(
+        median_ms=float(np.median(data)),
+        p20_ms=float(np.percentile(data, 20)),
+        p80_ms=float(np.percentile(data, 80)),
+        mean_ms=float(data.mean()),
+        std_ms=float(data.std(ddof=1)) if len(data) > 1 else 0.0,
+        min_ms=float(data.min()),
+        samples_ms=[float(x) for x in data],
+        rse=median_rse(samples),
+    )
+
+
+@dataclass
+class Sampling:
+    """Sampling state of one measurement: its samples and the time spent on them."""
+
+    policy: TimingPolicy
+    samples: list[float]
+    spent_s: float = 0.0
+    stop_reason: str = ""
+
+    def add(self, sample_ms: float, spent_s: float) -> None:
+        self.samples.append(sample_ms)
+        self.spent_s += spent_s
+
+    @property
+    def done(self) -> bool:
+        n, p = len(self.samples), self.policy
+        if n >= p.max_samples:
+            self.stop_reason = f"max samples ({p.max_samples})"
+            return True
+        if self.spent_s >= p.budget_s and n >= min(p.min_samples, 3):
+            self.stop_reason = f"time budget ({p.budget_s:g} s)"
+            return True
+        if n >= p.min_samples and self.spent_s >= p.min_time_s and median_rse(self.samples) <= p.target_rse:
+            self.stop_reason = "target precision"
+            return True
+        return False
+
+
+class Timer:
+    """Times one call of a zero-argument function, returning milliseconds."""
+
+    mode = "cpu"
+
+    def prepare(self, fn: Callable[[], object]) -> Callable[[], object]:
+        return fn
+
+    def sample(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+
+class CudaEventTimer(Timer):
+    mode = "events"
+
+    def __init__(self, device: torch.device, flush_bytes: int | None = None) -> None:
+        props = torch.cuda.get_device_properties(device)
+        l2 = getattr(props, "L2_cache_size", 0) or 64 * 2**20
+        # Writing twice the L2 size evicts whatever the previous call left there.
+        self.flush_buffer = torch.empty(flush_bytes or 2 * l2, dtype=torch.uint8, device=device)
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def flush(self) -> None:
+        self.flush_buffer.fill_(1)
+
+    def sample(self, fn: Callable[[], object]) -> float:
+        self.flush()
+        self.start.record()
+        fn()
+        self.end.record()
+        self.end.synchronize()
+        return float(self.start.elapsed_time(self.end))
+
+
+class CudaGraphTimer(CudaEventTimer):
+    """Replays a CUDA graph of the call, which removes CPU launch overhead from the samples."""
+
+    mode = "graph"
+
+    def prepare(self, fn: Callable[[], object]) -> Callable[[], object]:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()  # allocations of the first call must not land inside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        return graph.replay
+
+
+def make_timer(mode: str, device: str) -> Timer:
+    if mode not in TIMING_MODES:
+        raise ValueError(f"timing mode '{mode}' unknown; allowed: {', '.join(TIMING_MODES)}")
+    if device == "cpu":
+        if mode != "cpu":
+            raise ValueError(f"timing mode '{mode}' needs a CUDA device; on the CPU use 'cpu'")
+        return Timer()
+    if mode == "cpu":
+        raise ValueError("timing mode 'cpu' is for the CPU; on a GPU use 'events' or 'graph'")
+    dev = torch.device(device)
+    return CudaGraphTimer(dev) if mode == "graph" else CudaEventTimer(dev)

@@ -1,0 +1,165 @@
+"""Measurement isolation: cases run in a spawned worker process.
+
+An OOM, a CUDA error that poisons the context, a segfault, an abort or a hang in one
+configuration then costs only that configuration: the parent records it (`oom`, `error`,
+`timeout`) and starts a fresh worker for the rest of the sweep.
+
+Protocol over a Pipe. Parent -> worker: ("peaks",), ("group", cases), ("stop",).
+Worker -> parent: ("beacon", case_key, step), ("record", MeasurementRecord), ("done",),
+("peaks", dict), ("poisoned", message).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..results.records import MeasurementRecord
+from .config import Case
+from .measure import MeasureSettings, measure_group
+
+# Errors after which the CUDA context cannot be trusted: the worker must be replaced.
+POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                  "CUDA error", "misaligned address")
+
+
+def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
+    # The parent handles Ctrl-C; a worker must not die half-way through a message on SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..methods.registry import load_registry
+    from .peaks import measure_peaks
+
+    registry = load_registry(plugins=plugins)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        kind = message[0]
+        if kind == "stop":
+            return
+        if kind == "peaks":
+            conn.send(("peaks", measure_peaks(device)))
+            continue
+        cases: list[Case] = message[1]
+        poisoned: list[str] = []
+
+        def emit(rec: MeasurementRecord, poisoned: list[str] = poisoned) -> None:
+            conn.send(("record", rec))
+            if rec.status == "error" and any(m in rec.message for m in POISON_MARKERS):
+                poisoned.append(rec.message)
+                raise _Poisoned(rec.message)
+
+        try:
+            measure_group(cases, registry, settings, emit,
+                          beacon=lambda case, step: conn.send(("beacon", case.key, step)),
+                          device_index=_device_index(device))
+        except _Poisoned:
+            conn.send(("poisoned", poisoned[-1]))
+            return
+        conn.send(("done",))
+
+
+class _Poisoned(Exception):
+    pass
+
+
+def _device_index(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
+@dataclass
+class WorkerEvent:
+    kind: str  # record, beacon, done, died, timeout, poisoned
+    case_key: str | None = None
+    step: str = ""
+    record: MeasurementRecord | None = None
+    message: str = ""
+    payload: Any = None
+
+
+class Worker:
+    """Parent-side handle of one worker process."""
+
+    def __init__(self, settings: MeasureSettings, plugins: bool, device: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, settings, plugins, device), daemon=True)
+        self.process.start()
+        child.close()
+        self.in_flight: tuple[str, str] | None = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.conn.send(message)
+
+    def next_event(self, timeout_s: float) -> WorkerEvent:
+        """The worker's next message; `timeout` if silent for timeout_s, `died` if it exited."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return WorkerEvent("timeout", *(self.in_flight or (None, "")))
+            try:
+                ready = self.conn.poll(min(remaining, 0.5))
+            except (EOFError, OSError):
+                ready = False
+            if ready:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    return self._died()
+                kind = message[0]
+                if kind == "beacon":
+                    self.in_flight = (message[1], message[2])
+                    return WorkerEvent("beacon", message[1], message[2])
+                if kind == "record":
+                    self.in_flight = None
+                    return WorkerEvent("record", message[1].case.key, record=message[1])
+                if kind == "poisoned":
+                    self.process.join(timeout=10)
+                    return WorkerEvent("poisoned", message=message[1])
+                if kind == "peaks":
+                    return WorkerEvent("peaks", payload=message[1])
+                return WorkerEvent(kind)
+            if not self.process.is_alive():
+                return self._died()
+
+    def _died(self) -> WorkerEvent:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        key, step = self.in_flight or (None, "")
+        return WorkerEvent("died", key, step, message=f"worker process {how} during {step or 'start-up'}")
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.send(("stop",))
+            self.process.join(timeout=10)
+        except (OSError, BrokenPipeError):
+            pass
+        self.kill()

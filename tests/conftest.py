@@ -1,0 +1,65 @@
+"""Shared test fixtures. Without a GPU, Triton kernels run in Triton's interpreter; the variable
+must be set before any kernel is defined, hence at import time here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SRC = Path(__file__).resolve().parent / "plugin"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test plugin installed for real (wheel built, entry points written) into its own folder,
+    which only the processes that put it on sys.path will see."""
+    target = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(PLUGIN_SRC)],
+        check=True, capture_output=True, text=True,
+    )
+    return target
+
+
+@pytest.fixture
+def plugin_env(plugin_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH", "")) if p)
+    env["TBENCH_TEST_PLUGIN"] = "1"
+    env.pop("TBENCH_DB", None)
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TBENCH_DB", None)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real `tbench` console script, in a subprocess."""
+    exe = Path(sys.executable).parent / "tbench"
+    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout)
