@@ -23,7 +23,8 @@ def test_round_trip_and_commit_per_measurement(tmp_path):
                                                   flops=4e9, min_bytes=1e6, peak_bytes=123))
     assert store.record(run_id, MeasurementRecord(case(2048), "oom", message="CUDA out of memory"))
     # a second process sees both rows at once: each was committed on its own
-    rows = sqlite3.connect(path).execute("select config_key, status, median_ms, samples_ms from measurements").fetchall()
+    query = "select config_key, status, median_ms, samples_ms from measurements"
+    rows = sqlite3.connect(path).execute(query).fetchall()
     assert [(r[1], r[2]) for r in rows] == [("ok", 2.0), ("oom", None)]
     assert rows[0][3] == "[1.8, 2.0, 2.2]"
     # the same configuration twice in one run is refused, not duplicated
