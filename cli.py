@@ -194,6 +194,8 @@ def run(
     if outcome.status == "interrupted":
         err.print(f"Interrupted. Continue with: tbench run --resume {outcome.run_id}")
         raise typer.Exit(130)
+    if outcome.status == "failed":
+        fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
 
 
 def _parse_run_id(text: str) -> int:

@@ -23,6 +23,10 @@ from .sweep import Sweep
 from .worker import Worker, WorkerEvent
 
 
+class WorkerStartError(RuntimeError):
+    pass
+
+
 @dataclass(frozen=True)
 class RunOptions:
     settings: MeasureSettings = field(default_factory=MeasureSettings)
@@ -35,8 +39,9 @@ class RunOptions:
 @dataclass
 class RunOutcome:
     run_id: int
-    status: str  # finished | interrupted
+    status: str  # finished | interrupted | failed
     counts: Counter = field(default_factory=Counter)
+    message: str = ""
 
 
 def group_by_shape(cases: list[Case]) -> list[list[Case]]:
@@ -107,6 +112,9 @@ class Runner:
                                           task, description=f"{case.label()}: {step}"))
         except KeyboardInterrupt:
             outcome.status = "interrupted"
+        except WorkerStartError as exc:
+            outcome.status = "failed"
+            outcome.message = str(exc)
         finally:
             self._stop_worker()
             self.store.finish_run(run_id, outcome.status)
@@ -123,6 +131,8 @@ class Runner:
         if event.kind == "peaks":
             return dict(event.payload)
         self._drop_worker(kill=True)
+        if event.kind == "died":
+            raise WorkerStartError(f"the measurement worker could not start: {event.message}")
         return {"error": f"peak measurement failed: {event.kind} {event.message}"}
 
     def _ensure_worker(self, device: str) -> Worker:
@@ -177,10 +187,8 @@ class Runner:
         else:
             status = "oom" if "SIGKILL" in event.message else "error"
             message = event.message + (" (likely out of host memory)" if status == "oom" else "")
-        if culprit is not None:
-            emit(failure_record(culprit, status, message, self.registry))
-        else:
-            # died before any case started: the whole group would fail the same way
-            for case in list(pending.values()):
-                emit(failure_record(case, "error", message, self.registry))
-            pending.clear()
+        if culprit is None:
+            # died before any case started: every case would fail the same way, so stop here and
+            # leave the rest unmeasured for `--resume` once the cause is fixed
+            raise WorkerStartError(f"the measurement worker could not start: {message}")
+        emit(failure_record(culprit, status, message, self.registry))

@@ -34,7 +34,7 @@ def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, dev
     from .peaks import measure_peaks
 
     registry = load_registry(plugins=plugins)
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and torch_device_index(device) is not None:
         import torch
 
         torch.cuda.set_device(torch.device(device))
@@ -70,6 +70,13 @@ def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, dev
 
 class _Poisoned(Exception):
     pass
+
+
+def torch_device_index(device: str) -> int | None:
+    """'cuda:1' -> 1; 'cuda' and 'cpu' -> None (no explicit index)."""
+    import torch
+
+    return torch.device(device).index
 
 
 def _device_index(device: str) -> int | None:

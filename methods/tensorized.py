@@ -49,6 +49,10 @@ def _triton_availability(device: str) -> Availability:
         return Availability(False, reason="needs a CUDA GPU (set TRITON_INTERPRET=1 to run it on the CPU, slowly)")
     import triton
 
+    try:
+        from ..kernels import tensorized_triton  # noqa: F401
+    except Exception as exc:
+        return Availability(False, reason=f"the Triton kernel failed to import: {type(exc).__name__}: {exc}")
     return cuda_availability(device, f"tbench Triton kernel, triton {triton.__version__}")
 
 
