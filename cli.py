@@ -262,10 +262,12 @@ def show(
                                                  show_default=False)] = None,
     baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: the run's]",
                                                  show_default=False)] = None,
+    markdown: Annotated[str | None, typer.Option(help="Also write the table as Markdown to this file",
+                                                 show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """A run's results with speedups over the baseline."""
-    from .harness.report import run_table
+    from .harness.report import run_markdown, run_table
     from .results.store import Store
 
     store = Store(db, create=False)
@@ -281,8 +283,14 @@ def show(
     if df.empty:
         out.print("This run has no measurements yet.")
         return
-    out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=(run_row.environment or {}).get("peaks"),
-                        wide=out.width >= 150))
+    peaks = (run_row.environment or {}).get("peaks")
+    out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
+    if markdown:
+        try:
+            with open(markdown, "w") as f:
+                f.write(run_markdown(df, baseline, peaks))
+        except OSError as exc:
+            fail(f"cannot write markdown file '{markdown}': {exc.strerror}")
 
 
 @app.command()

@@ -66,5 +66,10 @@ class DeviceMonitor:
         return any(r & SLOWDOWN_MASK for r in known)
 
     @staticmethod
-    def describe(reasons: int) -> str:
-        return ", ".join(name for bit, name in REASON_NAMES.items() if reasons & bit) or "none"
+    def reasons(*states: dict | None) -> str:
+        """Names of the slowdown reasons seen in any of the samples."""
+        seen = 0
+        for state in states:
+            if state and state.get("throttle_reasons") is not None:
+                seen |= state["throttle_reasons"]
+        return ", ".join(name for bit, name in REASON_NAMES.items() if seen & bit) or "none"

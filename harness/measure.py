@@ -207,6 +207,7 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                 rec.device_state["stop"] = entry.sampling.stop_reason
                 rec.throttled = monitor.throttled(rec.device_state.get("before"), after)
                 if rec.throttled:
-                    rec.message = (rec.message + "; " if rec.message else "") + "GPU was throttled while measuring"
+                    reasons = monitor.reasons(rec.device_state.get("before"), after)
+                    rec.message = (rec.message + "; " if rec.message else "") + f"GPU clocks limited ({reasons})"
                 rec.finished_at = utcnow()
                 emit(rec)

@@ -19,8 +19,11 @@ def gib(n: float) -> str:
 
 def free_bytes(device: str) -> int:
     if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
+        dev = torch.device(device)
+        free, _total = torch.cuda.mem_get_info(dev)
+        # memory the caching allocator holds but no tensor uses is free for the next case
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(free + cached)
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):

@@ -39,54 +39,81 @@ def _num(x: object, fmt: str) -> str:
 STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red", "timeout": "red",
                 "unsupported": "yellow", "skipped": "yellow"}
 
+HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
-def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
-              wide: bool = False) -> Table:
-    """One row per configuration, ordered by shape, length and method. `wide` adds the share of
-    the device's measured peaks to TFLOP/s and TB/s."""
+
+def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
+    """Rows as display strings, ordered by shape, length, family, method and order."""
     df = with_speedups(df, baseline)
-    table = Table(title=title, show_lines=False, header_style="bold", caption=(
-        f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
-        "err: relative L2 deviation from exact attention" if baseline else None))
-    for name, justify in (("N", "right"), ("method", "left"), ("m", "right"), ("dims", "left"),
-                          ("status", "left"), ("ms", "right"), ("spread", "right"),
-                          ("TFLOP/s", "right"), ("TB/s", "right"), ("mem", "right"),
-                          (f"x{baseline}" if baseline else "speedup", "right"),
-                          ("err", "right")):
-        table.add_column(name, justify=justify, no_wrap=name in ("N", "ms"))  # type: ignore[arg-type]
-    shapes = df[SHAPE_COLUMNS[1:]].drop_duplicates()
-    many_shapes = len(shapes) > 1
     order = [*SHAPE_COLUMNS[1:], "seq_len", "family", "method", "order_m"]
     df = df.sort_values(order, na_position="first", kind="stable")
-    previous_shape = None
+    rows = []
     for row in df.itertuples(index=False):
-        shape = tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:])
-        if many_shapes and shape != previous_shape:
-            b, h, kv, d, dtype, causal, device = shape
-            table.add_row(f"[bold]B={b} H={h} H_kv={kv} D={d} {dtype} {'causal' if causal else 'non-causal'}"
-                          f" {device}[/bold]", *[""] * 11)
-            previous_shape = shape
         status = str(row.status)
-        style = STATUS_STYLE.get(status, "")
-        if status == "ok":
-            status_text = f"[{style}]ok[/{style}]" + (" [yellow](throttled)[/yellow]" if row.throttled else "")
-        else:
-            message = str(row.message or "")
-            status_text = f"[{style}]{status}[/{style}]" + (f": {message[:70]}" if message else "")
-        tflops = _num(row.tflops, ".3g")
-        tbps = _num(row.tbps, ".3g")
+        tflops, tbps = _num(row.tflops, ".3g"), _num(row.tbps, ".3g")
         if wide and peaks and status == "ok":
             if row.tflops and peaks.get("matmul_tflops"):
                 tflops += f" ({100 * row.tflops / peaks['matmul_tflops']:.0f}%)"
             if row.tbps and peaks.get("copy_tbps"):
                 tbps += f" ({100 * row.tbps / peaks['copy_tbps']:.0f}%)"
-        table.add_row(
-            str(row.seq_len), str(row.method), "" if pd.isna(row.order_m) else str(int(row.order_m)),
-            str(row.dims or ""), status_text, _num(row.median_ms, ".4g"),
-            "-" if pd.isna(row.p20_ms) or not row.median_ms else
-            f"-{100 * (1 - row.p20_ms / row.median_ms):.1f}/+{100 * (row.p80_ms / row.median_ms - 1):.1f}%",
-            tflops, tbps, _bytes(row.peak_bytes),
-            "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
-            _num(row.fidelity_rel_l2, ".2e"),
-        )
+        spread = ("-" if pd.isna(row.p20_ms) or not row.median_ms else
+                  f"-{100 * (1 - row.p20_ms / row.median_ms):.1f}/+{100 * (row.p80_ms / row.median_ms - 1):.1f}%")
+        rows.append({
+            "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
+            "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
+            "N": str(row.seq_len), "method": str(row.method),
+            "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
+            "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
+            "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
+            "err": _num(row.fidelity_rel_l2, ".2e"),
+        })
+    return rows
+
+
+def _shape_title(shape: tuple) -> str:
+    b, h, kv, d, dtype, causal, device = shape
+    return f"B={b} H={h} H_kv={kv} D={d} {dtype} {'causal' if causal else 'non-causal'} {device}"
+
+
+def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
+              wide: bool = False) -> Table:
+    """One row per configuration. `wide` adds the share of the device's measured peaks."""
+    table = Table(title=title, show_lines=False, header_style="bold", caption=(
+        f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
+        "err: relative L2 deviation from exact attention" if baseline else None))
+    for name in HEADERS:
+        label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
+        table.add_column(label, justify="left" if name in ("method", "dims", "status") else "right",
+                         no_wrap=name in ("N", "ms"))
+    rows = formatted_rows(df, baseline, peaks, wide)
+    many_shapes = len({r["shape"] for r in rows}) > 1
+    previous = None
+    for r in rows:
+        if many_shapes and r["shape"] != previous:
+            table.add_row(f"[bold]{_shape_title(r['shape'])}[/bold]", *[""] * (len(HEADERS) - 1))
+            previous = r["shape"]
+        style = STATUS_STYLE.get(r["status"], "")
+        status = f"[{style}]{r['status']}[/{style}]"
+        if r["status"] == "ok" and r["throttled"]:
+            status += " [yellow](clocks limited)[/yellow]"
+        elif r["status"] != "ok" and r["message"]:
+            status += f": {r['message'][:70]}"
+        table.add_row(*[status if h == "status" else r[h] for h in HEADERS])
     return table
+
+
+def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
+    """The same table as Markdown, for docs and PR comments."""
+    rows = formatted_rows(df, baseline, peaks, wide=True)
+    headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in HEADERS]
+    lines = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
+                  "|" + "|".join("---:" if h not in ("method", "dims", "status") else "---" for h in HEADERS) + "|"]
+        for r in (r for r in rows if r["shape"] == shape):
+            status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
+            if r["status"] != "ok" and r["message"]:
+                status += ": " + r["message"].replace("|", "/")
+            lines.append("| " + " | ".join(status if h == "status" else r[h] for h in HEADERS) + " |")
+        lines.append("")
+    return "\n".join(lines)
