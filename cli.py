@@ -98,6 +98,8 @@ def run(
                                              "(needs a single --orders)", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
                                                show_default=False)] = None,
+    devices: Annotated[str | None, typer.Option(help="Shard the sweep over local GPUs: all, or indices 0,1,... "
+                                                "(one worker per GPU)", show_default=False)] = None,
     timing: Annotated[str | None, typer.Option(help="GPU: events (CUDA events, L2 flushed) or graph (CUDA graph "
                                                "replay); CPU: cpu", show_default=False)] = None,
     target_rse: Annotated[float, typer.Option("--target-rse", help="Stop sampling at this relative standard error "
@@ -178,13 +180,16 @@ def run(
                           budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0))
     options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
                          case_timeout_s=timeout)
+    device_list = _parse_devices(devices, device) if devices else None
     runner = Runner(store, registry, options, console=err, show_progress=not quiet)
     if previous is not None:
         err.print(f"Resuming run {previous.id} on {store.url}")
-        outcome = runner.run(sweep, resume_run_id=previous.id)
+        outcome = runner.run(sweep, resume_run_id=previous.id, devices=device_list)
     else:
         info = provenance.collect(device, sweep.as_dict())
-        outcome = runner.run(sweep, info=info)
+        if device_list:
+            info.environment["devices"] = device_list
+        outcome = runner.run(sweep, info=info, devices=device_list)
     run_row = store.get_run(outcome.run_id)
     df = store.measurements([outcome.run_id])
     out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
@@ -196,6 +201,25 @@ def run(
         raise typer.Exit(130)
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
+
+
+def _parse_devices(text: str, device: str) -> list[str]:
+    """'all' or '0,1' -> ['cuda:0', 'cuda:1'], checked against the GPUs present."""
+    import torch
+
+    from .harness.sweep import UsageError
+
+    if not device.startswith("cuda"):
+        raise UsageError(f"--devices {text} needs GPUs, but the device is {device}")
+    count = torch.cuda.device_count()
+    if text == "all":
+        return [f"cuda:{i}" for i in range(count)]
+    indices = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) >= count:
+            raise UsageError(f"--devices '{text}': '{part}' is not a GPU index; allowed: all, or 0..{count - 1}")
+        indices.append(int(part))
+    return [f"cuda:{i}" for i in dict.fromkeys(indices)]
 
 
 def _parse_run_id(text: str) -> int:

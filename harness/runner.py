@@ -4,9 +4,9 @@ and commits each record to the store as soon as it exists."""
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -74,7 +74,8 @@ class Runner:
 
     # --- entry point -----------------------------------------------------------------------------
 
-    def run(self, sweep: Sweep, info: RunInfo | None = None, resume_run_id: int | None = None) -> RunOutcome:
+    def run(self, sweep: Sweep, info: RunInfo | None = None, resume_run_id: int | None = None,
+            devices: list[str] | None = None) -> RunOutcome:
         cases = sweep.cases(self.registry)
         if resume_run_id is not None:
             run_id = resume_run_id
@@ -100,13 +101,14 @@ class Runner:
                 task = progress.add_task("starting", total=len(cases))
                 if self.options.peaks and cases:
                     progress.update(task, description="measuring device peaks")
-                    self.store.update_environment(run_id, peaks=self._peaks(sweep.device),
+                    self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
                                                   inputs=INPUT_DISTRIBUTION)
-                for group in group_by_shape(cases):
-                    if self.options.isolate:
-                        self._run_isolated(group, emit, lambda text: progress.update(task, description=text),
-                                           sweep.device)
-                    else:
+                groups = group_by_shape(cases)
+                if self.options.isolate:
+                    self._run_isolated(groups, devices or [sweep.device], emit,
+                                       lambda text: progress.update(task, description=text))
+                else:
+                    for group in groups:
                         measure_group(group, self.registry, self.options.settings, emit,
                                       beacon=lambda case, step: progress.update(
                                           task, description=f"{case.label()}: {step}"))
@@ -116,7 +118,7 @@ class Runner:
             outcome.status = "failed"
             outcome.message = str(exc)
         finally:
-            self._stop_worker()
+            self._drop_worker(kill=False)
             self.store.finish_run(run_id, outcome.status)
         return outcome
 
@@ -148,36 +150,77 @@ class Runner:
                 self._worker.stop()
             self._worker = None
 
-    def _stop_worker(self) -> None:
+    def _stop_workers(self, slots: list[_Slot]) -> None:
         self._drop_worker(kill=False)
+        for slot in slots:
+            if slot.worker is not None:
+                slot.worker.stop()
+                slot.worker = None
 
-    def _run_isolated(self, group: list[Case], emit: Callable[[MeasurementRecord], None],
-                      describe: Callable[[str], None], device: str) -> None:
-        pending = {case.key: case for case in group}
-        while pending:
-            worker = self._ensure_worker(device)
-            worker.send(("group", list(pending.values())))
-            while True:
-                event = worker.next_event(self.options.case_timeout_s)
-                if event.kind == "beacon":
-                    case = pending.get(event.case_key or "")
-                    describe(f"{case.label() if case else event.case_key}: {event.step}")
-                elif event.kind == "record" and event.record is not None:
-                    if pending.pop(event.record.case.key, None) is not None:
-                        emit(event.record)
-                elif event.kind == "done":
-                    for case in pending.values():  # every case must end with a record
-                        emit(failure_record(case, "error", "worker returned no result", self.registry))
-                    pending.clear()
-                    break
-                else:
-                    self._handle_failure(event, pending, emit)
-                    break
+    def _run_isolated(self, groups: list[list[Case]], devices: list[str], emit: Callable[[MeasurementRecord], None],
+                      describe: Callable[[str], None]) -> None:
+        """Shape groups go to one worker per device as each becomes free; results come back as
+        they finish, from whichever device."""
+        queue = deque(groups)
+        slots = [_Slot(device) for device in devices]
+        # the worker that measured the peaks serves the first device
+        if self._worker is not None:
+            slots[0].worker, self._worker = self._worker, None
+        try:
+            while queue or any(slot.busy for slot in slots):
+                for slot in slots:
+                    if not slot.busy and queue:
+                        group = queue.popleft()
+                        if len(devices) > 1:
+                            group = [replace(case, device=slot.device) for case in group]
+                        slot.pending = {case.key: case for case in group}
+                        self._send_group(slot)
+                busy = [slot for slot in slots if slot.busy]
+                wait = 0.5 if len(busy) == 1 else 0.05
+                for slot in busy:
+                    assert slot.worker is not None
+                    event = slot.worker.poll_event(wait)
+                    if event is None:
+                        if slot.worker.silent_for() <= self.options.case_timeout_s:
+                            continue
+                        event = slot.worker.timeout_event()
+                    self._on_event(slot, event, emit, describe, len(devices) > 1)
+        finally:
+            self._stop_workers(slots)
+
+    def _send_group(self, slot: _Slot) -> None:
+        if slot.worker is None:
+            slot.worker = Worker(self.options.settings, self.options.plugins, slot.device)
+        slot.worker.send(("group", list(slot.pending.values())))
+        slot.busy = True
+
+    def _on_event(self, slot: _Slot, event: WorkerEvent, emit: Callable[[MeasurementRecord], None],
+                  describe: Callable[[str], None], show_device: bool) -> None:
+        pending = slot.pending
+        if event.kind == "beacon":
+            case = pending.get(event.case_key or "")
+            prefix = f"[{slot.device}] " if show_device else ""
+            describe(f"{prefix}{case.label() if case else event.case_key}: {event.step}")
+        elif event.kind == "record" and event.record is not None:
+            if pending.pop(event.record.case.key, None) is not None:
+                emit(event.record)
+        elif event.kind == "done":
+            for case in pending.values():  # every case must end with a record
+                emit(failure_record(case, "error", "worker returned no result", self.registry))
+            pending.clear()
+            slot.busy = False
+        elif event.kind in ("died", "timeout", "poisoned"):
+            slot.busy = False
+            if slot.worker is not None:
+                slot.worker.kill()
+                slot.worker = None
+            self._handle_failure(event, pending, emit)
+            if pending:
+                self._send_group(slot)  # a fresh worker takes the rest of the group
 
     def _handle_failure(self, event: WorkerEvent, pending: dict[str, Case],
                         emit: Callable[[MeasurementRecord], None]) -> None:
-        """The worker died, hung or poisoned its CUDA context: record the culprit, replace the worker."""
-        self._drop_worker(kill=True)
+        """The worker died, hung or poisoned its CUDA context: record the culprit."""
         if event.kind == "poisoned":
             return  # the culprit's record was sent before the worker stopped
         culprit = pending.pop(event.case_key, None) if event.case_key else None
@@ -192,3 +235,13 @@ class Runner:
             # leave the rest unmeasured for `--resume` once the cause is fixed
             raise WorkerStartError(f"the measurement worker could not start: {message}")
         emit(failure_record(culprit, status, message, self.registry))
+
+
+@dataclass
+class _Slot:
+    """One device and the worker measuring on it."""
+
+    device: str
+    worker: Worker | None = None
+    pending: dict[str, Case] = field(default_factory=dict)
+    busy: bool = False  # a group was sent and its "done" has not come back yet

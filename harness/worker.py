@@ -108,41 +108,53 @@ class Worker:
         self.process.start()
         child.close()
         self.in_flight: tuple[str, str] | None = None
+        self.last_activity = time.monotonic()
 
     def send(self, message: tuple[Any, ...]) -> None:
+        self.last_activity = time.monotonic()
         self.conn.send(message)
+
+    def poll_event(self, wait_s: float) -> WorkerEvent | None:
+        """The next message if one arrives within wait_s; `died` if the process exited; else None."""
+        try:
+            ready = self.conn.poll(wait_s)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            return None if self.process.is_alive() else self._died()
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            return self._died()
+        self.last_activity = time.monotonic()
+        kind = message[0]
+        if kind == "beacon":
+            self.in_flight = (message[1], message[2])
+            return WorkerEvent("beacon", message[1], message[2])
+        if kind == "record":
+            self.in_flight = None
+            return WorkerEvent("record", message[1].case.key, record=message[1])
+        if kind == "poisoned":
+            self.process.join(timeout=10)
+            return WorkerEvent("poisoned", message=message[1])
+        if kind == "peaks":
+            return WorkerEvent("peaks", payload=message[1])
+        return WorkerEvent(kind)
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_activity
+
+    def timeout_event(self) -> WorkerEvent:
+        return WorkerEvent("timeout", *(self.in_flight or (None, "")))
 
     def next_event(self, timeout_s: float) -> WorkerEvent:
         """The worker's next message; `timeout` if silent for timeout_s, `died` if it exited."""
-        deadline = time.monotonic() + timeout_s
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return WorkerEvent("timeout", *(self.in_flight or (None, "")))
-            try:
-                ready = self.conn.poll(min(remaining, 0.5))
-            except (EOFError, OSError):
-                ready = False
-            if ready:
-                try:
-                    message = self.conn.recv()
-                except (EOFError, OSError):
-                    return self._died()
-                kind = message[0]
-                if kind == "beacon":
-                    self.in_flight = (message[1], message[2])
-                    return WorkerEvent("beacon", message[1], message[2])
-                if kind == "record":
-                    self.in_flight = None
-                    return WorkerEvent("record", message[1].case.key, record=message[1])
-                if kind == "poisoned":
-                    self.process.join(timeout=10)
-                    return WorkerEvent("poisoned", message=message[1])
-                if kind == "peaks":
-                    return WorkerEvent("peaks", payload=message[1])
-                return WorkerEvent(kind)
-            if not self.process.is_alive():
-                return self._died()
+            event = self.poll_event(0.5)
+            if event is not None:
+                return event
+            if self.silent_for() > timeout_s:
+                return self.timeout_event()
 
     def _died(self) -> WorkerEvent:
         self.process.join(timeout=5)
