@@ -1,0 +1,85 @@
+"""Checks of the timing method on a GPU, written for docs/methodology.md.
+
+1. Repeatability: the same sweep measured twice in one invocation; per configuration the
+   difference of the two medians.
+2. Independence: tbench's median for sdpa-cudnn at 128k against `triton.testing.do_bench`
+   (which also flushes the L2 before each sample) on the same inputs, in the same process.
+3. Timing modes: CUDA events against CUDA-graph replay for the tensorized methods.
+
+Usage: python benchmarks/methodology.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+from tbench.harness import provenance
+from tbench.harness.config import Case, make_inputs
+from tbench.harness.measure import MeasureSettings
+from tbench.harness.runner import Runner, RunOptions
+from tbench.harness.sweep import Sweep
+from tbench.harness.timing import TimingPolicy
+from tbench.methods.registry import load_registry
+from tbench.results.store import Store
+
+
+def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths: list[int], repeats: int) -> list[int]:
+    sweep = Sweep(lengths=lengths, methods=methods, device="cuda", timing=timing, baseline="flash2")
+    options = RunOptions(settings=MeasureSettings(policy=TimingPolicy(budget_s=5.0)), case_timeout_s=300)
+    ids = []
+    for _ in range(repeats):
+        runner = Runner(store, registry, options, show_progress=False)
+        ids.append(runner.run(sweep, info=provenance.collect("cuda", sweep.as_dict(), argv=["methodology"])).run_id)
+    return ids
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    store = Store(f"sqlite:///{out / 'methodology.db'}")
+    registry = load_registry()
+    lengths = [4096, 16384, 65536, 131072]
+    methods = ["sdpa-cudnn", "flash2", "tensorized", "tensorized-ref"]
+    first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2)
+    [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1)
+
+    a, b, g = (store.measurements([i]).set_index("config_key") for i in (first, second, graph))
+    lines = ["## Repeatability (same sweep twice in one invocation)", "",
+             "| configuration | run A ms | run B ms | difference |", "|---|---:|---:|---:|"]
+    for key in a.index:
+        if a.loc[key, "status"] == "ok" and key in b.index and b.loc[key, "status"] == "ok":
+            ma, mb = a.loc[key, "median_ms"], b.loc[key, "median_ms"]
+            lines.append(f"| {key} | {ma:.4g} | {mb:.4g} | {100 * (mb - ma) / ma:+.2f}% |")
+
+    lines += ["", "## Events against CUDA-graph replay", "", "| configuration | events ms | graph ms | difference |",
+              "|---|---:|---:|---:|"]
+    for key in g.index:
+        events_key = key.rsplit("|", 1)[0] + "|events"
+        if g.loc[key, "status"] == "ok" and events_key in a.index:
+            me, mg = a.loc[events_key, "median_ms"], g.loc[key, "median_ms"]
+            lines.append(f"| {events_key.rsplit('|', 1)[0]} | {me:.4g} | {mg:.4g} | {100 * (mg - me) / me:+.2f}% |")
+
+    # independent measurement of sdpa-cudnn at 128k with do_bench
+    method = registry.get("sdpa-cudnn")
+    case = Case("sdpa-cudnn", "exact", 131072, 1, 32, 8, 128, "bf16", True, "cuda")
+    q, k, v = method.prepared(*make_inputs(case, 0), case)
+    with torch.no_grad():
+        independent = triton.testing.do_bench(lambda: method.call(q, k, v, case), warmup=500, rep=5000,
+                                              return_mode="median")
+    key = case.key
+    ours = [a.loc[key, "median_ms"], b.loc[key, "median_ms"]]
+    lines += ["", "## sdpa-cudnn at 128k: tbench against triton.testing.do_bench", "",
+              "| measurement | median ms | vs do_bench |", "|---|---:|---:|",
+              f"| triton.testing.do_bench (warmup 500 ms, rep 5000 ms) | {independent:.4g} | |"]
+    for name, value in zip(("tbench run A", "tbench run B"), ours, strict=True):
+        lines.append(f"| {name} | {value:.4g} | {100 * (value - independent) / independent:+.2f}% |")
+    text = "\n".join(lines)
+    (out / "methodology.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
