@@ -1,0 +1,537 @@
+"""What the dashboard shows, without Streamlit: read-only store queries and the pandas logic behind
+each view (leaderboard, speedups, crossover lengths, order m). Every function here is pure or only
+reads the database, so it can be tested on a plain SQLite file."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pandas as pd
+from sqlalchemy import Engine, and_, create_engine, func, inspect, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
+
+CPU_LABEL = "CPU"
+
+# Preferred baselines, best first: the fastest exact kernels are the fair reference for speedups.
+BASELINE_PREFERENCE = ("flash2", "sdpa-cudnn", "sdpa-efficient", "xformers", "sdpa-math", "full")
+
+# How a non-ok status reads in every metric cell of its row; a blank or a zero would look like data.
+STATUS_MARKERS = {
+    "oom": "OOM",
+    "unsupported": "unsupported",
+    "wrong": "WRONG",
+    "skipped": "skipped",
+    "error": "error",
+    "timeout": "timeout",
+}
+
+# Statuses that say the method cannot handle the length at all, as opposed to not applying to the
+# shape or being broken: 'skipped' is the runner's pre-flight verdict that the configuration would
+# not fit in free memory. The crossover counts them as a loss for the method or a win against the
+# baseline, and the curves mark them.
+CAPACITY_FAILURES = ("oom", "skipped", "timeout")
+
+# Everything the curve and table views need; samples_ms is left out because it dwarfs the rest.
+SLICE_COLUMNS = (
+    "id", "run_id", "config_key", "method", "family", "seq_len", "order_m", "dims", "status", "message",
+    "provenance", "median_ms", "p20_ms", "p80_ms", "n_samples", "peak_bytes", "total_peak_bytes", "tflops",
+    "tbps", "check_error", "fidelity_rel_l2", "fidelity_max_abs", "throttled",
+)
+COMPARE_COLUMNS = (
+    "config_key", "method", "family", "seq_len", "order_m", "dims", "batch", "heads", "kv_heads", "head_dim",
+    "dtype", "causal", "status", "median_ms", "p20_ms", "p80_ms",
+)
+
+
+class DashboardError(Exception):
+    """A store the dashboard cannot show; the message is one line for the page."""
+
+
+# --- opening the store read-only ------------------------------------------------------------------
+
+
+def readonly_url(url: str) -> str:
+    """The same database, opened so that no statement can write to it. SQLite gets a read-only URI
+    (which also never creates a missing file); other backends rely on read-only transactions."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DashboardError(f"'{url}' is not a valid SQLAlchemy URL") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return parsed.render_as_string(hide_password=False)
+    database = parsed.database
+    if not database.startswith("file:"):
+        database = f"file:{quote(str(Path(database).expanduser().resolve()))}"
+    query = {**parsed.query, "mode": "ro", "uri": "true"}
+    return URL.create(parsed.drivername, database=database, query=query).render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = parsed.database
+    if database.startswith("file:"):
+        return Path(unquote(database[len("file:"):].split("?")[0]))
+    return Path(database).expanduser()
+
+
+def open_readonly(url: str) -> Engine:
+    try:
+        ro = readonly_url(url)
+        options = {}
+        if make_url(ro).get_backend_name() == "postgresql":
+            options["execution_options"] = {"postgresql_readonly": True}
+        return create_engine(ro, **options)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DashboardError(f"'{url}' needs a database driver that is not installed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the dashboard found at the URL: 'ok', 'missing' (no file), 'empty' (no measurements)
+    or 'invalid' (not readable as a tbench store)."""
+
+    kind: str
+    message: str = ""
+
+
+def probe(url: str, engine: Engine) -> StoreState:
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return StoreState("missing", f"no database file at {path}")
+    try:
+        tables = set(inspect(engine).get_table_names())
+        if not {"runs", "measurements", Meta.__tablename__} <= tables:
+            return StoreState("invalid" if tables else "empty",
+                              "not a tbench database (tables runs and measurements are missing)" if tables
+                              else "the database has no tables yet")
+        with engine.connect() as conn:
+            version = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+            if version is not None and int(version) > SCHEMA_VERSION:
+                return StoreState("invalid", f"schema version {version} is newer than this tbench reads "
+                                             f"({SCHEMA_VERSION}); upgrade tbench")
+            count = conn.execute(select(func.count()).select_from(Measurement)).scalar() or 0
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        return StoreState("invalid", f"cannot read the database: {reason}")
+    return StoreState("ok") if count else StoreState("empty", "the database has no measurements yet")
+
+
+# --- what can be chosen ---------------------------------------------------------------------------
+
+
+def gpu_label(gpu_name: object) -> str:
+    return str(gpu_name) if isinstance(gpu_name, str) and gpu_name else CPU_LABEL
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A leaderboard compares methods on one input shape, measured with one timing mode."""
+
+    dtype: str
+    causal: bool
+    batch: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    timing: str
+
+    @property
+    def slug(self) -> str:
+        """Compact and URL-safe, for query parameters."""
+        return (f"{self.dtype}.{'causal' if self.causal else 'full'}.B{self.batch}.H{self.heads}"
+                f".KV{self.kv_heads}.D{self.head_dim}.{self.timing}")
+
+    @classmethod
+    def from_slug(cls, slug: str) -> Shape | None:
+        parts = slug.split(".")
+        if len(parts) != 7 or parts[1] not in ("causal", "full"):
+            return None
+        try:
+            numbers = [int(p[n:]) for p, n in zip(parts[2:6], (1, 1, 2, 1), strict=True)]
+        except ValueError:
+            return None
+        return cls(parts[0], parts[1] == "causal", *numbers, timing=parts[6])
+
+    @property
+    def label(self) -> str:
+        causal = "causal" if self.causal else "non-causal"
+        return (f"{self.dtype} {causal} B={self.batch} H={self.heads} H_kv={self.kv_heads} D={self.head_dim}"
+                f" ({self.timing} timing)")
+
+
+def _gpu_filter(gpu: str):  # type: ignore[no-untyped-def]
+    return Run.gpu_name.is_(None) if gpu == CPU_LABEL else Run.gpu_name == gpu
+
+
+def _shape_filter(shape: Shape):  # type: ignore[no-untyped-def]
+    return and_(Measurement.dtype == shape.dtype, Measurement.causal == shape.causal,
+                Measurement.batch == shape.batch, Measurement.heads == shape.heads,
+                Measurement.kv_heads == shape.kv_heads, Measurement.head_dim == shape.head_dim,
+                Measurement.timing_mode == shape.timing)
+
+
+def load_slices(engine: Engine) -> pd.DataFrame:
+    """One row per (GPU, shape) in the store with its measurement count, most measured first."""
+    m = Measurement
+    stmt = (select(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode,
+                   func.count().label("n"))
+            .join(Run, Run.id == m.run_id)
+            .group_by(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode))
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    records = [{"gpu": gpu_label(r[0]),
+                "shape": Shape(r[1], bool(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7]),
+                "n": int(r[8])} for r in rows]
+    df = pd.DataFrame(records, columns=["gpu", "shape", "n"])
+    # Two CPU runs from different hosts share the CPU label: merge their counts.
+    df = df.groupby(["gpu", "shape"], as_index=False, sort=False)["n"].sum()
+    return df.sort_values(["n", "gpu"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def load_runs(engine: Engine) -> pd.DataFrame:
+    """All runs, newest first, with their measurement counts."""
+    counts = (select(Measurement.run_id, func.count().label("measurements"))
+              .group_by(Measurement.run_id).subquery())
+    stmt = (select(Run.id, Run.status, Run.started_at, Run.device, Run.gpu_name, Run.command,
+                   func.coalesce(counts.c.measurements, 0).label("measurements"))
+            .outerjoin(counts, counts.c.run_id == Run.id).order_by(Run.id.desc()))
+    with engine.connect() as conn:
+        df = pd.DataFrame(conn.execute(stmt).mappings().all(),
+                          columns=["id", "status", "started_at", "device", "gpu_name", "command", "measurements"])
+    df["gpu"] = df["gpu_name"].map(gpu_label)
+    return df
+
+
+def run_label(run: pd.Series | dict) -> str:
+    started = run["started_at"]
+    when = f"{started:%Y-%m-%d %H:%M}" if started is not None and not pd.isna(started) else "?"
+    return f"run {run['id']} · {gpu_label(run['gpu_name'])} · {when} · {run['measurements']} rows"
+
+
+def load_run(engine: Engine, run_id: int) -> dict | None:
+    """Every provenance column of one run (environment and sweep as dicts)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(Run.__table__).where(Run.id == run_id)).mappings().first()
+        if row is None:
+            return None
+        statuses = conn.execute(select(Measurement.status, func.count()).where(Measurement.run_id == run_id)
+                                .group_by(Measurement.status)).all()
+    run = dict(row)
+    run["status_counts"] = {status: int(n) for status, n in statuses}
+    return run
+
+
+def _frame(rows: Sequence[Sequence[object]], columns: list[str]) -> pd.DataFrame:
+    # Plain tuples: pandas would read a result row's `dtype` column as the row's array dtype.
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+
+def load_slice_runs(engine: Engine, gpu: str, shape: Shape) -> list[int]:
+    """Ids of the runs with measurements on this GPU and shape, newest first."""
+    stmt = (select(Measurement.run_id).join(Run, Run.id == Measurement.run_id)
+            .where(_gpu_filter(gpu), _shape_filter(shape)).distinct().order_by(Measurement.run_id.desc()))
+    with engine.connect() as conn:
+        return [int(r) for r in conn.execute(stmt).scalars()]
+
+
+def load_slice(engine: Engine, gpu: str, shape: Shape, run_id: int | None = None) -> pd.DataFrame:
+    """The measurements of one GPU and shape: of one run, or (run_id None) the newest measurement of
+    each configuration over all runs."""
+    m = Measurement
+    columns = [getattr(m, c) for c in SLICE_COLUMNS]
+    where = and_(_gpu_filter(gpu), _shape_filter(shape))
+    stmt = select(*columns).join(Run, Run.id == m.run_id).where(where)
+    if run_id is not None:
+        stmt = stmt.where(m.run_id == run_id)
+    else:
+        # Grouping in SQL keeps a store with many repeated runs from shipping every old row to pandas.
+        newest = (select(m.config_key, func.max(m.run_id).label("run_id"))
+                  .join(Run, Run.id == m.run_id).where(where).group_by(m.config_key).subquery())
+        stmt = stmt.join(newest, and_(m.config_key == newest.c.config_key, m.run_id == newest.c.run_id))
+    with engine.connect() as conn:
+        df = _frame(conn.execute(stmt.order_by(m.id)).all(), list(SLICE_COLUMNS))
+    return df.astype({"order_m": "Int64", "seq_len": "int64"}) if not df.empty else df
+
+
+def load_run_measurements(engine: Engine, run_id: int, samples: bool = True) -> pd.DataFrame:
+    """One run's measurements for comparing runs; samples_ms (decoded lists) only if asked for."""
+    m = Measurement
+    names = [*COMPARE_COLUMNS, "samples_ms"] if samples else list(COMPARE_COLUMNS)
+    stmt = select(*[getattr(m, c) for c in names]).where(m.run_id == run_id).order_by(m.id)
+    with engine.connect() as conn:
+        return _frame(conn.execute(stmt).all(), names)
+
+
+# --- series and speedups --------------------------------------------------------------------------
+
+
+def series_label(method: str, order_m: object) -> str:
+    """One curve per method and order m: 'tensorized m=2', 'flash2'."""
+    return method if order_m is None or pd.isna(order_m) else f"{method} m={int(order_m)}"  # type: ignore[arg-type]
+
+
+def format_length(n: float) -> str:
+    """4096 -> '4k', 1536 -> '1.5k', 1048576 -> '1M', 300 -> '300'."""
+    if n >= 2**20 and n % 2**18 == 0:
+        return f"{n / 2**20:g}M"
+    if n >= 1024 and n % 256 == 0:
+        return f"{n / 1024:g}k"
+    return f"{n:,.0f}"
+
+
+@dataclass(frozen=True)
+class BaselineChoice:
+    method: str | None
+    note: str
+
+
+def ok_methods(df: pd.DataFrame, family: str | None = None) -> list[str]:
+    rows = df[df["status"] == "ok"]
+    if family is not None:
+        rows = rows[rows["family"] == family]
+    return sorted(rows["method"].unique())
+
+
+def baseline_candidates(df: pd.DataFrame) -> list[str]:
+    """Methods with ok rows, best baseline first: exact methods in BASELINE_PREFERENCE order, other
+    exact methods, then the rest (a tensorized method can be a baseline too, if asked for)."""
+    exact = ok_methods(df, "exact")
+    ranked = [m for m in BASELINE_PREFERENCE if m in exact] + [m for m in exact if m not in BASELINE_PREFERENCE]
+    return ranked + [m for m in ok_methods(df) if m not in ranked]
+
+
+def pick_baseline(df: pd.DataFrame, requested: str | None = "flash2") -> BaselineChoice:
+    """The requested baseline if it has ok rows, else the best exact method that has; the note says
+    which one is used and why."""
+    if requested and requested in ok_methods(df):
+        return BaselineChoice(requested, f"Speedups are against **{requested}**.")
+    ranked = [m for m in baseline_candidates(df) if m in ok_methods(df, "exact")]
+    if not ranked:
+        return BaselineChoice(None, "No exact method has an ok measurement here, so there is no baseline "
+                                    "for speedups.")
+    wanted = f"{requested} has no ok measurement here" if requested else "no baseline chosen"
+    return BaselineChoice(ranked[0], f"Speedups are against **{ranked[0]}** ({wanted}).")
+
+
+def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Adds baseline_ms and speedup = baseline median / median at the same length (ok rows only),
+    plus speedup_lo / speedup_hi from the row's own p80 / p20 (the spread of its timing)."""
+    out = df.copy()
+    base = pd.Series(dtype=float)
+    if baseline is not None and not df.empty:
+        rows = df[(df["method"] == baseline) & (df["status"] == "ok")]
+        base = rows.groupby("seq_len")["median_ms"].min()
+    out["baseline_ms"] = out["seq_len"].map(base).astype(float)
+    ok = out["status"] == "ok"
+    median = out["median_ms"].astype(float)
+    out["speedup"] = (out["baseline_ms"] / median).where(ok)
+    out["speedup_lo"] = (out["baseline_ms"] / out["p80_ms"].astype(float)).where(ok)
+    out["speedup_hi"] = (out["baseline_ms"] / out["p20_ms"].astype(float)).where(ok)
+    return out
+
+
+def curve_points(df: pd.DataFrame) -> pd.DataFrame:
+    """One point per series and length. Where a method was measured with several foldings at one
+    length, the curve follows the fastest ok one; a failure shows only where nothing succeeded."""
+    if df.empty:
+        return df.assign(series=pd.Series(dtype=str))
+    out = df.assign(series=[series_label(m, o) for m, o in zip(df["method"], df["order_m"], strict=True)],
+                    _failed=(df["status"] != "ok").astype(int))
+    out = out.sort_values(["series", "seq_len", "_failed", "median_ms"], na_position="last", kind="stable")
+    return out.drop_duplicates(["series", "seq_len"]).drop(columns="_failed").reset_index(drop=True)
+
+
+# --- leaderboard ----------------------------------------------------------------------------------
+
+
+def leaderboard(df: pd.DataFrame, seq_len: int, baseline: str | None) -> pd.DataFrame:
+    """Every configuration at one length: ok rows ranked by median time (rank 1 = fastest), then
+    the failures, with their status kept."""
+    rows = with_speedup(df, baseline)
+    rows = rows[rows["seq_len"] == seq_len].copy()
+    ok = rows["status"] == "ok"
+    rows["_failed"] = (~ok).astype(int)
+    rows = rows.sort_values(["_failed", "median_ms", "method", "order_m"], na_position="last", kind="stable")
+    rows = rows.drop(columns="_failed").reset_index(drop=True)
+    ranks = rows["status"].eq("ok").cumsum()
+    rows["rank"] = ranks.where(rows["status"] == "ok").astype("Int64")
+    return rows
+
+
+def fmt_number(value: object, spec: str, missing: str = "n/a") -> str:
+    if value is None or pd.isna(value):  # type: ignore[arg-type]
+        return missing
+    return format(float(value), spec)  # type: ignore[arg-type]
+
+
+def _mib(value: object) -> str:
+    if value is None or pd.isna(value):  # type: ignore[arg-type]
+        return "n/a"
+    mib = float(value) / 2**20  # type: ignore[arg-type]
+    return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
+
+
+LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s", "peak MiB", "total MiB",
+                       "fidelity (rel L2)")
+
+
+def status_text(status: str, throttled: object = None) -> str:
+    if status == "ok":
+        return "ok (clocks limited)" if throttled is True else "ok"
+    return STATUS_MARKERS.get(status, status)
+
+
+def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """The leaderboard as text cells. A failed configuration carries its status marker in every
+    metric column; 'n/a' means the metric was not measured for an ok row; 'no baseline' means the
+    baseline has no ok measurement at this length."""
+    records = []
+    for row in table.itertuples(index=False):
+        ok = row.status == "ok"
+        marker = status_text(row.status)
+        metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
+        if row.method == baseline and ok:
+            speedup = "1.00× (baseline)"
+        elif ok and pd.isna(row.baseline_ms):
+            speedup = "no baseline"
+        else:
+            speedup = fmt_number(row.speedup, ".2f") + "×"
+        records.append({
+            "rank": "" if pd.isna(row.rank) else f"#{row.rank}",
+            "method": row.method,
+            "m": "" if pd.isna(row.order_m) else str(int(row.order_m)),
+            "dims": row.dims or "",
+            "status": status_text(row.status, row.throttled),
+            "median ms": metric(fmt_number(row.median_ms, ".4g")),
+            "p20–p80 ms": metric(f"{fmt_number(row.p20_ms, '.4g')}–{fmt_number(row.p80_ms, '.4g')}"),
+            "speedup": metric(speedup),
+            "TFLOP/s": metric(fmt_number(row.tflops, ".3g")),
+            "TB/s": metric(fmt_number(row.tbps, ".3g")),
+            "peak MiB": metric(_mib(row.peak_bytes)),
+            "total MiB": metric(_mib(row.total_peak_bytes)),
+            # Fidelity is measured before timing, so a row that failed later can still have it.
+            "fidelity (rel L2)": fmt_number(row.fidelity_rel_l2, ".2e", missing=marker if not ok else "n/a"),
+            "provenance": row.provenance or "",
+            "message": row.message or "",
+            "run": int(row.run_id),
+        })
+    columns = ["rank", "method", "m", "dims", "status", *LEADERBOARD_METRICS, "provenance", "message", "run"]
+    return pd.DataFrame(records, columns=columns)
+
+
+# --- crossover ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a method starts beating the baseline for good. kind: 'crossing' (length interpolated
+    between two measured lengths), 'always' (from the shortest measured length), 'never' (still
+    slower at the longest one), 'no data' (no length where both can be compared)."""
+
+    kind: str
+    length: float | None = None
+
+    @property
+    def text(self) -> str:
+        if self.kind == "crossing":
+            return f"≈ {format_length(round(self.length or 0))}"
+        if self.kind == "always":
+            return f"always (from the shortest measured, {format_length(self.length or 0)})"
+        if self.kind == "never":
+            return f"never (slower up to {format_length(self.length or 0)})"
+        return "no data"
+
+
+def efficiency_length(lengths: Sequence[float], ratios: Sequence[float]) -> Crossover:
+    """The shortest length from which `ratio` (method time / baseline time) stays below 1.
+
+    Between the last losing and the first winning length of the final winning streak, log(ratio)
+    is interpolated linearly in log2(length): times grow roughly as powers of the length, so that
+    line is close to straight. A ratio of 0 (the baseline failed) or infinity (the method failed)
+    has no logarithm; the crossing is then put at the first winning length."""
+    points = sorted((float(n), float(r)) for n, r in zip(lengths, ratios, strict=True) if not math.isnan(r))
+    if not points:
+        return Crossover("no data")
+    if points[-1][1] >= 1:
+        return Crossover("never", points[-1][0])
+    last_loss = max((i for i, (_, r) in enumerate(points) if r >= 1), default=None)
+    if last_loss is None:
+        return Crossover("always", points[0][0])
+    (n0, r0), (n1, r1) = points[last_loss], points[last_loss + 1]
+    if math.isinf(r0) or r1 == 0:
+        return Crossover("crossing", n1)
+    x0, x1 = math.log2(n0), math.log2(n1)
+    t = math.log(r0) / (math.log(r0) - math.log(r1))
+    return Crossover("crossing", 2 ** (x0 + t * (x1 - x0)))
+
+
+def _ratio(method_row: pd.Series | None, base_row: pd.Series | None) -> float:
+    """method time / baseline time at one length; capacity failures count as 0 or infinity."""
+    method_ok = method_row is not None and method_row["status"] == "ok"
+    base_ok = base_row is not None and base_row["status"] == "ok"
+    if method_ok and base_ok:
+        return float(method_row["median_ms"]) / float(base_row["median_ms"])  # type: ignore[index]
+    method_failed = method_row is not None and method_row["status"] in CAPACITY_FAILURES
+    base_failed = base_row is not None and base_row["status"] in CAPACITY_FAILURES
+    if method_ok and base_failed:
+        return 0.0
+    if base_ok and method_failed:
+        return math.inf
+    return math.nan
+
+
+def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per method and order m: the efficiency length against the baseline, and the speedup at the
+    longest length where both were measured."""
+    points = curve_points(df)
+    base = points[points["method"] == baseline].set_index("seq_len")
+    records = []
+    for series, rows in points[points["method"] != baseline].groupby("series", sort=True):
+        lengths, ratios = [], []
+        for _, row in rows.iterrows():
+            n = int(row["seq_len"])
+            lengths.append(n)
+            ratios.append(_ratio(row, base.loc[n] if n in base.index else None))
+        crossing = efficiency_length(lengths, ratios)
+        finite = [(n, r) for n, r in zip(lengths, ratios, strict=True) if 0 < r < math.inf]
+        longest = max(finite) if finite else None
+        first = rows.iloc[0]
+        records.append({
+            "series": series,
+            "method": first["method"],
+            "family": first["family"],
+            "m": first["order_m"],
+            "efficiency length": crossing.text,
+            "kind": crossing.kind,
+            "length": crossing.length,
+            "compared lengths": ", ".join(format_length(n) for n, r in zip(lengths, ratios, strict=True)
+                                          if not math.isnan(r)),
+            "speedup at longest": f"{1 / longest[1]:.2f}× at {format_length(longest[0])}" if longest else "n/a",
+        })
+    columns = ["series", "method", "family", "m", "efficiency length", "kind", "length", "compared lengths",
+               "speedup at longest"]
+    return pd.DataFrame(records, columns=columns)
+
+
+# --- order m --------------------------------------------------------------------------------------
+
+
+def order_table(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Tensorized rows by length and order m, with speedup and fidelity."""
+    rows = with_speedup(df, baseline)
+    rows = rows[(rows["family"] == "tensorized") & rows["order_m"].notna()]
+    rows = rows.sort_values(["method", "seq_len", "order_m", "median_ms"], kind="stable")
+    return rows.reset_index(drop=True)
