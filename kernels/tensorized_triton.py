@@ -1,0 +1,489 @@
+"""Tensorized attention (SPEC-tensorized-attention.md) as Triton kernels, one launch per hop.
+
+The hop over axis j of dims (n_1..n_m) sees the sequence as (A, L, C) with L = n_j,
+A = prod(dims[:j]) and C = prod(dims[j+1:]): the slice (a, c) holds the positions
+a*L*C + i*C + c for i < L, so every slice is a strided view of rows that are each D contiguous
+elements. Both kernels address rows this way, so the same code runs the innermost axis (C = 1,
+block-local attention) and any outer axis (stride C, dilated attention); nothing is permuted,
+padded or expanded in memory:
+
+* positions >= N are never read or written: loads are masked and every buffer is N rows long.
+  In a slice the real positions are a prefix i < valid_len, so one bound masks the padded keys
+  (non-causal) and the rows that are not stored;
+* GQA: query head h reads kv head h // (H / H_kv) in place; the value of the first hop is v
+  (H_kv heads), later hops read the previous output (H heads);
+* two kernels, chosen by L: a "packed" one for L <= 128, where one tile holds the whole slice
+  (several slices per tile when L is small) and a persistent grid walks the tiles so the loads of
+  the next tile overlap the math of this one; and a flash-style one for longer slices, with an
+  online softmax over key blocks and causal block skipping.
+
+Memory: the output plus one intermediate; hops alternate between them so the last lands in the
+output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .folding import hop_axes
+
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+
+# Longest slice that the packed kernel holds in a single tile (its score tile is ROWS x ROWS).
+PACKED_MAX_LEN = 128
+
+_LOG2E = 1.4426950408889634
+# Triton reads this at import too; kernels defined before it is set would compile for a GPU.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# TBENCH_TRITON_AUTOTUNE=0 takes the first config that fits instead of timing them all (quick
+# correctness runs on a GPU, where timing every config of every key would dominate).
+_AUTOTUNE = os.environ.get("TBENCH_TRITON_AUTOTUNE", "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+if _INTERPRET:
+    # The interpreter holds scalars as 1-element arrays, which recent numpy refuses to turn into a
+    # Python int; loop bounds therefore pass through this helper, which is the identity compiled.
+    def _as_int(x: tl.tensor | int) -> int:
+        return int(x.handle.data.reshape(-1)[0]) if isinstance(x, tl.tensor) else int(x)
+
+    @triton.jit
+    def _loop_bound(x):
+        return _as_int(x)
+
+    # The interpreter's bf16 products are wrong; exact fp32 products of the same (rounded)
+    # operands are what the tensor cores compute anyway.
+    @triton.jit
+    def _dot(a, b, acc, DOT_PRECISION: tl.constexpr):
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+
+    # ... and its fp32 -> bf16 cast truncates; round to nearest even by hand, as the GPU does.
+    @triton.jit
+    def _narrow(x, dtype: tl.constexpr):
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            x = bits.to(tl.float32, bitcast=True)
+        return x.to(dtype)
+
+else:
+
+    @triton.jit
+    def _loop_bound(x):
+        return x
+
+    @triton.jit
+    def _dot(a, b, acc, DOT_PRECISION: tl.constexpr):
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    @triton.jit
+    def _narrow(x, dtype: tl.constexpr):
+        return x.to(dtype)
+
+
+@triton.jit
+def _slice_layout(g, N, L, C):
+    """First position of slice g (a, c) and how many of its coordinates are real (< N)."""
+    a = g // C
+    c = g - a * C
+    base = a * (L * C) + c
+    # real positions form a prefix of the slice; written without negative divisions
+    valid = tl.where(base < N, tl.minimum((N - base + C - 1) // C, L), 0)
+    return base, valid
+
+
+@triton.jit
+def _packed_hop_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROWS: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr,  # the latter only sizes the grid
+):
+    # One tile = ROWS // BLOCK_L whole slices of BLOCK_L (>= L) coordinates each; scores between
+    # different slices of the tile are masked out.
+    SLICES: tl.constexpr = ROWS // BLOCK_L
+    rows = tl.arange(0, ROWS)
+    slice_of_row = rows // BLOCK_L
+    coord = rows % BLOCK_L
+    offs_d = tl.arange(0, HEAD_DIM)
+    allowed = slice_of_row[:, None] == slice_of_row[None, :]
+    if CAUSAL:
+        allowed = allowed & (coord[None, :] <= coord[:, None])
+
+    tiles = tl.cdiv(NUM_SLICES, SLICES) * B * H_KV * GROUP
+    for w in range(_loop_bound(tl.program_id(0)), _loop_bound(tiles), _loop_bound(tl.num_programs(0))):
+        # the heads sharing one kv head are neighbours in w, so their K/V reads hit L2
+        hg = w % GROUP
+        t = w // GROUP
+        hk = t % H_KV
+        t = t // H_KV
+        b = (t % B).to(tl.int64)
+        tile = t // B
+        h = (hk * GROUP + hg).to(tl.int64)
+
+        base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
+        valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
+        row_ok = coord < valid
+        pos = base + coord * C
+
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        k = tl.load(k_ptr + b * stride_kb + hk.to(tl.int64) * stride_kh + pos[:, None] * stride_kn
+                    + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos[:, None] * stride_vn
+                    + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+
+        s = _dot(q, tl.trans(k), None, DOT_PRECISION)
+        s = tl.where(allowed & row_ok[None, :], s, float("-inf"))
+        # the scale (> 0) is applied inside the exponent, one FMA per score
+        row_max = tl.max(s, 1) * qk_scale
+        # rows without any allowed key (padding only) would give -inf - -inf = NaN
+        row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+        p = tl.exp2(s * qk_scale - row_max[:, None])
+        denom = tl.sum(p, 1)
+        denom = tl.where(denom > 0.0, denom, 1.0)
+        acc = _dot(_narrow(p, v.dtype), v, None, DOT_PRECISION)
+        out = acc / denom[:, None]
+        tl.store(o_ptr + b * stride_ob + h * stride_oh + pos[:, None] * stride_on + offs_d[None, :],
+                 _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _flash_blocks(
+    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
+    base, C, valid, offs_m, lo, hi,
+    qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax over the key blocks [lo, hi); MASKED blocks straddle the diagonal or the end."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start in range(_loop_bound(lo), _loop_bound(hi), BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        pos_n = base + offs_n * C
+        if MASKED:
+            key_ok = offs_n < valid
+            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
+            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
+        s = _dot(q, tl.trans(k), None, DOT_PRECISION)
+        if MASKED:
+            ok = key_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None])
+            s = tl.where(ok, s, float("-inf"))
+        # statistics are kept in scaled log2 units; the scale (> 0) folds into one FMA per score.
+        # Key 0 is allowed for every row and lies in the first block processed, so m_new is finite.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+        acc = _dot(_narrow(p, v.dtype), v, acc, DOT_PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _flash_hop_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    q_blocks = tl.cdiv(L, BLOCK_M)
+    # neighbours in pid: heads of one kv group, then query blocks of one slice (heaviest causal
+    # block first), so K/V blocks are shared through L2
+    hg = pid % GROUP
+    t = pid // GROUP
+    qb = q_blocks - 1 - t % q_blocks
+    t = t // q_blocks
+    g = t % NUM_SLICES
+    t = t // NUM_SLICES
+    hk = (t % H_KV).to(tl.int64)
+    b = (t // H_KV).to(tl.int64)
+    h = hk * GROUP + hg
+
+    base, valid = _slice_layout(g, N, L, C)
+    q_start = qb * BLOCK_M
+    if q_start < valid:
+        offs_m = q_start + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < valid
+        pos_m = base + offs_m * C
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos_m[:, None] * stride_qn + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        k_base = k_ptr + b * stride_kb + hk * stride_kh
+        v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        hi = valid
+        if CAUSAL:
+            hi = tl.minimum(hi, q_start + BLOCK_M)
+        # blocks wholly below the diagonal and inside the real prefix need no mask
+        full = (valid // BLOCK_N) * BLOCK_N
+        if CAUSAL:
+            full = tl.minimum(full, (q_start // BLOCK_N) * BLOCK_N)
+        acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
+                                      base, C, valid, offs_m, 0, full, qk_scale,
+                                      HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+        acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
+                                      base, C, valid, offs_m, full, hi, qk_scale,
+                                      HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
+                 _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Autotuning: keyed by (L, D, causal) plus the tensors' dtypes, which Triton appends to the key
+# ---------------------------------------------------------------------------------------------
+
+
+def _dtype_bytes(named_args: dict) -> int:
+    return named_args["q_ptr"].element_size()
+
+
+def _packed_configs() -> list[triton.Config]:
+    if _INTERPRET:
+        return [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 4}, num_warps=4, num_stages=1)]
+    # the first that fits is the default when autotuning is off; (128, 8, 1, 2) is there for fp32
+    shapes = ((64, 4, 2, 8), (64, 4, 3, 4), (128, 8, 2, 1), (128, 8, 1, 2))
+    return [triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": per_sm}, num_warps=w, num_stages=st)
+            for rows, w, st, per_sm in shapes]
+
+
+def _packed_fits(cfg: triton.Config, block_l: int, elem: int) -> bool:
+    rows = cfg.kwargs["ROWS"]
+    if rows < block_l:
+        return False
+    if elem == 4:
+        # fp32 tiles take twice the shared memory: 64 rows double-buffered, or 128 unpipelined
+        return (rows <= 64 and cfg.num_stages <= 2) or cfg.num_stages == 1
+    return True
+
+
+def _prune_packed(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    block_l, elem = kwargs["BLOCK_L"], _dtype_bytes(named_args)
+    kept = [cfg for cfg in configs if _packed_fits(cfg, block_l, elem)]
+    return kept or [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 2}, num_warps=8, num_stages=1)]
+
+
+def _flash_configs() -> list[triton.Config]:
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    # One warpgroup per program and small key blocks: at 168 registers and 64 KB of shared memory
+    # three programs share an SM, so one's softmax overlaps another's matrix products.
+    shapes = ((64, 32, 4, 3, 168), (64, 64, 4, 3, None), (64, 32, 4, 3, None))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, maxnreg=r)
+            for bm, bn, w, s, r in shapes]
+
+
+def _prune_flash(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    length = named_args["L"]
+    elem = _dtype_bytes(named_args)
+    kept = []
+    for cfg in configs:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        if bm > max(64, triton.next_power_of_2(length)) or bn > bm:
+            continue
+        if elem == 4 and bm * bn > 64 * 64:
+            continue  # fp32 operands take twice the shared memory
+        kept.append(cfg)
+    return kept or [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
+
+
+def _first_fits(kernel_call: Callable[[], None], quantiles: Sequence[float]) -> list[float]:
+    """A stand-in timer for TBENCH_TRITON_AUTOTUNE=0: all equal, so the first pruned config wins."""
+    return [0.0] * len(quantiles)
+
+
+_TIMER = None if _AUTOTUNE else _first_fits
+
+_packed_tuned = triton.autotune(
+    configs=_packed_configs(),
+    key=["L", "HEAD_DIM", "CAUSAL"],
+    prune_configs_by={"early_config_prune": _prune_packed},
+    do_bench=_TIMER,
+)(_packed_hop_kernel)
+
+_flash_tuned = triton.autotune(
+    configs=_flash_configs(),
+    key=["L", "HEAD_DIM", "CAUSAL"],
+    prune_configs_by={"early_config_prune": _prune_flash},
+    do_bench=_TIMER,
+)(_flash_hop_kernel)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+_sm_count_cache: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2  # interpreter: a couple of programs, each walking many tiles
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _sm_count_cache:
+        _sm_count_cache[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _sm_count_cache[index]
+
+
+def unsupported_reason(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool
+) -> str | None:
+    """One line saying why the kernel cannot run this configuration, or None if it can."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return "q, k, v must be 4-D (B, H, N, D)"
+    batch, heads, n, d = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != n or k.shape[3] != d:
+        return f"k {tuple(k.shape)} and v {tuple(v.shape)} must be (B, H_kv, N, D) matching q {tuple(q.shape)}"
+    if heads % k.shape[1]:
+        return f"query heads {heads} are not a multiple of kv heads {k.shape[1]}"
+    if q.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(t).removeprefix("torch.") for t in SUPPORTED_DTYPES)
+        return f"dtype {str(q.dtype).removeprefix('torch.')} unsupported; supported: {names}"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
+    if d not in SUPPORTED_HEAD_DIMS:
+        return f"head dim {d} unsupported; supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}"
+    if not (q.device == k.device == v.device):
+        return "q, k, v are on different devices"
+    if q.device.type != "cuda" and not (_INTERPRET and q.device.type == "cpu"):
+        return f"device {q.device} unsupported: needs CUDA (or CPU tensors with TRITON_INTERPRET=1)"
+    dims = tuple(dims)
+    if not dims or any(int(x) < 1 for x in dims):
+        return f"dims {dims} must be one or more positive integers"
+    if math.prod(dims) < n:
+        return f"dims {dims} hold {math.prod(dims)} positions, fewer than N={n}"
+    if n == 0 or batch == 0 or heads == 0:
+        return "empty input"
+    return None
+
+
+def _row_major(x: torch.Tensor) -> torch.Tensor:
+    # rows must be D contiguous elements; any batch/head/row strides are fine
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _new_buffer(like: torch.Tensor) -> torch.Tensor:
+    """The intermediate value tensor (a module-level hook so tests can hand in a poisoned one)."""
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
+
+
+# Config chosen per autotune key; once known, hops launch the bare kernel with it and skip the
+# autotuner's per-call argument handling, which is noticeable next to a 50 us hop.
+_chosen: dict[tuple, triton.Config] = {}
+
+
+def _launch_hop(
+    q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+    dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
+) -> None:
+    """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used."""
+    batch, heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    length = dims[axis]
+    inner = math.prod(dims[axis + 1:])
+    num_slices = math.prod(dims) // length
+    args = (
+        q, k, value, out,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        value.stride(0), value.stride(1), value.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        batch, kv_heads, heads // kv_heads, heads // value.shape[1], n, length, inner, num_slices,
+        scale * _LOG2E,
+    )
+    precision = "ieee" if q.dtype == torch.float32 else None
+    if length <= PACKED_MAX_LEN:
+        block_l = max(16, triton.next_power_of_2(length))
+        sms = _sm_count(q.device)
+        tuner, raw = _packed_tuned, _packed_hop_kernel
+        consts = {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision}
+
+        def grid(meta: dict) -> tuple[int]:
+            tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * heads
+            return (min(tiles, sms * meta["PROGRAMS_PER_SM"]),)
+    else:
+        tuner, raw = _flash_tuned, _flash_hop_kernel
+        consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision}
+
+        def grid(meta: dict) -> tuple[int]:
+            return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
+
+    if config is None:
+        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type)
+        config = _chosen.get(key)
+        if config is None:
+            tuner[grid](*args, **consts)
+            _chosen[key] = tuner.best_config
+            return
+    raw[grid](*args, **consts, **config.all_kwargs())
+
+
+def tensorized_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dims: Sequence[int],
+    causal: bool,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Tensorized attention over the folding `dims` (prod >= N); returns (B, H, N, D) in q's dtype.
+
+    `out`, if given, must be a distinct (B, H, N, D) tensor of q's dtype and device; it receives
+    the result. Raises ValueError (see unsupported_reason) for configurations the kernel lacks.
+    """
+    reason = unsupported_reason(q, k, v, dims, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    dims = tuple(int(x) for x in dims)
+    q, k, v = _row_major(q), _row_major(k), _row_major(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor on {q.device} with contiguous rows")
+    hops = hop_axes(len(dims))
+    scratch = _new_buffer(out) if len(hops) > 1 else None
+    value = v
+    for t, axis in enumerate(hops):
+        # ping-pong so that the last hop writes `out`; a hop never reads the buffer it writes
+        target = out if (len(hops) - 1 - t) % 2 == 0 else scratch
+        _launch_hop(q, k, value, target, dims, axis, causal, scale)
+        value = target
+    return out
+
+
+def tuned_configs() -> list[tuple[str, tuple, str]]:
+    """(kernel, (L, D, causal, dtype, device), chosen config) for every key tuned in this process."""
+    return [("packed" if key[0] else "flash", key[1:], str(cfg)) for key, cfg in _chosen.items()]

@@ -1,0 +1,233 @@
+"""The Triton tensorized-attention kernel against the float64 evaluation of the spec.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (small shapes); with one,
+the tests marked gpu run the same checks at long sequences and against the SDPA composition.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+import triton
+
+if not torch.cuda.is_available():
+    # must precede the kernel module's import, which defines the kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tbench.kernels import tensorized_triton as tt
+from tbench.kernels.folding import resolve_dims
+from tbench.kernels.reference import tensorized_attention_f64
+from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    m: int
+    causal: bool
+    dtype: torch.dtype = torch.float32
+    dims: tuple[int, ...] | None = None
+    heads: int = 2
+    kv_heads: int = 2
+    head_dim: int = 64
+    batch: int = 1
+    layout: str = "bhnd"  # "bnhd": q, k, v are transposed views of (B, N, H, D) tensors
+
+    def __str__(self) -> str:
+        dims = "x".join(map(str, self.dims)) if self.dims else "auto"
+        dtype = str(self.dtype).removeprefix("torch.")
+        mask = "causal" if self.causal else "full"
+        return (f"N{self.n}-m{self.m}-{dims}-{mask}-{dtype}-B{self.batch}H{self.heads}kv{self.kv_heads}"
+                f"-D{self.head_dim}-{self.layout}")
+
+    @property
+    def resolved_dims(self) -> tuple[int, ...]:
+        return resolve_dims(self.n, self.m, self.dims)
+
+
+def _inputs(case: Case, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(zlib.crc32(str(case).encode()))
+
+    def draw(heads: int) -> torch.Tensor:
+        if case.layout == "bnhd":
+            x = torch.randn(case.batch, case.n, heads, case.head_dim, generator=gen)
+            return x.to(device=device, dtype=case.dtype).transpose(1, 2)
+        x = torch.randn(case.batch, heads, case.n, case.head_dim, generator=gen)
+        return x.to(device=device, dtype=case.dtype)
+
+    return draw(case.heads), draw(case.kv_heads), draw(case.kv_heads)
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.to(torch.float64) - ref.to(torch.float64)).norm() / ref.to(torch.float64).norm()).item()
+
+
+@pytest.fixture
+def poisoned_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intermediate value tensors start as NaN, so a row a hop forgets to write poisons the result."""
+    monkeypatch.setattr(tt, "_new_buffer", lambda like: torch.full_like(like, float("nan")))
+
+
+def _check(case: Case, device: str) -> float:
+    q, k, v = _inputs(case, device)
+    dims = case.resolved_dims
+    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    got = tt.tensorized_attention_triton(q, k, v, dims, case.causal, out=out)
+    assert got is out
+    assert not torch.isnan(out).any(), "unwritten or NaN output elements"
+    ref = tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), dims, case.causal)
+    err = _rel_err(out.cpu(), ref)
+    assert err <= TOLERANCE[case.dtype], f"{case}: relative L2 error {err:.2e}"
+    return err
+
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+CPU_CASES = [
+    # every order, N not a product of the auto dims, both masks
+    *(Case(n, m, causal) for n, m in ((200, 1), (300, 2), (500, 3), (1000, 4)) for causal in (False, True)),
+    # explicit dims, odd lengths, padded and exact
+    Case(100, 3, False, dims=(3, 5, 7)),
+    Case(105, 3, True, dims=(3, 5, 7)),
+    Case(100, 3, True, BF16, dims=(7, 5, 3)),
+    # a long strided axis (flash kernel on a dilated axis with a ragged last block)
+    Case(390, 2, False, dims=(200, 2)),
+    Case(390, 2, True, F16, dims=(200, 2), heads=4, kv_heads=1),
+    # GQA
+    Case(300, 2, True, heads=4, kv_heads=2),
+    Case(300, 2, False, BF16, heads=4, kv_heads=1),
+    Case(500, 3, False, F16, heads=4, kv_heads=2),
+    # each dtype at both head dims
+    *(Case(250, 2, causal, dtype, head_dim=d) for dtype in (BF16, F16) for d in (64, 128) for causal in (False, True)),
+    Case(250, 2, True, F32, head_dim=128),
+    Case(130, 2, False, F32, head_dim=32),
+    # batch > 1 and a (B, N, H, D) memory layout (strided rows)
+    Case(300, 2, True, BF16, batch=2, heads=4, kv_heads=2, layout="bnhd"),
+    Case(200, 3, False, F32, batch=2, layout="bnhd"),
+]
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_matches_float64_spec(case: Case, poisoned_scratch: None) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check(case, device)
+
+
+FLASH_VARIANTS = [
+    {"BLOCK_M": 64, "BLOCK_N": 32},
+    {"BLOCK_M": 64, "BLOCK_N": 64},
+    {"BLOCK_M": 32, "BLOCK_N": 64},  # key blocks wider than query blocks
+]
+PACKED_VARIANTS = [{"ROWS": 32, "PROGRAMS_PER_SM": 3}, {"ROWS": 64, "PROGRAMS_PER_SM": 1}]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("variant", FLASH_VARIANTS + PACKED_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_block_shapes_of_one_hop(variant: dict, causal: bool) -> None:
+    """Block shapes beyond the tuned ones, on one strided hop with a ragged, padded slice."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    flash = "BLOCK_M" in variant
+    dims = (150, 3) if flash else (20, 3)  # the hop runs over axis 0: stride 3, L not a block multiple
+    case = Case(dims[0] * 3 - 2, 2, causal, BF16, dims=dims, heads=4, kv_heads=2, head_dim=64)
+    q, k, v = _inputs(case, device)
+    out = torch.full_like(q, float("nan"))
+    config = triton.Config(variant, num_warps=4, num_stages=2)
+    tt._launch_hop(q, k, v, out, dims, 0, causal, 64**-0.5, config=config)
+    assert not torch.isnan(out).any()
+    assert _rel_err(out.cpu(), _outer_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, causal)) <= 1e-2
+
+
+def _outer_hop_f64(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, int], causal: bool
+) -> torch.Tensor:
+    """The spec's hop over axis 0 of dims (L, C) alone, in float64."""
+    batch, heads, n, d = q.shape
+    length, inner = dims
+
+    def fold(x: torch.Tensor) -> torch.Tensor:  # (B, H, C, L, D): one attention problem per (C)
+        x = x.double().repeat_interleave(heads // x.shape[1], 1)
+        x = torch.nn.functional.pad(x, (0, 0, 0, length * inner - n))
+        return x.reshape(batch, heads, length, inner, d).transpose(2, 3)
+
+    pos = torch.arange(length * inner).reshape(length, inner).T  # (C, L)
+    scores = fold(q) @ fold(k).transpose(-1, -2) * d**-0.5
+    idx = torch.arange(length)
+    allowed = (idx[None, :] <= idx[:, None]).expand(inner, length, length) if causal else (
+        (pos < n)[:, None, :].expand(inner, length, length))
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = (weights @ fold(v)).transpose(2, 3).reshape(batch, heads, length * inner, d)
+    return out[:, :, :n]
+
+
+def test_explicit_scale() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    case = Case(120, 2, True)
+    q, k, v = _inputs(case, device)
+    out = tt.tensorized_attention_triton(q, k, v, case.resolved_dims, True, scale=0.3)
+    ref = tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), case.resolved_dims, True, scale=0.3)
+    assert _rel_err(out.cpu(), ref) <= 1e-4
+
+
+def test_unsupported_head_dim_raises() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(1, 2, 64, 96, device=device)
+    reason = tt.unsupported_reason(q, q, q, (8, 8), True)
+    assert reason is not None and "head dim 96" in reason and "64" in reason and "128" in reason
+    with pytest.raises(ValueError, match="head dim 96 unsupported"):
+        tt.tensorized_attention_triton(q, q, q, (8, 8), True)
+
+
+def test_other_unsupported_configurations() -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(1, 4, 64, 64, device=device)
+    assert tt.unsupported_reason(q, q[:, :3], q[:, :3], (8, 8), False) is not None  # 4 % 3 != 0
+    assert tt.unsupported_reason(q, q, q, (4, 8), False) is not None  # 32 positions < 64
+    assert tt.unsupported_reason(q.double(), q.double(), q.double(), (8, 8), False) is not None
+    assert tt.unsupported_reason(q, q, q, (8, 8), False) is None
+    assert {64, 128} <= set(tt.SUPPORTED_HEAD_DIMS)
+    assert set(tt.SUPPORTED_DTYPES) == {torch.bfloat16, torch.float16, torch.float32}
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: the same checks at long sequences, and against the SDPA composition at the bench shape
+# --------------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    Case(4096, 2, True, BF16, heads=4, kv_heads=2, head_dim=128),
+    Case(4096, 3, False, F16, heads=4, kv_heads=1, head_dim=128),
+    Case(10000, 2, False, BF16, heads=4, kv_heads=2, head_dim=128),
+    Case(10000, 3, True, BF16, heads=4, kv_heads=1, head_dim=64),
+    Case(16384, 2, True, F32, heads=2, kv_heads=1, head_dim=128),
+    Case(16384, 3, True, BF16, heads=4, kv_heads=2, head_dim=128),
+    Case(16384, 4, False, F32, heads=2, kv_heads=2, head_dim=64),
+    Case(12000, 3, True, F16, dims=(17, 25, 30), heads=4, kv_heads=2, head_dim=64),
+    Case(8192, 1, True, BF16, heads=2, kv_heads=1, head_dim=128),
+    Case(9000, 2, True, BF16, batch=2, heads=4, kv_heads=2, head_dim=128, layout="bnhd"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_gpu_matches_float64_spec(case: Case, poisoned_scratch: None) -> None:
+    _check(case, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_matches_sdpa_composition(m: int, causal: bool) -> None:
+    case = Case(16384, m, causal, BF16, heads=32, kv_heads=8, head_dim=128)
+    q, k, v = _inputs(case, "cuda")
+    dims = case.resolved_dims
+    ours = tt.tensorized_attention_triton(q, k, v, dims, causal)
+    theirs = tensorized_attention_sdpa(q, k, v, dims, causal)
+    assert not torch.isnan(ours).any()
+    # both round intermediates to bf16, so they differ by about two bf16 roundings
+    assert _rel_err(ours, theirs.float()) <= 1e-2
