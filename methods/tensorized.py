@@ -66,7 +66,7 @@ def _triton_memory(case: Case) -> int:
     family="tensorized",
     description="Tensorized attention, tbench's Triton kernel (one strided-hop kernel per axis)",
     availability=_triton_availability,
-    head_dims=frozenset({64, 128}),
+    head_dims=frozenset({32, 64, 128}),  # kernels.tensorized_triton.SUPPORTED_HEAD_DIMS
     memory_estimate=_triton_memory,
 )
 def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
