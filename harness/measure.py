@@ -123,7 +123,7 @@ def measure_group(
             continue
         active.append(entry)
 
-    _timed_rounds(active, timer, monitor, emit, beacon)
+    _timed_rounds(active, timer, monitor, emit, beacon, settings.policy)
 
 
 def _input_bytes_held(inputs: tuple[torch.Tensor, ...] | None) -> int:
@@ -182,22 +182,33 @@ def _warm_up(
     return _Active(case, method, timed, Sampling(settings.policy, []), rec)
 
 
-def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon) -> None:
+def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
+                  policy: TimingPolicy) -> None:
+    """Rounds over the active cases. In each round a case first runs untimed for `settle_s`, so its
+    samples see the clock and power state its own kernels produce rather than the one the
+    previous (maybe far heavier) case left behind, then takes a short burst of samples."""
     for entry in active:
         entry.record.device_state["before"] = monitor.sample()
+    interleaved = len(active) > 1
     while active:
         for entry in list(active):
             beacon(entry.case, "timing")
-            start = time.perf_counter()
             try:
-                sample = timer.sample(entry.fn)
+                if interleaved:
+                    _settle(entry.fn, policy.settle_s, entry.case.device)
+                burst_end = time.perf_counter() + policy.burst_s
+                while True:
+                    start = time.perf_counter()
+                    sample = timer.sample(entry.fn)
+                    entry.sampling.add(sample, time.perf_counter() - start)
+                    if entry.sampling.done or time.perf_counter() >= burst_end:
+                        break
             except Exception as exc:
                 active.remove(entry)
                 entry.sampling.samples.clear()
                 _release()
                 _finish(entry.record, "oom" if _is_oom(exc) else "error", _one_line(exc), emit)
                 continue
-            entry.sampling.add(sample, time.perf_counter() - start)
             if entry.sampling.done:
                 active.remove(entry)
                 rec = entry.record
@@ -211,3 +222,13 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                     rec.message = (rec.message + "; " if rec.message else "") + f"GPU clocks limited ({reasons})"
                 rec.finished_at = utcnow()
                 emit(rec)
+
+
+def _settle(fn: Callable[[], object], seconds: float, device: str) -> None:
+    deadline = time.perf_counter() + seconds
+    while True:
+        fn()
+        if device != "cpu":
+            torch.cuda.synchronize()
+        if time.perf_counter() >= deadline:
+            return

@@ -30,12 +30,16 @@ class TimingPolicy:
     budget_s: float = 10.0  # per measurement, excluding warm-up
     warmup_s: float = 0.05
     warmup_calls: int = 2
+    # Interleaved rounds: untimed calls before a case's samples in each round, then a burst of
+    # samples of at most this long (at least one sample).
+    settle_s: float = 0.02
+    burst_s: float = 0.05
 
     @classmethod
     def quick(cls) -> TimingPolicy:
         """For tests and smoke runs: coarse, fast."""
         return cls(target_rse=0.05, min_samples=3, max_samples=30, min_time_s=0.0, budget_s=1.0,
-                   warmup_s=0.0, warmup_calls=1)
+                   warmup_s=0.0, warmup_calls=1, settle_s=0.0, burst_s=0.0)
 
 
 def median_rse(samples: list[float]) -> float:
