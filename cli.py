@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .kernels.folding import FoldingError, parse_dims
+from .methods.registry import device_kind
 
 app = typer.Typer(
     help="Benchmark long-sequence attention kernels: tensorized attention against exact attention.",
@@ -144,7 +145,7 @@ def run(
             allowed = "events, graph" if device.startswith("cuda") else "cpu"
             raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {allowed}")
         method_names = parse_names(methods) if methods else [
-            m.name for m in registry if m.availability(device).available]
+            m.name for m in registry if m.availability(device_kind(device)).available]
         if not method_names:
             raise UsageError("no method is available on this device; see `tbench list`")
         if baseline is None:
@@ -248,7 +249,7 @@ def list_methods(
     for column in ("method", "family", "available", "provenance / reason", "supports"):
         table.add_column(column)
     for method in registry:
-        availability = method.availability(device)
+        availability = method.availability(device_kind(device))
         mark = "[green]yes[/green]" if availability.available else "[red]no[/red]"
         detail = availability.provenance if availability.available else availability.reason
         supports = [",".join(sorted(method.dtypes)),
@@ -328,6 +329,217 @@ def dashboard(
     from .results.store import resolve_url
 
     raise typer.Exit(launch(resolve_url(db), port))
+
+
+db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+@friendly_errors
+def db_upgrade(db: DbOption = None) -> None:
+    """Create the database or migrate it to this tbench's schema (opening a store does this too)."""
+    from sqlalchemy.engine import make_url
+
+    from .results import migrate
+    from .results.models import SCHEMA_VERSION
+    from .results.store import Store
+
+    store = Store(db, create=True)
+    with store.engine.connect() as conn:
+        revisions = ", ".join(sorted(migrate.current_revisions(conn)))
+    store.close()
+    shown = make_url(store.url).render_as_string(hide_password=True)
+    out.print(f"{shown}: at revision {revisions} (schema version {SCHEMA_VERSION})", highlight=False,
+              soft_wrap=True)
+
+
+# --- gate, baseline, export, import ---------------------------------------------------------------
+
+BaselinesDirOption = Annotated[str | None, typer.Option(
+    "--baselines-dir", help="Folder of named baselines [default: $TBENCH_BASELINES_DIR or results/baselines]",
+    show_default=False)]
+
+
+def _interop_errors(fn: F) -> F:
+    """Gate and file problems end as one line and exit code 2, like every other bad input."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .harness.gate import GateError
+        from .results.bundle import BundleError
+        from .results.pytest_benchmark import PytestBenchmarkError
+
+        try:
+            return fn(*args, **kwargs)
+        except (GateError, BundleError, PytestBenchmarkError) as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        fail(f"cannot write '{path}': {exc.strerror}")
+
+
+@app.command()
+@friendly_errors
+@_interop_errors
+def gate(
+    baseline: Annotated[str, typer.Option(help="Run id, 'latest', bundle or baseline file, or baseline name",
+                                          show_default=False)],
+    candidate: Annotated[str, typer.Option(help="Run id, 'latest', bundle or baseline file, or baseline name",
+                                           show_default=False)],
+    threshold: Annotated[float, typer.Option(help="Relative change of the median that counts (0.05 = 5%)")] = 0.05,
+    min_delta_us: Annotated[float, typer.Option("--min-delta-us", help="Absolute change of the median that "
+                                                "counts, in microseconds")] = 20.0,
+    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test")] = 0.01,
+    allow_cross_device: Annotated[bool, typer.Option("--allow-cross-device", help="Compare runs from different "
+                                                     "GPU models")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Configurations missing or failing in "
+                                                "the candidate do not fail the gate (wrong results still do)")]
+    = False,
+    markdown: Annotated[str | None, typer.Option(help="Write the verdicts as Markdown here (e.g. "
+                                                 "$GITHUB_STEP_SUMMARY)", show_default=False)] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the verdicts as JSON here",
+                                                 show_default=False)] = None,
+    show_all: Annotated[bool, typer.Option("--all/--changes", help="List every configuration, or only "
+                                           "changes")] = True,
+    baselines_dir: BaselinesDirOption = None,
+    db: DbOption = None,
+) -> None:
+    """Gate a candidate against a baseline: exit 0 pass, 1 regression (SLOWER or FAIL), 2 bad input."""
+    import json
+
+    from .harness.gate import GateSettings
+    from .harness.gate import gate as run_gate
+    from .harness.gate_report import gate_json, gate_markdown, gate_table, summary_line
+    from .results.baselines import baselines_dir as resolve_dir
+    from .results.baselines import load_side
+
+    settings = GateSettings(threshold=threshold, alpha=alpha, min_delta_us=min_delta_us,
+                            allow_cross_device=allow_cross_device, allow_missing=allow_missing)
+    directory = resolve_dir(baselines_dir)
+    report = run_gate(load_side(baseline, db, directory), load_side(candidate, db, directory), settings)
+    out.print(gate_table(report, show_same=show_all))
+    if markdown:
+        _write_text(markdown, gate_markdown(report))
+    if json_out:
+        _write_text(json_out, json.dumps(gate_json(report), indent=1) + "\n")
+    style = "bold green" if report.passed else "bold red"
+    err.print(f"[{style}]{summary_line(report)}[/{style}]", highlight=False)
+    for v in report.failures:
+        err.print(f"  {v.verdict} {v.key}: {v.reason}", highlight=False, markup=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+baseline_app = typer.Typer(help="Named baselines for `tbench gate`, saved as JSON files to commit.",
+                           no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("save")
+@friendly_errors
+@_interop_errors
+def baseline_save(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="Run id or 'latest'")],
+    name: Annotated[str, typer.Option(help="Baseline name, e.g. h100 (the file is <name>.json)",
+                                      show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing baseline of that name")] = False,
+    baselines_dir: BaselinesDirOption = None,
+    db: DbOption = None,
+) -> None:
+    """Save a run as a named baseline (results/baselines/<name>.json) with its provenance."""
+    import shlex
+
+    from .results.baselines import baseline_from_run, check_name, run_as_model, save_baseline
+    from .results.baselines import baselines_dir as resolve_dir
+    from .results.store import Store
+
+    check_name(name)
+    rid, run = run_as_model(Store(db, create=False), None if run_id == "latest" else _parse_run_id(run_id))
+    saved_by = shlex.join(["tbench", *sys.argv[1:]])
+    path = save_baseline(baseline_from_run(run, name, saved_by), resolve_dir(baselines_dir), force)
+    ok = sum(m.status == "ok" for m in run.measurements)
+    err.print(f"Saved run {rid} ({ok} ok of {len(run.measurements)} configurations, "
+              f"{run.gpu_name or 'CPU'}) as baseline '{name}': {path}", highlight=False)
+
+
+@app.command("export")
+@friendly_errors
+@_interop_errors
+def export_runs(
+    run_ids: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run ids, or 'latest'")],
+    out_file: Annotated[str, typer.Option("--out", help="File to write", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="bundle (tbench, for import) or pytest-benchmark")]
+    = "bundle",
+    db: DbOption = None,
+) -> None:
+    """Export runs as a tbench bundle, or one run as pytest-benchmark JSON."""
+    from .harness.sweep import UsageError
+    from .results.bundle import export_bundle, write_bundle, write_json
+    from .results.pytest_benchmark import export_pytest_benchmark
+    from .results.store import Store
+
+    store = Store(db, create=False)
+    ids = [store.get_run(None if r == "latest" else _parse_run_id(r)).id for r in run_ids]
+    if fmt == "bundle":
+        bundle = export_bundle(store, ids)
+        write_bundle(bundle, out_file)
+        count = sum(len(r.measurements) for r in bundle.runs)
+        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}")
+    elif fmt == "pytest-benchmark":
+        if len(ids) != 1:
+            raise UsageError("--format pytest-benchmark holds one run per file; export one run at a time")
+        data = export_pytest_benchmark(store, ids[0])
+        write_json(data, out_file)
+        err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}")
+    else:
+        raise UsageError(f"format '{fmt}' unknown; allowed: bundle, pytest-benchmark")
+
+
+@app.command("import")
+@friendly_errors
+@_interop_errors
+def import_files(
+    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Bundle or pytest-benchmark JSON files")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, bundle or pytest-benchmark")] = "auto",
+    db: DbOption = None,
+) -> None:
+    """Import runs from files, all in one transaction; runs already in the store are skipped."""
+    from .harness.sweep import UsageError
+    from .results.bundle import BundleError, import_runs, parse_bundle, read_json
+    from .results.pytest_benchmark import looks_like_pytest_benchmark, parse_pytest_benchmark
+    from .results.store import Store
+
+    if fmt not in ("auto", "bundle", "pytest-benchmark"):
+        raise UsageError(f"format '{fmt}' unknown; allowed: auto, bundle, pytest-benchmark")
+    runs, sources = [], {}
+    for path in files:
+        data = read_json(path)
+        is_bundle = isinstance(data, dict) and "format" in data
+        if fmt == "bundle" or (fmt == "auto" and is_bundle):
+            found = parse_bundle(data, path).runs
+        elif fmt == "pytest-benchmark" or looks_like_pytest_benchmark(data):
+            found = [parse_pytest_benchmark(data, path)]
+        else:
+            raise BundleError(f"'{path}' is neither a tbench bundle nor pytest-benchmark JSON")
+        for run in found:
+            if run.uuid not in sources:  # the same run in two files is imported once
+                runs.append(run)
+                sources[run.uuid] = path
+    store = Store(db)
+    result = import_runs(store, runs)
+    for uuid, rid in result.imported:
+        err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False)
+    for uuid in result.skipped:
+        err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False)
+    err.print(f"{len(result.imported)} run(s) imported, {len(result.skipped)} already present")
 
 
 def main() -> None:

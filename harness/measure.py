@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..methods.registry import Method, Registry
+from ..methods.registry import Method, Registry, device_kind
 from ..results.records import MeasurementRecord, utcnow
 from . import cost
 from .config import Case, make_inputs
@@ -101,7 +101,7 @@ def measure_group(
         if reason is not None:
             _finish(rec, "unsupported", reason, emit)
             continue
-        availability = method.availability(device)
+        availability = method.availability(device_kind(device))
         if not availability.available:
             _finish(rec, "unsupported", f"unavailable: {availability.reason}", emit)
             continue

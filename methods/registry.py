@@ -24,6 +24,11 @@ Prepare = Callable[
 ]
 
 
+def device_kind(device: str) -> str:
+    """'cuda:1' -> 'cuda': methods declare and check device kinds, not indices."""
+    return device.split(":", 1)[0]
+
+
 @dataclass(frozen=True)
 class Availability:
     """Whether a method can run on a device, and what exactly runs when it does."""
@@ -68,7 +73,7 @@ class Method:
 
     def unsupported_reason(self, case: Case) -> str | None:
         """A one-line reason this method cannot run the case, or None if it can."""
-        if case.device not in self.devices:
+        if device_kind(case.device) not in self.devices:
             return f"runs on {', '.join(sorted(self.devices))} only, not {case.device}"
         if case.dtype not in self.dtypes:
             return f"dtype {case.dtype} unsupported; supported: {', '.join(sorted(self.dtypes))}"
@@ -93,7 +98,7 @@ class Method:
     def provenance(self, case: Case) -> str:
         if self.describe is not None:
             return self.describe(case)
-        return self.availability(case.device).provenance
+        return self.availability(device_kind(case.device)).provenance
 
 
 def method(
