@@ -161,6 +161,9 @@ class Runner:
                       describe: Callable[[str], None]) -> None:
         """Shape groups go to one worker per device as each becomes free; results come back as
         they finish, from whichever device."""
+        if len(devices) > 1:
+            # longest shapes first, so that no GPU is left with the longest group at the end
+            groups = sorted(groups, key=lambda group: -group[0].seq_len * group[0].batch * group[0].heads)
         queue = deque(groups)
         slots = [_Slot(device) for device in devices]
         # the worker that measured the peaks serves the first device
