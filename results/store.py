@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import time
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 from sqlalchemy import Engine, Integer, create_engine, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import SCHEMA_VERSION, Base, Measurement, Meta, Run
+from . import migrate
+from .models import SCHEMA_VERSION, Measurement, Meta, Run
 from .records import MeasurementRecord, RunInfo, utcnow
 
 DEFAULT_DB = "sqlite:///tbench.db"
 ENV_VAR = "TBENCH_DB"
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -90,23 +103,26 @@ class Store:
 
     def _prepare_schema(self, create: bool) -> None:
         try:
-            with self.engine.begin() as conn:
-                if create:
-                    Base.metadata.create_all(conn)
-                with Session(bind=conn) as session:
-                    found = session.get(Meta, "schema_version")
-                    if found is None:
-                        if not create:
-                            raise StoreError(f"'{self.url}' is not a tbench database (no schema version)")
-                        session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                        session.flush()
-                    elif int(found.value) > SCHEMA_VERSION:
-                        raise StoreError(
-                            f"database '{self.url}' has schema version {found.value}, newer than this "
-                            f"tbench supports ({SCHEMA_VERSION}); upgrade tbench to read it"
-                        )
+            # Look first without taking a lock: nearly every open finds the schema at head.
+            with self.engine.connect() as conn:
+                stale = migrate.needs_work(conn)
+            if stale:
+                with self.engine.begin() as conn:
+                    migrate.lock(conn)
+                    migrate.prepare(conn, create=create, where=self.url)
+            with self.session() as session:
+                found = session.get(Meta, "schema_version")
+            if found is None:
+                raise StoreError(f"'{self.url}' is not a tbench database (no schema version)")
+            if int(found.value) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database '{self.url}' has schema version {found.value}, newer than this "
+                    f"tbench supports ({SCHEMA_VERSION}); upgrade tbench to read it"
+                )
         except StoreError:
             raise
+        except migrate.MigrationRefused as exc:
+            raise StoreError(str(exc)) from None
         except (OperationalError, SQLAlchemyError) as exc:
             reason = str(getattr(exc, "orig", exc)).splitlines()[0]
             raise StoreError(f"cannot open database '{self.url}': {reason}") from None
@@ -120,7 +136,7 @@ class Store:
     # --- writing ---------------------------------------------------------------------------------
 
     def start_run(self, info: RunInfo) -> int:
-        run = Run(
+        values = dict(
             uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
             command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
             gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
@@ -128,9 +144,15 @@ class Store:
             tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
             environment=info.environment,
         )
-        with self.session() as session, session.begin():
-            session.add(run)
-        return run.id
+
+        def insert() -> int:
+            # A fresh object per attempt: a failed flush leaves the old one tied to its session.
+            row = Run(**values)
+            with self.session() as session, session.begin():
+                session.add(row)
+            return row.id
+
+        return _retrying(insert)
 
     def update_environment(self, run_id: int, **values: object) -> None:
         with self.session() as session, session.begin():
@@ -141,13 +163,16 @@ class Store:
 
     def record(self, run_id: int, rec: MeasurementRecord) -> bool:
         """Commit one measurement. Returns False if the run already has this configuration."""
-        row = _to_row(run_id, rec)
-        try:
-            with self.session() as session, session.begin():
-                session.add(row)
-        except IntegrityError:
-            return False
-        return True
+
+        def insert() -> bool:
+            try:
+                with self.session() as session, session.begin():
+                    session.add(_to_row(run_id, rec))
+            except IntegrityError:
+                return False
+            return True
+
+        return _retrying(insert)
 
     def finish_run(self, run_id: int, status: str) -> None:
         with self.session() as session, session.begin():
@@ -209,11 +234,36 @@ class Store:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     # WAL lets readers (the dashboard) work while a runner writes; the busy timeout makes
     # concurrent writers wait for the lock instead of failing with "database is locked".
+    # The timeout goes first: switching a new file to WAL itself needs the lock.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Lock contention that a later attempt gets past: SQLite's busy/locked (past the busy timeout,
+    or at once when a read transaction cannot become a write one) and PostgreSQL's serialization
+    failures and deadlocks."""
+    if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
+        return True
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def _retrying(attempt: Callable[[], T], tries: int = 12) -> T:
+    delay = 0.05
+    for i in range(tries):
+        try:
+            return attempt()
+        except DBAPIError as exc:
+            if i == tries - 1 or exc.connection_invalidated or not _transient(exc):
+                raise
+        # Jitter keeps writers that collided from colliding again in step.
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
 
 
 def _to_row(run_id: int, rec: MeasurementRecord) -> Measurement:
