@@ -115,6 +115,10 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed of the random inputs")] = 0,
     resume: Annotated[str | None, typer.Option(help="Measure only what run RUN (an id, or 'latest') lacks",
                                                show_default=False)] = None,
+    shard: Annotated[str | None, typer.Option(help="Measure only part i of n of the sweep, e.g. 2/4 (with "
+                                              "--run-key, so that the parts fill one run)", show_default=False)] = None,
+    run_key: Annotated[str | None, typer.Option("--run-key", help="Join the run named KEY (a UUID, or any text such "
+                                                "as a job id), creating it if needed", show_default=False)] = None,
     db: DbOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
@@ -123,6 +127,7 @@ def run(
     from .harness.measure import MeasureSettings
     from .harness.report import run_table
     from .harness.runner import Runner, RunOptions
+    from .harness.shard import parse_shard
     from .harness.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths, parse_names
     from .harness.timing import TimingPolicy
     from .methods.registry import load_registry
@@ -182,26 +187,52 @@ def run(
     options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
                          case_timeout_s=timeout)
     device_list = _parse_devices(devices, device) if devices else None
+    part = parse_shard(shard) if shard else None
+    if part is not None and run_key is None and previous is None:
+        raise UsageError(f"--shard {shard} needs --run-key KEY (e.g. the job-array id) so that all parts "
+                         "fill one run")
     runner = Runner(store, registry, options, console=err, show_progress=not quiet)
     if previous is not None:
         err.print(f"Resuming run {previous.id} on {store.url}")
-        outcome = runner.run(sweep, resume_run_id=previous.id, devices=device_list)
+        outcome = runner.run(sweep, resume_run_id=previous.id, devices=device_list, shard=part)
     else:
         info = provenance.collect(device, sweep.as_dict())
         if device_list:
             info.environment["devices"] = device_list
-        outcome = runner.run(sweep, info=info, devices=device_list)
+        if run_key is not None:
+            info.uuid = _run_uuid(run_key)
+            run_id, created = store.join_run(info)
+            joined = store.get_run(run_id)
+            if Sweep.from_dict(joined.sweep) != sweep:
+                raise UsageError(f"run key '{run_key}' names run {run_id}, whose sweep differs from this one")
+            if not created:
+                err.print(f"Joining run {run_id} ({run_key}) on {store.url}")
+            outcome = runner.run(sweep, resume_run_id=run_id, devices=device_list, shard=part)
+        else:
+            outcome = runner.run(sweep, info=info, devices=device_list, shard=part)
     run_row = store.get_run(outcome.run_id)
     df = store.measurements([outcome.run_id])
     out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
                         peaks=(run_row.environment or {}).get("peaks"), wide=out.width >= 150))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
     err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'}; stored in {store.url}")
+    if outcome.status == "partial":
+        err.print("The run still lacks configurations of other shards; it is finished when every shard has run.")
     if outcome.status == "interrupted":
         err.print(f"Interrupted. Continue with: tbench run --resume {outcome.run_id}")
         raise typer.Exit(130)
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
+
+
+def _run_uuid(key: str) -> str:
+    """A run key that is a UUID is used as is; any other text maps to a fixed UUID."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(key))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tbench-run:{key}"))
 
 
 def _parse_devices(text: str, device: str) -> list[str]:

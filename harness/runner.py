@@ -19,6 +19,7 @@ from .config import Case
 from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
+from .shard import shard_cases
 from .sweep import Sweep
 from .worker import Worker, WorkerEvent
 
@@ -39,7 +40,7 @@ class RunOptions:
 @dataclass
 class RunOutcome:
     run_id: int
-    status: str  # finished | interrupted | failed
+    status: str  # finished | partial | interrupted | failed
     counts: Counter = field(default_factory=Counter)
     message: str = ""
 
@@ -75,8 +76,12 @@ class Runner:
     # --- entry point -----------------------------------------------------------------------------
 
     def run(self, sweep: Sweep, info: RunInfo | None = None, resume_run_id: int | None = None,
-            devices: list[str] | None = None) -> RunOutcome:
+            devices: list[str] | None = None, shard: tuple[int, int] | None = None) -> RunOutcome:
+        """Measure the sweep into a new run (`info`) or into an existing one (`resume_run_id`,
+        skipping what it has); `shard` (i, n) keeps only the i-th of n parts of the sweep."""
         cases = sweep.cases(self.registry)
+        if shard is not None:
+            cases = shard_cases(cases, *shard)
         if resume_run_id is not None:
             run_id = resume_run_id
             done = self.store.measured_keys(run_id)
@@ -119,10 +124,16 @@ class Runner:
             outcome.message = str(exc)
         finally:
             self._drop_worker(kill=False)
+            if outcome.status == "finished" and not self._complete(sweep, run_id):
+                outcome.status = "partial"  # other shards of this sweep still have to report
             self.store.finish_run(run_id, outcome.status)
         return outcome
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _complete(self, sweep: Sweep, run_id: int) -> bool:
+        wanted = {case.key for case in sweep.cases(self.registry)}
+        return wanted <= self.store.measured_keys(run_id)
 
     def _peaks(self, device: str) -> dict:
         if not self.options.isolate:

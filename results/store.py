@@ -154,6 +154,25 @@ class Store:
 
         return _retrying(insert)
 
+    def join_run(self, info: RunInfo) -> tuple[int, bool]:
+        """The run with info.uuid, made from `info` if it does not exist yet. Several processes
+        (shards of one sweep) may call this at once: one creates the run, the others find it.
+        Returns (run id, whether this call created it)."""
+        assert info.uuid is not None
+        for _ in range(3):
+            existing = self.find_run(info.uuid)
+            if existing is not None:
+                return existing, False
+            try:
+                return self.start_run(info), True
+            except IntegrityError:
+                continue  # another process created it between the look and the insert
+        raise StoreError(f"could not create or find run {info.uuid}")
+
+    def find_run(self, run_uuid: str) -> int | None:
+        with self.session() as session:
+            return session.scalars(select(Run.id).where(Run.uuid == run_uuid)).first()
+
     def update_environment(self, run_id: int, **values: object) -> None:
         with self.session() as session, session.begin():
             run = session.get(Run, run_id)
