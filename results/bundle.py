@@ -1,0 +1,286 @@
+"""Bundles: runs (with their UUID and provenance) and their measurements as one versioned JSON file.
+
+A bundle moves results between stores (a GPU box to a laptop, CI artifacts to the leaderboard).
+Reading is defensive because bundles come from elsewhere: the size is capped before parsing,
+duplicate JSON keys, duplicate run UUIDs and duplicate configurations are refused, and every field
+is type-checked strictly. Importing is one transaction, and a run whose UUID the store already has
+is skipped, so importing the same file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .models import Measurement, Run
+from .records import utcnow
+from .store import Store, StoreError
+
+BUNDLE_FORMAT = "tbench-bundle"
+BUNDLE_VERSION = 1
+MAX_BYTES = 256 * 2**20  # refuse bigger files before reading them: a bundle is never that large
+
+# JSON has no datetime: these fields alone are parsed from ISO strings (everything else is strict).
+Timestamp = Annotated[datetime, Field(strict=False)]
+
+
+class BundleError(Exception):
+    """A file that cannot be read as a bundle; one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class MeasurementModel(_Strict):
+    config_key: str = Field(min_length=1, max_length=400)
+    method: str = Field(min_length=1, max_length=128)
+    family: str = Field(max_length=16)
+    seq_len: int = Field(ge=0)
+    order_m: int | None = None
+    dims: str = Field(default="", max_length=128)
+    batch: int = Field(ge=0)
+    heads: int = Field(ge=0)
+    kv_heads: int = Field(ge=0)
+    head_dim: int = Field(ge=0)
+    dtype: str = Field(max_length=8)
+    causal: bool
+    device: str = Field(max_length=16)
+    device_index: int | None = None
+    timing_mode: str = Field(max_length=16)
+    status: str = Field(min_length=1, max_length=16)
+    message: str = ""
+    provenance: str = ""
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    rse: float | None = None
+    n_samples: int = Field(default=0, ge=0)
+    samples_ms: list[float] | None = None
+    peak_bytes: int | None = None
+    total_peak_bytes: int | None = None
+    flops: float | None = None
+    min_bytes: float | None = None
+    tflops: float | None = None
+    tbps: float | None = None
+    check_error: float | None = None
+    fidelity_rel_l2: float | None = None
+    fidelity_max_abs: float | None = None
+    throttled: bool | None = None
+    device_state: dict[str, Any] | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+class RunModel(_Strict):
+    uuid: str = Field(min_length=1, max_length=36)
+    status: str = Field(max_length=16)
+    started_at: Timestamp
+    finished_at: Timestamp | None = None
+    command: str = ""
+    host: str = Field(default="", max_length=255)
+    device: str = Field(max_length=16)
+    gpu_name: str | None = Field(default=None, max_length=255)
+    gpu_count: int = Field(default=0, ge=0)
+    driver: str | None = Field(default=None, max_length=64)
+    cuda: str | None = Field(default=None, max_length=64)
+    torch_version: str = Field(default="", max_length=64)
+    triton_version: str | None = Field(default=None, max_length=64)
+    python_version: str = Field(default="", max_length=64)
+    platform: str = Field(default="", max_length=255)
+    tbench_version: str = Field(default="", max_length=64)
+    git_commit: str | None = Field(default=None, max_length=64)
+    sweep: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    measurements: list[MeasurementModel] = Field(default_factory=list)
+
+    @field_validator("measurements")
+    @classmethod
+    def _unique_configs(cls, value: list[MeasurementModel]) -> list[MeasurementModel]:
+        seen: set[str] = set()
+        for m in value:
+            if m.config_key in seen:
+                raise ValueError(f"configuration '{m.config_key}' appears twice")
+            seen.add(m.config_key)
+        return value
+
+
+class BundleModel(_Strict):
+    format: Literal["tbench-bundle"]
+    version: int
+    created_at: Timestamp
+    tbench_version: str = ""
+    runs: list[RunModel]
+
+    @model_validator(mode="after")
+    def _unique_runs(self) -> BundleModel:
+        seen: set[str] = set()
+        for r in self.runs:
+            if r.uuid in seen:
+                raise ValueError(f"run uuid '{r.uuid}' appears twice")
+            seen.add(r.uuid)
+        return self
+
+
+_RUN_FIELDS = [f for f in RunModel.model_fields if f != "measurements"]
+_MEASUREMENT_FIELDS = list(MeasurementModel.model_fields)
+
+
+# --- reading files ---------------------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            # json.loads would silently keep the last one; a doctored file could hide a field so.
+            raise BundleError(f"key '{key}' appears twice in one object")
+        data[key] = value
+    return data
+
+
+def _reject_constant(name: str) -> None:
+    raise BundleError(f"'{name}' is not valid JSON")
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_BYTES) -> Any:
+    """A JSON file, size-checked before reading and strict about duplicate keys and NaN."""
+    path = Path(path)
+    try:
+        size = os.stat(path).st_size
+        if not path.is_file():
+            raise BundleError(f"'{path}' is not a file")
+        if size > max_bytes:
+            raise BundleError(f"'{path}' is {size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                              "a tbench file may have")
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise BundleError(f"file '{path}' does not exist") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read '{path}': {exc.strerror}") from None
+    if len(raw) > max_bytes:  # it grew while we looked
+        raise BundleError(f"'{path}' is larger than {max_bytes / 2**20:.0f} MiB")
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+    except BundleError as exc:
+        raise BundleError(f"'{path}' is malformed: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"'{path}' is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"'{path}' is nested too deeply") from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The first problem of a pydantic error, as 'field.path: message'."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    return f"{where}: {first['msg']} ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''})"
+
+
+def parse_bundle(data: Any, source: str) -> BundleModel:
+    if not isinstance(data, dict):
+        raise BundleError(f"'{source}' is not a tbench bundle (the top level is not an object)")
+    if data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"'{source}' is not a tbench bundle (format is {data.get('format')!r})")
+    if data.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"'{source}' has bundle version {data.get('version')!r}; this tbench reads version "
+                          f"{BUNDLE_VERSION}")
+    try:
+        return BundleModel.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"'{source}' is not a valid bundle: {validation_message(exc)}") from None
+
+
+def read_bundle(path: str | Path, max_bytes: int = MAX_BYTES) -> BundleModel:
+    return parse_bundle(read_json(path, max_bytes), str(path))
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+
+def _run_model(run: Run) -> RunModel:
+    data = {f: getattr(run, f) for f in _RUN_FIELDS}
+    data["sweep"], data["environment"] = run.sweep or {}, run.environment or {}
+    data["measurements"] = [MeasurementModel(**{f: getattr(m, f) for f in _MEASUREMENT_FIELDS})
+                            for m in run.measurements]
+    return RunModel.model_validate(data)
+
+
+def export_bundle(store: Store, run_ids: Iterable[int]) -> BundleModel:
+    from .. import __version__
+
+    runs = []
+    with store.session() as session:
+        for run_id in dict.fromkeys(run_ids):
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"run {run_id} does not exist in '{store.url}'")
+            runs.append(_run_model(run))
+    return BundleModel(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, created_at=utcnow(),
+                       tbench_version=__version__, runs=runs)
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """Writes through a temporary file, so a crash never leaves half a file under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BundleError(f"cannot write '{path}': {exc.strerror}") from None
+    except ValueError as exc:  # NaN or infinity somewhere
+        tmp.unlink(missing_ok=True)
+        raise BundleError(f"cannot write '{path}': {exc}") from None
+
+
+def write_bundle(bundle: BundleModel, path: str | Path) -> None:
+    write_json(bundle.model_dump(mode="json"), path)
+
+
+# --- import ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    imported: list[tuple[str, int]]  # (uuid, new run id)
+    skipped: list[str]  # uuids the store already had
+
+
+def import_runs(store: Store, runs: list[RunModel]) -> ImportResult:
+    """All runs in one transaction: either every new run lands, or none does."""
+    imported: list[tuple[str, Run]] = []
+    skipped: list[str] = []
+    try:
+        with store.session() as session, session.begin():
+            existing = set(session.scalars(select(Run.uuid).where(Run.uuid.in_([r.uuid for r in runs]))))
+            for model in runs:
+                if model.uuid in existing:
+                    skipped.append(model.uuid)
+                    continue
+                # ORM objects: every value is a bound parameter, so text that looks like SQL stays text.
+                run = Run(**{f: getattr(model, f) for f in _RUN_FIELDS})
+                run.measurements = [Measurement(**m.model_dump()) for m in model.measurements]
+                session.add(run)
+                imported.append((model.uuid, run))
+            session.flush()
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise StoreError(f"import into '{store.url}' failed, nothing was imported: {reason}") from None
+    return ImportResult([(uuid, run.id) for uuid, run in imported], skipped)
