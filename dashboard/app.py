@@ -24,7 +24,7 @@ LATEST = "latest"
 
 STATUS_COLOURS = {"ok": "", "oom": "#f8d7da", "timeout": "#f8d7da", "error": "#f8d7da", "wrong": "#f5c2c7",
                   "unsupported": "#fff3cd", "skipped": "#fff3cd"}
-VERDICT_COLOURS = {"FASTER": "#d1e7dd", "SLOWER": "#f8d7da", "SAME": "#e9ecef"}
+VERDICT_COLOURS = {"FASTER": "#d1e7dd", "SLOWER": "#f8d7da", "SAME": "#e9ecef", "UNSURE": "#fff3cd"}
 
 
 # --- cached reads (keyed by the database URL) -----------------------------------------------------
@@ -376,13 +376,15 @@ def compare_view(url: str, runs: pd.DataFrame) -> None:
                    format_func=labels.get)
     table = _comparison(url, before, after)
     counts = table["verdict"].value_counts()
-    cols = st.columns(4)
-    for col, verdict in zip(cols, ("FASTER", "SLOWER", "SAME"), strict=False):
+    verdicts = ("FASTER", "SLOWER", "SAME", "UNSURE")
+    cols = st.columns(len(verdicts) + 1)
+    for col, verdict in zip(cols, verdicts, strict=False):
         col.metric(verdict, int(counts.get(verdict, 0)))
-    cols[3].metric("not comparable", int(len(table) - counts.reindex(["FASTER", "SLOWER", "SAME"]).fillna(0).sum()))
-    st.caption("Matched on the configuration key. Ratio = after / before median. FASTER / SLOWER: the median "
-               "moved by more than 5% and, where both runs kept their samples, a Mann-Whitney U test gives "
-               "p < 0.01; anything else is SAME.")
+    cols[-1].metric("not comparable", int(len(table) - counts.reindex(list(verdicts)).fillna(0).sum()))
+    st.caption("Matched on the configuration key. Ratio = after / before median. The rule is `tbench gate`'s: "
+               "FASTER / SLOWER when the median moved by more than 5% and by at least 20 us, and the samples "
+               "show it (one-sided Mann-Whitney U, p < 0.01, and a bootstrap interval of the ratio clear of 1); "
+               "UNSURE when the median moved but the samples do not show it; otherwise SAME.")
     shown = pd.DataFrame({
         "method": table["method"], "m": [("" if pd.isna(m) else str(int(m))) for m in table["order_m"]],
         "dims": table["dims"].fillna(""), "N": table["seq_len"].map(data.format_length),

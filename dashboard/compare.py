@@ -1,38 +1,16 @@
-"""Comparing two runs configuration by configuration, with one SAME / FASTER / SLOWER rule."""
+"""Comparing two runs configuration by configuration, with the CLI gate's SAME / FASTER / SLOWER / UNSURE rule."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
-Verdict = Literal["SAME", "FASTER", "SLOWER"]
+from ..harness.gate import classify_ratio
 
-THRESHOLD = 0.05  # a change of the median smaller than 5% is noise on a real GPU
-ALPHA = 0.01  # the Mann-Whitney U p-value under which two sample sets really differ
-
-
-def classify_ratio(ratio: float, samples_before: Sequence[float] | None = None,
-                   samples_after: Sequence[float] | None = None, *, threshold: float = THRESHOLD,
-                   alpha: float = ALPHA) -> Verdict:
-    """SAME, FASTER or SLOWER for `ratio` = median after / median before.
-
-    The median must move by more than `threshold` (SLOWER above 1 + threshold, FASTER below
-    1 - threshold). When both sides have their timing samples, the move must also be significant:
-    a two-sided Mann-Whitney U test with p < `alpha`, so that a noisy pair of runs is not called a
-    change. Too few samples for that p-value read as SAME."""
-    if not math.isfinite(ratio) or ratio <= 0:
-        raise ValueError(f"ratio {ratio} must be a positive finite number")
-    if 1 - threshold <= ratio <= 1 + threshold:
-        return "SAME"
-    if samples_before is not None and samples_after is not None and len(samples_before) and len(samples_after):
-        p_value = mannwhitneyu(list(samples_before), list(samples_after), alternative="two-sided").pvalue
-        if not p_value < alpha:
-            return "SAME"
-    return "FASTER" if ratio < 1 else "SLOWER"
+# One rule for the CLI gate and this view: SAME / FASTER / SLOWER / UNSURE (harness/gate.py).
+Verdict = Literal["SAME", "FASTER", "SLOWER", "UNSURE"]
 
 
 def _samples(value: object) -> list[float] | None:
@@ -61,7 +39,7 @@ def compare_runs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         elif status_before == "ok" and status_after == "ok":
             ratio = float(median_after) / float(median_before)
             verdict = classify_ratio(ratio, _samples(row.get("samples_ms_before")),
-                                     _samples(row.get("samples_ms_after")))
+                                     _samples(row.get("samples_ms_after")), median_before_ms=float(median_before))
         elif status_before == status_after:
             verdict = f"{status_before} (both)"
         else:
