@@ -3,7 +3,9 @@
 Order of work per case: supported? available? fits in memory? warm-up (compilation and
 autotuning happen here), correctness gate on fresh inputs, peak memory of one call. Then all
 surviving cases are timed in interleaved rounds (A B C A B C ...) so that drift in clocks or
-temperature hits them alike, each until its own stopping rule says done.
+temperature hits them alike, each until its own stopping rule says done. Cases of very different
+cost per call (a 2 ms tensorized hop and a 400 ms exact kernel at the board's power cap) are
+interleaved only with their own kind, in separate rotations, lightest first.
 """
 
 from __future__ import annotations
@@ -52,6 +54,21 @@ class _Active:
     fn: Callable[[], object]
     sampling: Sampling
     record: MeasurementRecord
+    call_s: float = 0.0  # fastest warm-up call, for grouping by cost
+
+
+def cost_tiers(call_s: list[float], ratio: float) -> list[list[int]]:
+    """Indices grouped so that within a group the slowest call is at most `ratio` times the
+    fastest; groups in order of increasing cost, indices in their original order."""
+    order = sorted(range(len(call_s)), key=lambda i: call_s[i])
+    tiers: list[list[int]] = []
+    floor = 0.0
+    for i in order:
+        if not tiers or call_s[i] > ratio * floor:
+            tiers.append([])
+            floor = call_s[i]
+        tiers[-1].append(i)
+    return [sorted(t) for t in tiers]
 
 
 def _base_record(case: Case, method: Method | None) -> MeasurementRecord:
@@ -155,11 +172,14 @@ def _warm_up(
 
     deadline = time.perf_counter() + settings.policy.warmup_s
     calls = 0
+    fastest = float("inf")
     while calls < settings.policy.warmup_calls or time.perf_counter() < deadline:
+        start = time.perf_counter()
         fn()
         calls += 1
         if case.device != "cpu":
             torch.cuda.synchronize()
+        fastest = min(fastest, time.perf_counter() - start)
 
     if settings.check:
         beacon(case, "check")
@@ -179,14 +199,23 @@ def _warm_up(
     rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes
     beacon(case, "graph capture" if timer.mode == "graph" else "timing")
     timed = timer.prepare(fn)
-    return _Active(case, method, timed, Sampling(settings.policy, []), rec)
+    return _Active(case, method, timed, Sampling(settings.policy, []), rec, fastest)
 
 
 def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
                   policy: TimingPolicy) -> None:
+    for tier in cost_tiers([entry.call_s for entry in active], policy.tier_ratio):
+        entries = [active[i] for i in tier]
+        if entries and entries[0].case.device != "cpu":
+            _settle(min(entries, key=lambda e: e.call_s).fn, policy.tier_settle_s, entries[0].case.device)
+        _rotation(entries, timer, monitor, emit, beacon, policy)
+
+
+def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
+              policy: TimingPolicy) -> None:
     """Rounds over the active cases. In each round a case first runs untimed for `settle_s`, so its
     samples see the clock and power state its own kernels produce rather than the one the
-    previous (maybe far heavier) case left behind, then takes a short burst of samples."""
+    previous case left behind, then takes a short burst of samples."""
     for entry in active:
         entry.record.device_state["before"] = monitor.sample()
     interleaved = len(active) > 1

@@ -34,12 +34,35 @@ class TimingPolicy:
     # samples of at most this long (at least one sample).
     settle_s: float = 0.02
     burst_s: float = 0.05
+    # Cases whose calls differ by more than this factor are timed in separate rotations, lightest
+    # first: a millisecond kernel that follows a power-capped 100 ms kernel runs at the clocks that
+    # one left behind, not at its own. Each rotation starts with a longer settle.
+    tier_ratio: float = 4.0
+    tier_settle_s: float = 0.25
+    # A GPU that has been idle starts at low clocks; a fresh worker keeps it busy this long first.
+    spinup_s: float = 2.0
 
     @classmethod
     def quick(cls) -> TimingPolicy:
         """For tests and smoke runs: coarse, fast."""
         return cls(target_rse=0.05, min_samples=3, max_samples=30, min_time_s=0.0, budget_s=1.0,
-                   warmup_s=0.0, warmup_calls=1, settle_s=0.0, burst_s=0.0)
+                   warmup_s=0.0, warmup_calls=1, settle_s=0.0, burst_s=0.0, tier_settle_s=0.0,
+                   spinup_s=0.0)
+
+
+def spin_up(device: str, seconds: float) -> None:
+    """Keep the GPU busy with matrix products for `seconds`, so that measurements start from the
+    clocks of a loaded GPU, as every later one does, not from those of an idle one."""
+    if seconds <= 0 or not device.startswith("cuda"):
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize(device)
+    del a
+    torch.cuda.empty_cache()
 
 
 def median_rse(samples: list[float]) -> float:

@@ -32,12 +32,14 @@ def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, dev
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..methods.registry import load_registry
     from .peaks import measure_peaks
+    from .timing import spin_up
 
     registry = load_registry(plugins=plugins)
     if device.startswith("cuda") and torch_device_index(device) is not None:
         import torch
 
         torch.cuda.set_device(torch.device(device))
+    spun_up = False
     while True:
         try:
             message = conn.recv()
@@ -51,6 +53,9 @@ def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, dev
             continue
         cases: list[Case] = message[1]
         poisoned: list[str] = []
+        if not spun_up:
+            spin_up(device, settings.policy.spinup_s)
+            spun_up = True
 
         def emit(rec: MeasurementRecord, poisoned: list[str] = poisoned) -> None:
             conn.send(("record", rec))

@@ -4,6 +4,10 @@ This is the version a user would write by hand, and the bar the Triton kernel mu
 Folding is a reshape; the hop over axis j views the folded (B, H, A, n_j, C, D) tensor as
 (B*H*A, C, n_j, D), i.e. the C inner coordinates play the role of heads and n_j is the
 sequence. No permute copies are made; SDPA backends that need another layout copy on their own.
+
+With GQA, hop 1 lets SDPA pair the H query heads with the H_kv key/value heads itself
+(`enable_gqa`) whenever the slices can be its batch axis (B = 1, or m = 1); later hops need K
+repeated to H heads, which costs one copy of K.
 """
 
 from __future__ import annotations
@@ -25,6 +29,42 @@ def _hop_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor:
     return x.view(batch * heads * outer, dims[axis], inner, d).transpose(1, 2)
 
 
+def _one_stride(batch: int, dims: Sequence[int], axis: int) -> bool:
+    """Whether one stride walks every slice of the hop: at most one of B, A, C exceeds 1."""
+    return sum(size > 1 for size in (batch, math.prod(dims[:axis]), math.prod(dims[axis + 1 :]))) <= 1
+
+
+def _slices_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor | None:
+    """(B, Hx, P, D) folded tensor -> (X, Hx, n_axis, D) with the heads kept as SDPA's head axis, so
+    that SDPA's own GQA can pair query and key heads. Only a view when one stride walks all the
+    slices, i.e. at most one of B, A, C exceeds 1; None otherwise."""
+    batch, heads, _, d = x.shape
+    outer = math.prod(dims[:axis])
+    inner = math.prod(dims[axis + 1 :])
+    if not _one_stride(batch, dims, axis):
+        return None
+    folded = x.view(batch, heads, outer, dims[axis], inner, d)
+    return folded.permute(0, 2, 4, 1, 3, 5).reshape(batch * outer * inner, heads, dims[axis], d)
+
+
+def _unslices_view(y: torch.Tensor, batch: int, dims: Sequence[int], axis: int) -> torch.Tensor:
+    """Inverse of _slices_view; a copy happens only if SDPA returned another memory layout."""
+    heads, d = y.shape[1], y.shape[-1]
+    outer = math.prod(dims[:axis])
+    inner = math.prod(dims[axis + 1 :])
+    unfolded = y.reshape(batch, outer, inner, heads, dims[axis], d).permute(0, 3, 1, 4, 2, 5)
+    return unfolded.reshape(batch, heads, math.prod(dims), d)
+
+
+def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Each kv head repeated for its `group` query heads: one plain copy (repeat_interleave, which
+    gathers by index, is about three times slower on a GPU)."""
+    if group == 1:
+        return x
+    batch, heads, n, d = x.shape
+    return x[:, :, None].expand(batch, heads, group, n, d).reshape(batch, heads * group, n, d)
+
+
 def _unhop_view(y: torch.Tensor, batch: int, heads: int, total: int) -> torch.Tensor:
     """Inverse of _hop_view; a copy happens only if SDPA returned another memory layout."""
     return y.transpose(1, 2).reshape(batch, heads, total, y.shape[-1])
@@ -44,19 +84,34 @@ def tensorized_attention_sdpa(
     total = math.prod(dims)
     scale = d**-0.5 if scale is None else scale
     group = heads // kv_heads
-    if group > 1:
-        # Q and K are reused by every hop with H heads, so expand K once; V only feeds hop 1.
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
     pad = total - n
+    axes = hop_axes(len(dims))
+    # Hop 1 pairs H query heads with H_kv key/value heads; SDPA does that itself (enable_gqa) when
+    # the slices can be its batch axis and no key mask is needed. Otherwise K and V are expanded.
+    native_gqa = group > 1 and (causal or not pad) and _one_stride(batch, dims, axes[0])
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     q, k, v = (t.contiguous() for t in (q, k, v))
+    # Later hops pair H query heads with H value heads (the previous output), so they need K
+    # expanded to H heads; V is expanded only when hop 1 cannot use SDPA's GQA.
+    k_all = _repeat_heads(k, group) if len(dims) > 1 or not native_gqa else k
+    v_first = v if native_gqa else _repeat_heads(v, group)
 
     position = torch.arange(total, device=q.device)
     valid = position < n
-    value = v
-    for axis in hop_axes(len(dims)):
+    value = v_first
+    for hop, axis in enumerate(axes):
+        if hop == 0 and native_gqa:
+            out = F.scaled_dot_product_attention(
+                _slices_view(q, dims, axis),
+                _slices_view(k, dims, axis),
+                _slices_view(value, dims, axis),
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=True,
+            )
+            value = _unslices_view(out, batch, dims, axis)
+            continue
         mask = None
         if pad and not causal:
             # Keys at padded positions never count; the mask varies per slice, not per head.
@@ -65,7 +120,7 @@ def tensorized_attention_sdpa(
             mask = keys.reshape(-1, keys.shape[-2], 1, keys.shape[-1])
         out = F.scaled_dot_product_attention(
             _hop_view(q, dims, axis),
-            _hop_view(k, dims, axis),
+            _hop_view(k_all, dims, axis),
             _hop_view(value, dims, axis),
             attn_mask=mask,
             is_causal=causal,

@@ -103,22 +103,9 @@ class Store:
 
     def _prepare_schema(self, create: bool) -> None:
         try:
-            # Look first without taking a lock: nearly every open finds the schema at head.
-            with self.engine.connect() as conn:
-                stale = migrate.needs_work(conn)
-            if stale:
-                with self.engine.begin() as conn:
-                    migrate.lock(conn)
-                    migrate.prepare(conn, create=create, where=self.url)
-            with self.session() as session:
-                found = session.get(Meta, "schema_version")
-            if found is None:
-                raise StoreError(f"'{self.url}' is not a tbench database (no schema version)")
-            if int(found.value) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database '{self.url}' has schema version {found.value}, newer than this "
-                    f"tbench supports ({SCHEMA_VERSION}); upgrade tbench to read it"
-                )
+            # Processes opening a new SQLite file together contend for its lock (switching it to
+            # WAL, creating the tables); a lock that outlasts the busy timeout is retried.
+            _retrying(lambda: self._prepare_schema_once(create))
         except StoreError:
             raise
         except migrate.MigrationRefused as exc:
@@ -126,6 +113,24 @@ class Store:
         except (OperationalError, SQLAlchemyError) as exc:
             reason = str(getattr(exc, "orig", exc)).splitlines()[0]
             raise StoreError(f"cannot open database '{self.url}': {reason}") from None
+
+    def _prepare_schema_once(self, create: bool) -> None:
+        # Look first without taking a lock: nearly every open finds the schema at head.
+        with self.engine.connect() as conn:
+            stale = migrate.needs_work(conn)
+        if stale:
+            with self.engine.begin() as conn:
+                migrate.lock(conn)
+                migrate.prepare(conn, create=create, where=self.url)
+        with self.session() as session:
+            found = session.get(Meta, "schema_version")
+        if found is None:
+            raise StoreError(f"'{self.url}' is not a tbench database (no schema version)")
+        if int(found.value) > SCHEMA_VERSION:
+            raise StoreError(
+                f"database '{self.url}' has schema version {found.value}, newer than this "
+                f"tbench supports ({SCHEMA_VERSION}); upgrade tbench to read it"
+            )
 
     def close(self) -> None:
         self.engine.dispose()

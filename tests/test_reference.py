@@ -8,7 +8,7 @@ import torch
 
 from tbench.kernels.folding import auto_dims
 from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
-from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+from tbench.kernels.tensorized_sdpa import _slices_view, tensorized_attention_sdpa
 
 
 def brute_force(q, k, v, dims, causal):
@@ -83,17 +83,30 @@ CASES = [
 
 @pytest.mark.parametrize(("n", "m", "dims", "causal", "heads", "kv_heads"), CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sdpa_composition_matches_the_spec(n, m, dims, causal, heads, kv_heads, dtype):
-    g = torch.Generator().manual_seed(hash((n, m, causal, heads, kv_heads)) % 2**31)
-    q = torch.randn(2, heads, n, 16, generator=g).to(dtype)
-    k = torch.randn(2, kv_heads, n, 16, generator=g).to(dtype)
-    v = torch.randn(2, kv_heads, n, 16, generator=g).to(dtype)
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1 lets hop 1 use SDPA's own GQA
+def test_sdpa_composition_matches_the_spec(n, m, dims, causal, heads, kv_heads, dtype, batch):
+    g = torch.Generator().manual_seed(hash((n, m, causal, heads, kv_heads, batch)) % 2**31)
+    q = torch.randn(batch, heads, n, 16, generator=g).to(dtype)
+    k = torch.randn(batch, kv_heads, n, 16, generator=g).to(dtype)
+    v = torch.randn(batch, kv_heads, n, 16, generator=g).to(dtype)
     dims = dims or auto_dims(n, m)
     out = tensorized_attention_sdpa(q, k, v, dims, causal)
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     error = rel(out, tensorized_attention_f64(q, k, v, dims, causal))
     assert error < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_slices_become_the_batch_axis_without_a_copy_when_one_stride_walks_them():
+    x = torch.randn(1, 4, 6 * 8, 16)
+    inner = _slices_view(x, (6, 8), 1)  # 6 slices of 8 consecutive positions
+    outer = _slices_view(x, (6, 8), 0)  # 8 slices of 6 positions, 8 apart
+    assert inner.shape == (6, 4, 8, 16) and inner.data_ptr() == x.data_ptr()
+    assert outer.shape == (8, 4, 6, 16) and outer.data_ptr() == x.data_ptr()
+    assert torch.equal(outer[3, 2, 5], x[0, 2, 5 * 8 + 3])
+    assert torch.equal(inner[3, 2, 5], x[0, 2, 3 * 8 + 5])
+    assert _slices_view(x.view(1, 4, 48, 16).expand(2, 4, 48, 16), (6, 8), 0) is None
+    assert _slices_view(torch.randn(1, 4, 60, 16), (3, 4, 5), 1) is None
 
 
 def test_padding_content_never_reaches_real_outputs():

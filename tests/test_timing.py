@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tbench.harness.measure import cost_tiers
 from tbench.harness.timing import Sampling, TimingPolicy, median_rse, summarize
 
 
@@ -42,3 +43,12 @@ def test_summary_statistics():
     t = summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     assert t.median_ms == 5.5 and t.min_ms == 1.0 and t.count == 10
     assert t.p20_ms == np.percentile(range(1, 11), 20) and t.p80_ms == np.percentile(range(1, 11), 80)
+
+
+def test_cases_of_very_different_cost_are_timed_in_separate_rotations():
+    # The 64k shape on an H100: tensorized and tensorized-ref (1.6-4.8 ms), cuDNN and FA2 (60-100 ms).
+    call_ms = [101.0, 1.8, 59.0, 2.6, 4.8, 1.65]
+    assert cost_tiers(call_ms, 4.0) == [[1, 3, 4, 5], [0, 2]]
+    assert cost_tiers(call_ms, 100.0) == [[0, 1, 2, 3, 4, 5]]
+    assert cost_tiers([3.0, 3.0], 4.0) == [[0, 1]]
+    assert cost_tiers([], 4.0) == []
