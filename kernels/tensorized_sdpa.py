@@ -62,7 +62,7 @@ def _repeat_heads(x: torch.Tensor, group: int) -> torch.Tensor:
     if group == 1:
         return x
     batch, heads, n, d = x.shape
-    return x[:, :, None].expand(batch, heads, group, n, d).reshape(batch, heads * group, n, d)
+    return x[:, :, None].expand(batch, heads, group, n, d).reshape(batch, heads * group, n, d).contiguous()
 
 
 def _unhop_view(y: torch.Tensor, batch: int, heads: int, total: int) -> torch.Tensor:
