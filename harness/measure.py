@@ -10,6 +10,7 @@ interleaved only with their own kind, in separate rotations, lightest first.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,6 +195,9 @@ def _warm_up(
             return None
         rec.message = result.message
 
+    # what ran may only be known now (e.g. the configs an autotuner chose during the warm-up)
+    with contextlib.suppress(Exception):  # else keep the description taken before the warm-up
+        rec.provenance = method.provenance(case)
     beacon(case, "memory")
     peak = measure_peak(fn, case.device)
     rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes

@@ -323,11 +323,15 @@ def _first_fits(kernel_call: Callable[[], None], quantiles: Sequence[float]) -> 
 
 _TIMER = None if _AUTOTUNE else _first_fits
 
+# Tuning results are kept in Triton's cache directory, so that every process on a machine runs the
+# configs the first one chose: two configs within noise of each other would otherwise flip between
+# runs and move the kernel's time by a few percent. (Never for the first-fits stand-in timer.)
 _packed_tuned = triton.autotune(
     configs=_packed_configs(),
     key=["L", "HEAD_DIM", "CAUSAL"],
     prune_configs_by={"early_config_prune": _prune_packed},
     do_bench=_TIMER,
+    cache_results=_AUTOTUNE,
 )(_packed_hop_kernel)
 
 _flash_tuned = triton.autotune(
@@ -335,6 +339,7 @@ _flash_tuned = triton.autotune(
     key=["L", "HEAD_DIM", "CAUSAL"],
     prune_configs_by={"early_config_prune": _prune_flash},
     do_bench=_TIMER,
+    cache_results=_AUTOTUNE,
 )(_flash_hop_kernel)
 
 
@@ -486,4 +491,13 @@ def tensorized_attention_triton(
 
 def tuned_configs() -> list[tuple[str, tuple, str]]:
     """(kernel, (L, D, causal, dtype, device), chosen config) for every key tuned in this process."""
-    return [("packed" if key[0] else "flash", key[1:], str(cfg)) for key, cfg in _chosen.items()]
+    return [("packed" if key[0] else "flash", key[1:], _config_text(cfg)) for key, cfg in _chosen.items()]
+
+
+def _config_text(cfg: triton.Config) -> str:
+    """A config in one short line, e.g. 'BLOCK_M=64 BLOCK_N=32 warps=4 stages=3 maxnreg=168'."""
+    parts = [f"{name}={value}" for name, value in cfg.kwargs.items()]
+    parts += [f"warps={cfg.num_warps}", f"stages={cfg.num_stages}"]
+    if getattr(cfg, "maxnreg", None):
+        parts.append(f"maxnreg={cfg.maxnreg}")
+    return " ".join(parts)

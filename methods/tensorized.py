@@ -61,6 +61,19 @@ def _triton_memory(case: Case) -> int:
     return 2 * case.batch * case.heads * case.seq_len * case.head_dim * case.element_size
 
 
+def _triton_describe(case: Case) -> str:
+    """What ran, with the config the autotuner chose for each slice length once it has (after the
+    warm-up), since two runs that chose differently can differ by a few percent."""
+    text = _triton_availability(case.device).provenance
+    if case.dims is None or case.device == "cpu":
+        return text
+    from ..kernels.tensorized_triton import tuned_configs
+
+    chosen = [f"L={key[0]} {kernel} {config}" for kernel, key, config in tuned_configs()
+              if key[0] in case.dims and key[1:4] == (case.head_dim, case.causal, case.torch_dtype)]
+    return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
+
+
 @method(
     name="tensorized",
     family="tensorized",
@@ -68,6 +81,7 @@ def _triton_memory(case: Case) -> int:
     availability=_triton_availability,
     head_dims=frozenset({32, 64, 128}),  # kernels.tensorized_triton.SUPPORTED_HEAD_DIMS
     memory_estimate=_triton_memory,
+    describe=_triton_describe,
 )
 def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
     from ..kernels.tensorized_triton import tensorized_attention_triton
