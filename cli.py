@@ -110,6 +110,9 @@ def run(
                                                  "[default: 10 GPU, 2 CPU]", show_default=False)] = None,
     timeout: Annotated[float, typer.Option(help="Seconds without progress before a configuration counts as "
                                            "hung")] = 300.0,
+    cool_to: Annotated[float | None, typer.Option("--cool-to", help="GPU: before timing each shape, wait up to 60 s "
+                                                  "until the GPU is no warmer than this (deg C)",
+                                                  show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Correctness gate before timing")] = True,
     isolate: Annotated[bool, typer.Option("--isolate/--no-isolate", help="Measure in a worker subprocess")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs")] = 0,
@@ -181,9 +184,11 @@ def run(
         raise UsageError(f"min-samples {min_samples} must be at least 1")
     if timeout <= 0:
         raise UsageError(f"timeout {timeout} must be positive")
+    if cool_to is not None and not 0 < cool_to < 100:
+        raise UsageError(f"cool-to {cool_to} must be a temperature in deg C between 0 and 100")
     on_gpu = device.startswith("cuda")
     policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
-                          budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0))
+                          budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0), cool_to_c=cool_to)
     options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
                          case_timeout_s=timeout)
     device_list = _parse_devices(devices, device) if devices else None

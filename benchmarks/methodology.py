@@ -6,12 +6,12 @@
    (which also flushes the L2 before each sample) on the same inputs, in the same process.
 3. Timing modes: CUDA events against CUDA-graph replay for the tensorized methods.
 
-Usage: python benchmarks/methodology.py OUT_DIR
+Usage: python benchmarks/methodology.py OUT_DIR [--cool-to C] [--lengths 4k,16k,64k,128k]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -21,15 +21,17 @@ from tbench.harness import provenance
 from tbench.harness.config import Case, make_inputs
 from tbench.harness.measure import MeasureSettings
 from tbench.harness.runner import Runner, RunOptions
-from tbench.harness.sweep import Sweep
+from tbench.harness.sweep import Sweep, parse_lengths
 from tbench.harness.timing import TimingPolicy
 from tbench.methods.registry import load_registry
 from tbench.results.store import Store
 
 
-def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths: list[int], repeats: int) -> list[int]:
+def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths: list[int], repeats: int,
+               cool_to: float | None = None) -> list[int]:
     sweep = Sweep(lengths=lengths, methods=methods, device="cuda", timing=timing, baseline="flash2")
-    options = RunOptions(settings=MeasureSettings(policy=TimingPolicy(budget_s=5.0)), case_timeout_s=300)
+    policy = TimingPolicy(budget_s=5.0, cool_to_c=cool_to)
+    options = RunOptions(settings=MeasureSettings(policy=policy), case_timeout_s=300)
     ids = []
     for _ in range(repeats):
         runner = Runner(store, registry, options, show_progress=False)
@@ -38,13 +40,20 @@ def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default=".")
+    parser.add_argument("--cool-to", type=float, default=None, help="tbench run --cool-to for every sweep")
+    parser.add_argument("--lengths", default="4k,16k,64k,128k")
+    args = parser.parse_args()
+    out = Path(args.out)
     store = Store(f"sqlite:///{out / 'methodology.db'}")
     registry = load_registry()
-    lengths = [4096, 16384, 65536, 131072]
+    lengths = parse_lengths(args.lengths)
     methods = ["sdpa-cudnn", "flash2", "tensorized", "tensorized-ref"]
-    first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2)
-    [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1)
+    cool_to = args.cool_to
+    first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2, cool_to=cool_to)
+    [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1,
+                         cool_to=cool_to)
 
     a, b, g = (store.measurements([i]).set_index("config_key") for i in (first, second, graph))
     lines = ["## Repeatability (same sweep twice in one invocation)", "",

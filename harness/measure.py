@@ -24,7 +24,7 @@ from .config import Case, make_inputs
 from .correctness import check
 from .devicestate import DeviceMonitor
 from .memory import free_bytes, measure_peak, preflight
-from .timing import Sampling, Timer, TimingPolicy, make_timer, summarize
+from .timing import Sampling, Timer, TimingPolicy, cool_down, make_timer, summarize
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,13 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
     for tier in cost_tiers([entry.call_s for entry in active], policy.tier_ratio):
         entries = [active[i] for i in tier]
         if entries and entries[0].case.device != "cpu":
+            if policy.cool_to_c is not None:
+                for entry in entries:
+                    beacon(entry.case, f"cooling to {policy.cool_to_c:g} C")
+                waited, temp = cool_down(lambda: monitor.sample().get("temperature_c"), policy.cool_to_c,
+                                         policy.cool_max_s)
+                for entry in entries:
+                    entry.record.device_state["cooled"] = {"waited_s": round(waited, 1), "temperature_c": temp}
             _settle(min(entries, key=lambda e: e.call_s).fn, policy.tier_settle_s, entries[0].case.device)
         _rotation(entries, timer, monitor, emit, beacon, policy)
 

@@ -41,6 +41,11 @@ class TimingPolicy:
     tier_settle_s: float = 0.25
     # A GPU that has been idle starts at low clocks; a fresh worker keeps it busy this long first.
     spinup_s: float = 2.0
+    # Before each rotation, wait (at most cool_max_s) until the GPU is no warmer than this, so
+    # that measurements start from the same temperature whatever ran before them. A chip at its
+    # power cap runs slower when hot, by a few percent.
+    cool_to_c: float | None = None
+    cool_max_s: float = 60.0
 
     @classmethod
     def quick(cls) -> TimingPolicy:
@@ -63,6 +68,19 @@ def spin_up(device: str, seconds: float) -> None:
         torch.cuda.synchronize(device)
     del a
     torch.cuda.empty_cache()
+
+
+def cool_down(read_c: Callable[[], float | None], target_c: float, limit_s: float,
+              sleep: Callable[[float], None] = time.sleep,
+              clock: Callable[[], float] = time.monotonic) -> tuple[float, float | None]:
+    """Idle until `read_c()` is at most `target_c` or `limit_s` has passed. Returns (seconds
+    waited, last temperature read); an unreadable temperature ends the wait at once."""
+    start = clock()
+    while True:
+        temp = read_c()
+        if temp is None or temp <= target_c or clock() - start >= limit_s:
+            return clock() - start, temp
+        sleep(0.5)
 
 
 def median_rse(samples: list[float]) -> float:

@@ -49,6 +49,7 @@ def test_run_then_show(tmp_path, cli_env):
     (["run", "--dtype", "fp8"], "dtype 'fp8' unknown; allowed: bf16, fp16, fp32"),
     (["run", "--db", "sqlite:////no/such/dir/x.db"], "folder '/no/such/dir' does not exist"),
     (["run", "--device", "tpu"], "device 'tpu' unknown"),
+    (["run", "--cool-to", "300"], "cool-to 300.0 must be a temperature in deg C between 0 and 100"),
     (["show", "99"], "run 99 does not exist"),
     (["show", "abc"], "run 'abc' is not a run id"),
 ])

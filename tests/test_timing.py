@@ -3,7 +3,7 @@
 import numpy as np
 
 from tbench.harness.measure import cost_tiers
-from tbench.harness.timing import Sampling, TimingPolicy, median_rse, summarize
+from tbench.harness.timing import Sampling, TimingPolicy, cool_down, median_rse, summarize
 
 
 def sample_until_done(policy, draw, cost_s=0.001):
@@ -52,3 +52,25 @@ def test_cases_of_very_different_cost_are_timed_in_separate_rotations():
     assert cost_tiers(call_ms, 100.0) == [[0, 1, 2, 3, 4, 5]]
     assert cost_tiers([3.0, 3.0], 4.0) == [[0, 1]]
     assert cost_tiers([], 4.0) == []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_cooling_waits_until_the_target_temperature():
+    clock = FakeClock()
+    temps = iter([70, 66, 61, 55, 49, 45, 40])
+    waited, temp = cool_down(lambda: next(temps), 50, 60, sleep=clock.sleep, clock=lambda: clock.now)
+    assert temp == 49 and waited == 2.0  # four half-second naps before 49 was read
+
+
+def test_cooling_gives_up_at_its_limit_and_on_an_unreadable_sensor():
+    clock = FakeClock()
+    waited, temp = cool_down(lambda: 80, 50, 5, sleep=clock.sleep, clock=lambda: clock.now)
+    assert (waited, temp) == (5.0, 80)
+    assert cool_down(lambda: None, 50, 5, sleep=clock.sleep, clock=lambda: clock.now)[0] == 0.0
