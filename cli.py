@@ -106,6 +106,9 @@ def run(
     target_rse: Annotated[float, typer.Option("--target-rse", help="Stop sampling at this relative standard error "
                                               "of the median")] = 0.005,
     min_samples: Annotated[int, typer.Option("--min-samples")] = 10,
+    min_time: Annotated[float | None, typer.Option("--min-time", help="Seconds of sampling per measurement at "
+                                                   "least, spread over the interleaved rounds [default: 1 GPU, "
+                                                   "0.1 CPU]", show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(help="Seconds of sampling per measurement at most "
                                                  "[default: 10 GPU, 2 CPU]", show_default=False)] = None,
     timeout: Annotated[float, typer.Option(help="Seconds without progress before a configuration counts as "
@@ -182,12 +185,15 @@ def run(
         raise UsageError(f"target-rse {target_rse} must be between 0 and 1")
     if min_samples < 1:
         raise UsageError(f"min-samples {min_samples} must be at least 1")
+    if min_time is not None and min_time < 0:
+        raise UsageError(f"min-time {min_time} must be at least 0 seconds")
     if timeout <= 0:
         raise UsageError(f"timeout {timeout} must be positive")
     if cool_to is not None and not 0 < cool_to < 100:
         raise UsageError(f"cool-to {cool_to} must be a temperature in deg C between 0 and 100")
     on_gpu = device.startswith("cuda")
     policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
+                          min_time_s=min_time if min_time is not None else (1.0 if on_gpu else 0.1),
                           budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0), cool_to_c=cool_to)
     options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
                          case_timeout_s=timeout)

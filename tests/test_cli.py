@@ -50,6 +50,7 @@ def test_run_then_show(tmp_path, cli_env):
     (["run", "--db", "sqlite:////no/such/dir/x.db"], "folder '/no/such/dir' does not exist"),
     (["run", "--device", "tpu"], "device 'tpu' unknown"),
     (["run", "--cool-to", "300"], "cool-to 300.0 must be a temperature in deg C between 0 and 100"),
+    (["run", "--min-time", "-1"], "min-time -1.0 must be at least 0 seconds"),
     (["show", "99"], "run 99 does not exist"),
     (["show", "abc"], "run 'abc' is not a run id"),
 ])
