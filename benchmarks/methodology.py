@@ -28,9 +28,9 @@ from tbench.results.store import Store
 
 
 def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths: list[int], repeats: int,
-               cool_to: float | None = None, min_time: float = 1.0) -> list[int]:
+               cool_to: float | None = None, min_time: float = 1.0, spin_up: float = 2.0) -> list[int]:
     sweep = Sweep(lengths=lengths, methods=methods, device="cuda", timing=timing, baseline="flash2")
-    policy = TimingPolicy(budget_s=5.0, cool_to_c=cool_to, min_time_s=min_time)
+    policy = TimingPolicy(budget_s=5.0, cool_to_c=cool_to, min_time_s=min_time, spinup_s=spin_up)
     options = RunOptions(settings=MeasureSettings(policy=policy), case_timeout_s=300)
     ids = []
     for _ in range(repeats):
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cool-to", type=float, default=None, help="tbench run --cool-to for every sweep")
     parser.add_argument("--lengths", default="4k,16k,64k,128k")
     parser.add_argument("--min-time", type=float, default=1.0, help="tbench run --min-time for every sweep")
+    parser.add_argument("--spin-up", type=float, default=2.0, help="seconds a fresh worker keeps the GPU busy")
     args = parser.parse_args()
     out = Path(args.out)
     store = Store(f"sqlite:///{out / 'methodology.db'}")
@@ -52,10 +53,9 @@ def main() -> None:
     lengths = parse_lengths(args.lengths)
     methods = ["sdpa-cudnn", "flash2", "tensorized", "tensorized-ref"]
     cool_to = args.cool_to
-    first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2, cool_to=cool_to,
-                               min_time=args.min_time)
-    [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1,
-                         cool_to=cool_to, min_time=args.min_time)
+    knobs = dict(cool_to=cool_to, min_time=args.min_time, spin_up=args.spin_up)
+    first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2, **knobs)
+    [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1, **knobs)
 
     a, b, g = (store.measurements([i]).set_index("config_key") for i in (first, second, graph))
     lines = ["## Repeatability (same sweep twice in one invocation)", "",
