@@ -101,32 +101,19 @@ def tensorized_attention_sdpa(
     valid = position < n
     value = v_first
     for hop, axis in enumerate(axes):
-        if hop == 0 and native_gqa:
-            out = F.scaled_dot_product_attention(
-                _slices_view(q, dims, axis),
-                _slices_view(k, dims, axis),
-                _slices_view(value, dims, axis),
-                is_causal=causal,
-                scale=scale,
-                enable_gqa=True,
-            )
-            value = _unslices_view(out, batch, dims, axis)
-            continue
+        native = hop == 0 and native_gqa
         mask = None
         if pad and not causal:
             # Keys at padded positions never count; the mask varies per slice, not per head.
             keys = _hop_view(valid.view(1, 1, total, 1), dims, axis)[..., 0]  # (A, C, n_axis)
             keys = keys.unsqueeze(0).expand(batch * heads, *keys.shape)
             mask = keys.reshape(-1, keys.shape[-2], 1, keys.shape[-1])
-        out = F.scaled_dot_product_attention(
-            _hop_view(q, dims, axis),
-            _hop_view(k_all, dims, axis),
-            _hop_view(value, dims, axis),
-            attn_mask=mask,
-            is_causal=causal,
-            scale=scale,
-        )
-        value = _unhop_view(out, batch, heads, total)
+        if native:
+            views = [_slices_view(t, dims, axis) for t in (q, k, value)]
+        else:
+            views = [_hop_view(t, dims, axis) for t in (q, k_all, value)]
+        out = F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=native)
+        value = _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
         if mask is not None:
             # A padded query whose slice has no valid key must give 0, not NaN (spec, "Masks").
             value = value.masked_fill(~valid.view(1, 1, total, 1), 0)
