@@ -52,8 +52,7 @@ def main() -> None:
     registry = load_registry()
     lengths = parse_lengths(args.lengths)
     methods = ["sdpa-cudnn", "flash2", "tensorized", "tensorized-ref"]
-    cool_to = args.cool_to
-    knobs = dict(cool_to=cool_to, min_time=args.min_time, spin_up=args.spin_up)
+    knobs = dict(cool_to=args.cool_to, min_time=args.min_time, spin_up=args.spin_up)
     first, second = sweep_runs(store, registry, "events", methods, lengths, repeats=2, **knobs)
     [graph] = sweep_runs(store, registry, "graph", ["tensorized", "tensorized-ref"], lengths, repeats=1, **knobs)
 

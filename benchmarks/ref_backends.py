@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tbench.kernels import tensorized_triton as tt
 from tbench.kernels.folding import auto_dims, format_dims, hop_axes
-from tbench.kernels.tensorized_sdpa import _hop_view, tensorized_attention_sdpa
+from tbench.kernels.tensorized_sdpa import _hop_view, _repeat_heads, tensorized_attention_sdpa
 
 BACKENDS = {
     "default": None,
@@ -95,7 +95,7 @@ def main() -> None:
                 print(f"  operator  {name:9s}{time_or_reason(operator_ms, sets, dims, backend, args.rep_ms)}")
             q, k, v = sets[0]
             group = H // H_KV
-            k_full, v_full = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+            k_full, v_full = _repeat_heads(k, group), _repeat_heads(v, group)
             for t, axis in enumerate(hop_axes(m)):
                 value_full = v_full if t == 0 else torch.randn_like(q)
                 value_ours = v if t == 0 else value_full

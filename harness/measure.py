@@ -210,7 +210,7 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                   policy: TimingPolicy) -> None:
     for tier in cost_tiers([entry.call_s for entry in active], policy.tier_ratio):
         entries = [active[i] for i in tier]
-        if entries and entries[0].case.device != "cpu":
+        if entries[0].case.device != "cpu":
             if policy.cool_to_c is not None:
                 for entry in entries:
                     beacon(entry.case, f"cooling to {policy.cool_to_c:g} C")
