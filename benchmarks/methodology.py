@@ -12,6 +12,7 @@ Usage: python benchmarks/methodology.py OUT_DIR [--cool-to C] [--lengths 4k,16k,
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -39,6 +40,12 @@ def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths:
     return ids
 
 
+def clock_during(state: object) -> str:
+    state = json.loads(state) if isinstance(state, str) else state
+    during = (state or {}).get("sm_clock_mhz_during_samples") or {}
+    return f"{during['mean']:.0f}" if "mean" in during else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default=".")
@@ -58,11 +65,13 @@ def main() -> None:
 
     a, b, g = (store.measurements([i]).set_index("config_key") for i in (first, second, graph))
     lines = ["## Repeatability (same sweep twice in one invocation)", "",
-             "| configuration | run A ms | run B ms | difference |", "|---|---:|---:|---:|"]
+             "| configuration | run A ms | run B ms | difference | SM MHz A / B (mean during samples) |",
+             "|---|---:|---:|---:|---:|"]
     for key in a.index:
         if a.loc[key, "status"] == "ok" and key in b.index and b.loc[key, "status"] == "ok":
             ma, mb = a.loc[key, "median_ms"], b.loc[key, "median_ms"]
-            lines.append(f"| {key} | {ma:.4g} | {mb:.4g} | {100 * (mb - ma) / ma:+.2f}% |")
+            clocks = f"{clock_during(a.loc[key, 'device_state'])} / {clock_during(b.loc[key, 'device_state'])}"
+            lines.append(f"| {key} | {ma:.4g} | {mb:.4g} | {100 * (mb - ma) / ma:+.2f}% | {clocks} |")
 
     lines += ["", "## Events against CUDA-graph replay", "", "| configuration | events ms | graph ms | difference |",
               "|---|---:|---:|---:|"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 # NVML clock-event reasons that mean the GPU ran slower than it could: software power cap,
@@ -57,6 +60,11 @@ class DeviceMonitor:
                 state[key] = None
         return state
 
+    def sm_clock_mhz(self) -> float | None:
+        if self.handle is None:
+            return None
+        return float(self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM))
+
     @staticmethod
     def throttled(*states: dict | None) -> bool | None:
         reasons = [s.get("throttle_reasons") for s in states if s]
@@ -73,3 +81,51 @@ class DeviceMonitor:
             if state and state.get("throttle_reasons") is not None:
                 seen |= state["throttle_reasons"]
         return ", ".join(name for bit, name in REASON_NAMES.items() if seen & bit) or "none"
+
+
+class ClockTrace:
+    """SM clock readings taken every `period_s` by a background thread while in a `with` block,
+    as (seconds since the block began, MHz). An unreadable clock gives an empty trace."""
+
+    def __init__(self, read_mhz: Callable[[], float | None], period_s: float = 0.05) -> None:
+        self.read_mhz = read_mhz
+        self.period_s = period_s
+        self.readings: list[tuple[float, float]] = []
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                mhz = self.read_mhz()
+            except Exception:
+                mhz = None
+            if mhz is not None:
+                self.readings.append((self.now(), float(mhz)))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> ClockTrace:
+        self.t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="tbench-clock-trace", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def between(self, spans: list[tuple[float, float]]) -> list[float]:
+        """Readings that fall inside any of the (start, end) spans."""
+        return [mhz for t, mhz in list(self.readings) if any(a <= t <= b for a, b in spans)]
+
+
+def clock_summary(readings: list[float]) -> dict | None:
+    if not readings:
+        return None
+    return {"mean": round(sum(readings) / len(readings), 1), "min": min(readings), "max": max(readings),
+            "n": len(readings)}

@@ -22,9 +22,9 @@ from ..results.records import MeasurementRecord, utcnow
 from . import cost
 from .config import Case, make_inputs
 from .correctness import check
-from .devicestate import DeviceMonitor
+from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight
-from .timing import Sampling, Timer, TimingPolicy, cool_down, make_timer, summarize
+from .timing import Prepared, Sampling, Timer, TimingPolicy, clocks_settled, cool_down, make_timer, summarize
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _one_line(exc: BaseException) -> str:
 class _Active:
     case: Case
     method: Method
-    fn: Callable[[], object]
+    fn: Prepared
     sampling: Sampling
     record: MeasurementRecord
     call_s: float = 0.0  # fastest warm-up call, for grouping by cost
@@ -208,25 +208,55 @@ def _warm_up(
 
 def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
                   policy: TimingPolicy) -> None:
-    for tier in cost_tiers([entry.call_s for entry in active], policy.tier_ratio):
-        entries = [active[i] for i in tier]
-        if entries[0].case.device != "cpu":
-            if policy.cool_to_c is not None:
+    with ClockTrace(monitor.sm_clock_mhz) as trace:
+        for tier in cost_tiers([entry.call_s for entry in active], policy.tier_ratio):
+            entries = [active[i] for i in tier]
+            if entries[0].case.device != "cpu":
+                if policy.cool_to_c is not None:
+                    for entry in entries:
+                        beacon(entry.case, f"cooling to {policy.cool_to_c:g} C")
+                    waited, temp = cool_down(lambda: monitor.sample().get("temperature_c"), policy.cool_to_c,
+                                             policy.cool_max_s)
+                    for entry in entries:
+                        entry.record.device_state["cooled"] = {"waited_s": round(waited, 1), "temperature_c": temp}
                 for entry in entries:
-                    beacon(entry.case, f"cooling to {policy.cool_to_c:g} C")
-                waited, temp = cool_down(lambda: monitor.sample().get("temperature_c"), policy.cool_to_c,
-                                         policy.cool_max_s)
+                    beacon(entry.case, "settling clocks")
+                settled = _settle_clocks(entries, trace, policy)
                 for entry in entries:
-                    entry.record.device_state["cooled"] = {"waited_s": round(waited, 1), "temperature_c": temp}
-            _settle(min(entries, key=lambda e: e.call_s).fn, policy.tier_settle_s, entries[0].case.device)
-        _rotation(entries, timer, monitor, emit, beacon, policy)
+                    entry.record.device_state["settle"] = settled
+            _rotation(entries, timer, monitor, trace, emit, beacon, policy)
 
 
-def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
-              policy: TimingPolicy) -> None:
+def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPolicy) -> dict:
+    """Untimed calls of the rotation's cases in turn, for at least `tier_settle_s`, then until
+    the SM clock stops drifting or `clock_settle_max_s` has passed."""
+    start = trace.now()
+    calls = 0
+    checked = start
+    while True:
+        entries[calls % len(entries)].fn()
+        torch.cuda.synchronize()
+        calls += 1
+        now = trace.now()
+        elapsed = now - start
+        if elapsed < policy.tier_settle_s or now - checked < trace.period_s:
+            continue
+        checked = now
+        readings = [(t, mhz) for t, mhz in list(trace.readings) if t >= start]
+        if not readings or elapsed >= policy.clock_settle_max_s:
+            break
+        if clocks_settled(readings, now, policy.clock_window_s, policy.clock_tolerance):
+            break
+    last = trace.between([(max(start, now - policy.clock_window_s), now)])
+    return {"s": round(elapsed, 2), "calls": calls, "sm_clock_mhz": clock_summary(last)}
+
+
+def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace: ClockTrace, emit: Emit,
+              beacon: Beacon, policy: TimingPolicy) -> None:
     """Rounds over the active cases. In each round a case first runs untimed for `settle_s`, so its
     samples see the clock and power state its own kernels produce rather than the one the
     previous case left behind, then takes a short burst of samples."""
+    spans: dict[int, list[tuple[float, float]]] = {id(entry): [] for entry in active}
     for entry in active:
         entry.record.device_state["before"] = monitor.sample()
     interleaved = len(active) > 1
@@ -236,6 +266,8 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit:
             try:
                 if interleaved:
                     _settle(entry.fn, policy.settle_s, entry.case.device)
+                burst_start = trace.now()
+                entry.sampling.start_burst()
                 burst_end = time.perf_counter() + policy.burst_s
                 while True:
                     start = time.perf_counter()
@@ -243,6 +275,7 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit:
                     entry.sampling.add(sample, time.perf_counter() - start)
                     if entry.sampling.done or time.perf_counter() >= burst_end:
                         break
+                spans[id(entry)].append((burst_start, trace.now()))
             except Exception as exc:
                 active.remove(entry)
                 entry.sampling.samples.clear()
@@ -256,6 +289,12 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit:
                 after = monitor.sample()
                 rec.device_state["after"] = after
                 rec.device_state["stop"] = entry.sampling.stop_reason
+                during = clock_summary(trace.between(spans[id(entry)]))
+                if during is not None:
+                    rec.device_state["sm_clock_mhz_during_samples"] = during
+                if entry.fn.host_ms is not None:
+                    rec.device_state["host_ms"] = round(entry.fn.host_ms, 4)
+                    rec.device_state["hold_ms"] = round(entry.fn.hold_ms, 4)
                 rec.throttled = monitor.throttled(rec.device_state.get("before"), after)
                 if rec.throttled:
                     reasons = monitor.reasons(rec.device_state.get("before"), after)

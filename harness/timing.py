@@ -8,9 +8,10 @@ is at most `target_rse`, with a floor on samples and time and a per-measurement 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ class TimingPolicy:
     # samples of at most this long (at least one sample).
     settle_s: float = 0.02
     burst_s: float = 0.05
+    # Also require the burst medians to pin the median down to target_rse (see Sampling.burst_rse).
+    burst_rse: bool = True
     # Cases whose calls differ by more than this factor are timed in separate rotations, lightest
     # first: a millisecond kernel that follows a power-capped 100 ms kernel runs at the clocks that
     # one left behind, not at its own. Each rotation starts with a longer settle.
@@ -46,13 +49,21 @@ class TimingPolicy:
     # power cap runs slower when hot, by a few percent.
     cool_to_c: float | None = None
     cool_max_s: float = 60.0
+    # A chip at its power cap raises or lowers its clocks over seconds after the workload
+    # changes. Each rotation's settle goes on (at most clock_settle_max_s) until the mean SM clock
+    # of the last clock_window_s differs from that of the window before by at most
+    # clock_tolerance, so that every run measures a configuration at the clocks it settles to,
+    # not at a point on the way there that depends on what ran before.
+    clock_window_s: float = 1.0
+    clock_tolerance: float = 0.0075
+    clock_settle_max_s: float = 8.0
 
     @classmethod
     def quick(cls) -> TimingPolicy:
         """For tests and smoke runs: coarse, fast."""
         return cls(target_rse=0.05, min_samples=3, max_samples=30, min_time_s=0.0, budget_s=1.0,
                    warmup_s=0.0, warmup_calls=1, settle_s=0.0, burst_s=0.0, tier_settle_s=0.0,
-                   spinup_s=0.0)
+                   spinup_s=0.0, clock_settle_max_s=0.0, burst_rse=False)
 
 
 def spin_up(device: str, seconds: float) -> None:
@@ -81,6 +92,17 @@ def cool_down(read_c: Callable[[], float | None], target_c: float, limit_s: floa
         if temp is None or temp <= target_c or clock() - start >= limit_s:
             return clock() - start, temp
         sleep(0.5)
+
+
+def clocks_settled(readings: list[tuple[float, float]], now: float, window_s: float, tolerance: float) -> bool:
+    """True once the mean clock of the last `window_s` is within `tolerance` (relative) of the
+    mean of the window before it; `readings` are (seconds, MHz), at least 3 per window needed."""
+    last = [mhz for t, mhz in readings if now - window_s < t <= now]
+    prev = [mhz for t, mhz in readings if now - 2 * window_s < t <= now - window_s]
+    if len(last) < 3 or len(prev) < 3:
+        return False
+    a, b = sum(prev) / len(prev), sum(last) / len(last)
+    return abs(b - a) <= tolerance * a
 
 
 def median_rse(samples: list[float]) -> float:
@@ -120,10 +142,26 @@ class Sampling:
     samples: list[float]
     spent_s: float = 0.0
     stop_reason: str = ""
+    burst_starts: list[int] = field(default_factory=list)
 
     def add(self, sample_ms: float, spent_s: float) -> None:
         self.samples.append(sample_ms)
         self.spent_s += spent_s
+
+    def start_burst(self) -> None:
+        self.burst_starts.append(len(self.samples))
+
+    def burst_rse(self) -> float:
+        """Standard error of the mean of the burst medians, relative to the median of all samples.
+        Samples of one burst share the clock of that moment; when the clocks swing (a chip at its
+        power cap), they are not independent, and the per-sample error understates the error of
+        the median. Infinite before there are 3 bursts."""
+        edges = [*self.burst_starts, len(self.samples)]
+        medians = [float(np.median(self.samples[a:b])) for a, b in itertools.pairwise(edges) if b > a]
+        if len(medians) < 3:
+            return float("inf")
+        median = float(np.median(self.samples))
+        return float(np.std(medians, ddof=1) / np.sqrt(len(medians)) / median) if median > 0 else float("inf")
 
     @property
     def done(self) -> bool:
@@ -134,10 +172,26 @@ class Sampling:
         if self.spent_s >= p.budget_s and n >= min(p.min_samples, 3):
             self.stop_reason = f"time budget ({p.budget_s:g} s)"
             return True
-        if n >= p.min_samples and self.spent_s >= p.min_time_s and median_rse(self.samples) <= p.target_rse:
+        if (n >= p.min_samples and self.spent_s >= p.min_time_s and median_rse(self.samples) <= p.target_rse
+                and (not p.burst_rse or not self.burst_starts or self.burst_rse() <= p.target_rse)):
             self.stop_reason = "target precision"
             return True
         return False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A call ready to be timed. `hold_cycles`: how long the GPU waits, after the L2 flush and
+    before the start event, so that the host has queued the whole call when the clock starts
+    (`host_ms`: the host's time to issue one call, measured when prepared)."""
+
+    call: Callable[[], object]
+    hold_cycles: int = 0
+    hold_ms: float = 0.0
+    host_ms: float | None = None
+
+    def __call__(self) -> object:
+        return self.call()
 
 
 class Timer:
@@ -145,16 +199,29 @@ class Timer:
 
     mode = "cpu"
 
-    def prepare(self, fn: Callable[[], object]) -> Callable[[], object]:
-        return fn
+    def prepare(self, fn: Callable[[], object]) -> Prepared:
+        return Prepared(fn)
 
-    def sample(self, fn: Callable[[], object]) -> float:
+    def sample(self, fn: Prepared) -> float:
         start = time.perf_counter()
-        fn()
+        fn.call()
         return (time.perf_counter() - start) * 1e3
 
 
+def hold_for(host_ms: float, cycles_per_ms: float, cap_ms: float = 20.0) -> tuple[int, float]:
+    """GPU wait that covers the host's issue time of a call with a margin, at most `cap_ms` (a
+    call whose host time is longer than that is host-bound and is timed as such)."""
+    hold_ms = min(cap_ms, 1.5 * host_ms + 0.02)
+    return int(hold_ms * cycles_per_ms), hold_ms
+
+
 class CudaEventTimer(Timer):
+    """CUDA events around one call, the L2 flushed before it. Without a hold the GPU would sit
+    idle after the start event until the host issued the call's first kernel (0.1-0.2 ms of
+    Python for a Triton launch), and that wait, which varies from run to run, would be counted as
+    the call's time; holding the GPU until the host is done is how a pipeline that keeps the GPU
+    fed sees the call."""
+
     mode = "events"
 
     def __init__(self, device: torch.device, flush_bytes: int | None = None) -> None:
@@ -164,14 +231,47 @@ class CudaEventTimer(Timer):
         self.flush_buffer = torch.empty(flush_bytes or 2 * l2, dtype=torch.uint8, device=device)
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
+        self.cycles_per_ms = self._calibrate_sleep()
+
+    def _calibrate_sleep(self) -> float:
+        cycles = 2_000_000
+        torch.cuda._sleep(cycles)  # first launch loads the kernel
+        torch.cuda.synchronize()
+        self.start.record()
+        torch.cuda._sleep(cycles)
+        self.end.record()
+        self.end.synchronize()
+        return cycles / max(float(self.start.elapsed_time(self.end)), 1e-3)
 
     def flush(self) -> None:
         self.flush_buffer.fill_(1)
 
-    def sample(self, fn: Callable[[], object]) -> float:
+    def _capture(self, fn: Callable[[], object]) -> Callable[[], object]:
+        return fn
+
+    def prepare(self, fn: Callable[[], object]) -> Prepared:
+        call = self._capture(fn)
+        busy_ms = 10.0
+        issue = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(busy_ms * self.cycles_per_ms))  # GPU busy: the host is timed alone
+            start = time.perf_counter()
+            call()
+            issue.append((time.perf_counter() - start) * 1e3)
+        torch.cuda.synchronize()
+        host_ms = float(np.median(issue))
+        if host_ms > 0.8 * busy_ms:  # the call waits for the GPU itself: nothing to hide
+            return Prepared(call, 0, 0.0, host_ms)
+        cycles, hold_ms = hold_for(host_ms, self.cycles_per_ms)
+        return Prepared(call, cycles, hold_ms, host_ms)
+
+    def sample(self, fn: Prepared) -> float:
         self.flush()
+        if fn.hold_cycles:
+            torch.cuda._sleep(fn.hold_cycles)
         self.start.record()
-        fn()
+        fn.call()
         self.end.record()
         self.end.synchronize()
         return float(self.start.elapsed_time(self.end))
@@ -182,7 +282,7 @@ class CudaGraphTimer(CudaEventTimer):
 
     mode = "graph"
 
-    def prepare(self, fn: Callable[[], object]) -> Callable[[], object]:
+    def _capture(self, fn: Callable[[], object]) -> Callable[[], object]:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

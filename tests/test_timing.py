@@ -1,9 +1,23 @@
 """Adaptive sampling on synthetic timers (no real kernels: the stopping rule itself)."""
 
-import numpy as np
+import time
 
-from tbench.harness.measure import cost_tiers
-from tbench.harness.timing import Sampling, TimingPolicy, cool_down, median_rse, summarize
+import numpy as np
+import pytest
+import torch
+
+from tbench.harness.devicestate import ClockTrace, clock_summary
+from tbench.harness.measure import _Active, _settle_clocks, cost_tiers
+from tbench.harness.timing import (
+    Prepared,
+    Sampling,
+    TimingPolicy,
+    clocks_settled,
+    cool_down,
+    hold_for,
+    median_rse,
+    summarize,
+)
 
 
 def sample_until_done(policy, draw, cost_s=0.001):
@@ -74,3 +88,109 @@ def test_cooling_gives_up_at_its_limit_and_on_an_unreadable_sensor():
     waited, temp = cool_down(lambda: 80, 50, 5, sleep=clock.sleep, clock=lambda: clock.now)
     assert (waited, temp) == (5.0, 80)
     assert cool_down(lambda: None, 50, 5, sleep=clock.sleep, clock=lambda: clock.now)[0] == 0.0
+
+
+def test_clocks_settle_once_two_windows_agree():
+    ramp = [(t / 20, 1500 + 300 * t / 20) for t in range(40)]  # +300 MHz/s for 2 s
+    assert not clocks_settled(ramp, 1.95, 0.5, 0.0075)
+    flat = ramp[:20] + [(1 + t / 20, 1800 + (t % 2) * 10) for t in range(40)]
+    assert clocks_settled(flat, 2.95, 0.5, 0.0075)  # 1800-1810 MHz jitter is within 0.75 %
+    assert not clocks_settled(flat, 1.45, 0.5, 0.0075)  # the window before still ramps
+    assert not clocks_settled(flat[:2], 0.06, 0.5, 0.0075)  # too few readings
+
+
+def test_clock_trace_reads_in_the_background_and_selects_spans():
+    start = time.perf_counter()
+    with ClockTrace(lambda: 1000 + 1000 * (time.perf_counter() - start), period_s=0.01) as trace:
+        time.sleep(0.2)
+        half = trace.now() / 2
+    assert len(trace.readings) >= 5
+    times = [t for t, _ in trace.readings]
+    assert times == sorted(times)
+    early = trace.between([(0.0, half)])
+    late = trace.between([(half, 1.0)])
+    assert early and late and max(early) < min(late)
+    summary = clock_summary(early + late)
+    assert summary["n"] == len(early) + len(late) and summary["min"] <= summary["mean"] <= summary["max"]
+    assert clock_summary([]) is None
+    with ClockTrace(lambda: None, period_s=0.01) as silent:
+        time.sleep(0.05)
+    assert silent.readings == []
+
+
+def test_the_gpu_hold_covers_the_host_time_with_a_margin_and_a_cap():
+    cycles, ms = hold_for(0.2, cycles_per_ms=1.5e6)
+    assert ms > 0.2 and cycles == int(ms * 1.5e6)
+    assert hold_for(100.0, cycles_per_ms=1.5e6, cap_ms=20.0)[1] == 20.0
+
+
+def _settling(reader, policy, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    entry = _Active(case=None, method=None, fn=Prepared(lambda: time.sleep(0.002)), sampling=None, record=None)
+    with ClockTrace(reader, period_s=0.01) as trace:
+        return _settle_clocks([entry], trace, policy)
+
+
+def test_settling_waits_for_the_clock_to_stop_ramping(monkeypatch):
+    start = time.perf_counter()
+    ramp_s = 0.6
+
+    def reader():  # 1500 MHz rising to 1800 MHz over 0.6 s, then flat
+        return 1500 + 300 * min((time.perf_counter() - start) / ramp_s, 1.0)
+
+    policy = TimingPolicy(tier_settle_s=0.1, clock_window_s=0.2, clock_tolerance=0.0075, clock_settle_max_s=5.0)
+    settled = _settling(reader, policy, monkeypatch)
+    assert ramp_s + 0.2 <= settled["s"] < 3.0
+    assert settled["sm_clock_mhz"]["min"] >= 1780
+
+
+def test_settling_gives_up_at_its_limit_and_without_a_clock(monkeypatch):
+    start = time.perf_counter()
+    policy = TimingPolicy(tier_settle_s=0.1, clock_window_s=0.1, clock_tolerance=0.0075, clock_settle_max_s=0.5)
+    settled = _settling(lambda: 1000 + 1000 * (time.perf_counter() - start), policy, monkeypatch)  # never settles
+    assert 0.5 <= settled["s"] < 1.0
+    settled = _settling(lambda: None, policy, monkeypatch)
+    assert 0.1 <= settled["s"] < 0.3 and settled["sm_clock_mhz"] is None
+
+
+@pytest.mark.gpu
+def test_event_samples_hold_the_gpu_until_the_host_has_issued_the_call():
+    from tbench.harness.timing import make_timer
+
+    x = torch.zeros(1024, device="cuda")
+
+    def slow_host_call():  # 5 ms of host work before one tiny kernel
+        time.sleep(0.005)
+        x.add_(1)
+
+    for mode in ("events", "graph"):
+        timer = make_timer(mode, "cuda")
+        prepared = timer.prepare(slow_host_call)
+        if mode == "events":
+            assert prepared.host_ms >= 5.0 and prepared.hold_ms > prepared.host_ms
+        samples = sorted(timer.sample(prepared) for _ in range(9))
+        assert samples[4] < 1.0, (mode, samples)  # the kernel alone; without the hold, >= 5 ms
+
+
+def test_swinging_clocks_need_more_bursts_than_independent_samples_suggest():
+    # Each 10-sample burst runs at one clock, drawn anew per burst (+-4 %); samples within a burst
+    # vary by 0.2 %. Per sample the median looks precise after 10 samples; the burst medians do not.
+    rng = np.random.default_rng(3)
+    policy = TimingPolicy(target_rse=0.005, min_samples=10, min_time_s=0.0, budget_s=1000.0, max_samples=100000)
+    sampling = Sampling(policy, [])
+    bursts = 0
+    while not sampling.done:
+        sampling.start_burst()
+        bursts += 1
+        level = 1.0 + 0.04 * rng.standard_normal()
+        for _ in range(10):
+            sampling.add(level * (1 + 0.002 * rng.standard_normal()), 0.001)
+            if sampling.done:
+                break
+    assert sampling.stop_reason == "target precision"
+    assert bursts >= 30  # (4 % / 0.5 %)^2 = 64 expected; one burst would have satisfied the per-sample rule
+    assert sampling.burst_rse() <= 0.005
+    unbursted = Sampling(policy, [])
+    for _ in range(50):
+        unbursted.add(1.0 + 0.002 * rng.standard_normal(), 0.001)
+    assert unbursted.done  # without burst marks, only the per-sample rule applies
