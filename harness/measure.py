@@ -221,18 +221,21 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                         entry.record.device_state["cooled"] = {"waited_s": round(waited, 1), "temperature_c": temp}
                 for entry in entries:
                     beacon(entry.case, "settling clocks")
-                settled = _settle_clocks(entries, trace, policy)
+                settled = _settle_clocks(entries, trace, policy, lambda: monitor.throttled(monitor.sample()))
                 for entry in entries:
                     entry.record.device_state["settle"] = settled
             _rotation(entries, timer, monitor, trace, emit, beacon, policy)
 
 
-def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPolicy) -> dict:
-    """Untimed calls of the rotation's cases in turn, for at least `tier_settle_s`, then until
-    the SM clock stops drifting or `clock_settle_max_s` has passed."""
+def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPolicy,
+                   limited: Callable[[], bool | None] = lambda: None) -> dict:
+    """Untimed calls of the rotation's cases in turn, for at least `tier_settle_s`; then, if the
+    GPU is held back (`limited()` not False), until the SM clock stops drifting or
+    `clock_settle_max_s` has passed."""
     start = trace.now()
     calls = 0
     checked = start
+    held_back: bool | None = None
     while True:
         entries[calls % len(entries)].fn()
         torch.cuda.synchronize()
@@ -242,13 +245,15 @@ def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPoli
         if elapsed < policy.tier_settle_s or now - checked < trace.period_s:
             continue
         checked = now
+        if held_back is None:
+            held_back = limited() is not False
         readings = [(t, mhz) for t, mhz in list(trace.readings) if t >= start]
-        if not readings or elapsed >= policy.clock_settle_max_s:
+        if not held_back or not readings or elapsed >= policy.clock_settle_max_s:
             break
         if clocks_settled(readings, now, policy.clock_window_s, policy.clock_tolerance):
             break
     last = trace.between([(max(start, now - policy.clock_window_s), now)])
-    return {"s": round(elapsed, 2), "calls": calls, "sm_clock_mhz": clock_summary(last)}
+    return {"s": round(elapsed, 2), "calls": calls, "held_back": held_back, "sm_clock_mhz": clock_summary(last)}
 
 
 def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace: ClockTrace, emit: Emit,

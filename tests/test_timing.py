@@ -124,11 +124,11 @@ def test_the_gpu_hold_covers_the_host_time_with_a_margin_and_a_cap():
     assert hold_for(100.0, cycles_per_ms=1.5e6, cap_ms=20.0)[1] == 20.0
 
 
-def _settling(reader, policy, monkeypatch):
+def _settling(reader, policy, monkeypatch, limited=lambda: True):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     entry = _Active(case=None, method=None, fn=Prepared(lambda: time.sleep(0.002)), sampling=None, record=None)
     with ClockTrace(reader, period_s=0.01) as trace:
-        return _settle_clocks([entry], trace, policy)
+        return _settle_clocks([entry], trace, policy, limited)
 
 
 def test_settling_waits_for_the_clock_to_stop_ramping(monkeypatch):
@@ -151,6 +151,15 @@ def test_settling_gives_up_at_its_limit_and_without_a_clock(monkeypatch):
     assert 0.5 <= settled["s"] < 1.0
     settled = _settling(lambda: None, policy, monkeypatch)
     assert 0.1 <= settled["s"] < 0.3 and settled["sm_clock_mhz"] is None
+
+
+def test_a_gpu_that_is_not_held_back_settles_for_the_minimum_only(monkeypatch):
+    start = time.perf_counter()
+    policy = TimingPolicy(tier_settle_s=0.1, clock_window_s=0.1, clock_tolerance=0.0075, clock_settle_max_s=0.5)
+    reader = lambda: 1000 + 1000 * (time.perf_counter() - start)  # noqa: E731 - would never settle
+    settled = _settling(reader, policy, monkeypatch, limited=lambda: False)
+    assert 0.1 <= settled["s"] < 0.3 and settled["held_back"] is False
+    assert _settling(reader, policy, monkeypatch, limited=lambda: None)["s"] >= 0.5  # unknown: settle
 
 
 @pytest.mark.gpu
