@@ -11,6 +11,7 @@ interleaved only with their own kind, in separate rotations, lightest first.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,6 +225,9 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                 settled = _settle_clocks(entries, trace, policy, lambda: monitor.throttled(monitor.sample()))
                 for entry in entries:
                     entry.record.device_state["settle"] = settled
+                    if settled["held_back"]:
+                        entry.sampling.policy = dataclasses.replace(
+                            policy, min_time_s=max(policy.min_time_s, policy.held_back_min_time_s))
             _rotation(entries, timer, monitor, trace, emit, beacon, policy)
 
 

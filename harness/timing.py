@@ -59,6 +59,9 @@ class TimingPolicy:
     clock_window_s: float = 2.0
     clock_tolerance: float = 0.005
     clock_settle_max_s: float = 12.0
+    # Held back, the clocks keep wandering by several percent over seconds even once settled;
+    # such a measurement samples at least this long (within budget_s) to average over them.
+    held_back_min_time_s: float = 3.0
 
     @classmethod
     def quick(cls) -> TimingPolicy:
