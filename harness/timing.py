@@ -68,7 +68,7 @@ class TimingPolicy:
         """For tests and smoke runs: coarse, fast."""
         return cls(target_rse=0.05, min_samples=3, max_samples=30, min_time_s=0.0, budget_s=1.0,
                    warmup_s=0.0, warmup_calls=1, settle_s=0.0, burst_s=0.0, tier_settle_s=0.0,
-                   spinup_s=0.0, clock_settle_max_s=0.0, burst_rse=False)
+                   spinup_s=0.0, clock_settle_max_s=0.0, burst_rse=False, held_back_min_time_s=0.0)
 
 
 def spin_up(device: str, seconds: float) -> None:
