@@ -168,18 +168,22 @@ def _flash_blocks(
     base, C, valid, offs_m, lo, hi,
     qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_DESC: tl.constexpr,
 ):
     """Online softmax over the key blocks [lo, hi); MASKED blocks straddle the diagonal or the end."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start in range(_loop_bound(lo), _loop_bound(hi), BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        pos_n = base + offs_n * C
-        if MASKED:
-            key_ok = offs_n < valid
+        key_ok = offs_n < valid
+        if USE_DESC:  # k_base, v_base are tensor descriptors; rows past `valid` load as 0
+            k = k_base.load([start, 0])
+            v = v_base.load([start, 0])
+        elif MASKED:
+            pos_n = base + offs_n * C
             k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
         else:
+            pos_n = base + offs_n * C
             k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
             v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
@@ -209,7 +213,7 @@ def _flash_hop_kernel(
     stride_ob, stride_oh, stride_on,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     q_blocks = tl.cdiv(L, BLOCK_M)
@@ -232,10 +236,21 @@ def _flash_hop_kernel(
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos_m[:, None] * stride_qn + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
         k_base = k_ptr + b * stride_kb + hk * stride_kh
         v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
+        if USE_DESC:
+            # TMA: the slice is a 2-D tensor of `valid` rows, C rows apart; the copy engine does
+            # the addressing and the bounds, which frees the registers pointer tiles would hold.
+            q = tl.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh + base * stride_qn,
+                                          shape=[valid, HEAD_DIM], strides=[C * stride_qn, 1],
+                                          block_shape=[BLOCK_M, HEAD_DIM]).load([q_start, 0])
+            k_base = tl.make_tensor_descriptor(k_base + base * stride_kn, shape=[valid, HEAD_DIM],
+                                               strides=[C * stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+            v_base = tl.make_tensor_descriptor(v_base + base * stride_vn, shape=[valid, HEAD_DIM],
+                                               strides=[C * stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        else:
+            q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos_m[:, None] * stride_qn + offs_d[None, :],
+                        mask=row_ok[:, None], other=0.0)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -249,13 +264,18 @@ def _flash_hop_kernel(
             full = tl.minimum(full, (q_start // BLOCK_N) * BLOCK_N)
         acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
                                       base, C, valid, offs_m, 0, full, qk_scale,
-                                      HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+                                      HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION, USE_DESC)
         acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
                                       base, C, valid, offs_m, full, hi, qk_scale,
-                                      HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
-        out = acc / l_i[:, None]
-        tl.store(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
-                 _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
+                                      HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION, USE_DESC)
+        out = _narrow(acc / l_i[:, None], o_ptr.dtype.element_ty)
+        if USE_DESC:
+            tl.make_tensor_descriptor(o_ptr + b * stride_ob + h * stride_oh + base * stride_on,
+                                      shape=[valid, HEAD_DIM], strides=[C * stride_on, 1],
+                                      block_shape=[BLOCK_M, HEAD_DIM]).store([q_start, 0], out)
+        else:
+            tl.store(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
+                     out, mask=row_ok[:, None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,26 +314,36 @@ def _prune_packed(configs: list[triton.Config], named_args: dict, **kwargs) -> l
 
 def _flash_configs() -> list[triton.Config]:
     if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": True}, num_warps=4, num_stages=1)]
     # One warpgroup per program and small key blocks: at 168 registers and 64 KB of shared memory
-    # three programs share an SM, so one's softmax overlaps another's matrix products.
+    # three programs share an SM, so one's softmax overlaps another's matrix products. Each shape
+    # with pointer loads and with tensor-descriptor (TMA) loads.
     shapes = ((64, 32, 4, 3, 168), (64, 64, 4, 3, None), (64, 32, 4, 3, None))
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, maxnreg=r)
-            for bm, bn, w, s, r in shapes]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_DESC": desc}, num_warps=w, num_stages=s, maxnreg=r)
+            for desc in (False, True) for bm, bn, w, s, r in shapes]
+
+
+def descriptors_ok(*tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors can address these tensors: 16-byte aligned base and strides."""
+    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
+               for t in tensors)
 
 
 def _prune_flash(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     length = named_args["L"]
     elem = _dtype_bytes(named_args)
     kept = []
+    aligned = descriptors_ok(*(named_args[name] for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")))
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
         if bm > max(64, triton.next_power_of_2(length)) or bn > bm:
             continue
+        if cfg.kwargs["USE_DESC"] and not aligned:
+            continue
         if elem == 4 and bm * bn > 64 * 64:
             continue  # fp32 operands take twice the shared memory
         kept.append(cfg)
-    return kept or [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
+    return kept or [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "USE_DESC": False}, num_warps=4, num_stages=2)]
 
 
 def _first_fits(kernel_call: Callable[[], None], quantiles: Sequence[float]) -> list[float]:
@@ -406,6 +436,10 @@ def _new_buffer(like: torch.Tensor) -> torch.Tensor:
 _chosen: dict[tuple, triton.Config] = {}
 
 
+def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _launch_hop(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
@@ -438,12 +472,15 @@ def _launch_hop(
     else:
         tuner, raw = _flash_tuned, _flash_hop_kernel
         consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision}
+        # descriptors made inside the kernel need a little global scratch from this allocator
+        triton.set_allocator(_descriptor_scratch)
 
         def grid(meta: dict) -> tuple[int]:
             return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
 
     if config is None:
-        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type)
+        aligned = raw is _packed_hop_kernel or descriptors_ok(q, k, value, out)
+        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, aligned)
         config = _chosen.get(key)
         if config is None:
             tuner[grid](*args, **consts)

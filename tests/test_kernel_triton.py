@@ -120,9 +120,11 @@ def test_matches_float64_spec(case: Case, poisoned_scratch: None) -> None:
 
 
 FLASH_VARIANTS = [
-    {"BLOCK_M": 64, "BLOCK_N": 32},
-    {"BLOCK_M": 64, "BLOCK_N": 64},
-    {"BLOCK_M": 32, "BLOCK_N": 64},  # key blocks wider than query blocks
+    {"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": False},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "USE_DESC": False},
+    {"BLOCK_M": 32, "BLOCK_N": 64, "USE_DESC": False},  # key blocks wider than query blocks
+    {"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": True},  # tensor-descriptor (TMA) loads and stores
+    {"BLOCK_M": 32, "BLOCK_N": 64, "USE_DESC": True},
 ]
 PACKED_VARIANTS = [{"ROWS": 32, "PROGRAMS_PER_SM": 3}, {"ROWS": 64, "PROGRAMS_PER_SM": 1}]
 
