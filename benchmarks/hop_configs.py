@@ -2,7 +2,7 @@
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims), each hop
 whose slice length takes the flash kernel (L > 128) is run with each config of the autotune list
-(pointer loads and tensor-descriptor loads), checked against the autotuned hop, and timed with
+, checked against the autotuned hop, and timed with
 `triton.testing.do_bench` (median, L2 flushed before each rep). Prints one row per (hop, config).
 
     python3 benchmarks/hop_configs.py [--lengths 32k,128k] [--orders 2]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .folding import hop_axes
 
@@ -166,24 +167,25 @@ def _packed_hop_kernel(
 def _flash_blocks(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
     base, C, valid, offs_m, lo, hi,
-    qk_scale,
+    qk_scale, k_at, v_at,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_DESC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DESC: tl.constexpr,
 ):
-    """Online softmax over the key blocks [lo, hi); MASKED blocks straddle the diagonal or the end."""
+    """Online softmax over the key blocks [lo, hi); MASKED blocks straddle the diagonal or the end.
+    With DESC, k_base and v_base are tensor descriptors and k_at / v_at the (plane, a, c) of the slice."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start in range(_loop_bound(lo), _loop_bound(hi), BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < valid
-        if USE_DESC:  # k_base, v_base are tensor descriptors; rows past `valid` load as 0
-            k = k_base.load([start, 0])
-            v = v_base.load([start, 0])
+        pos_n = base + offs_n * C
+        if DESC:
+            key_ok = offs_n < valid
+            k = k_base.load([k_at[0], k_at[1], start, k_at[2] * HEAD_DIM]).reshape(BLOCK_N, HEAD_DIM)
+            v = v_base.load([v_at[0], v_at[1], start, v_at[2] * HEAD_DIM]).reshape(BLOCK_N, HEAD_DIM)
         elif MASKED:
-            pos_n = base + offs_n * C
+            key_ok = offs_n < valid
             k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
         else:
-            pos_n = base + offs_n * C
             k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
             v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
@@ -212,9 +214,12 @@ def _flash_hop_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, DESC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """One program per (slice, query block). With DESC, q/k/v/o are TMA tensor descriptors over
+    the tensors viewed as (B * heads, A, L, C * D) (see `_hop_descriptors`): the copy engine does
+    the strided addressing, which frees the registers pointer tiles would hold."""
     pid = tl.program_id(0)
     q_blocks = tl.cdiv(L, BLOCK_M)
     # neighbours in pid: heads of one kv group, then query blocks of one slice (heaviest causal
@@ -236,21 +241,22 @@ def _flash_hop_kernel(
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        k_base = k_ptr + b * stride_kb + hk * stride_kh
-        v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
-        if USE_DESC:
-            # TMA: the slice is a 2-D tensor of `valid` rows, C rows apart; the copy engine does
-            # the addressing and the bounds, which frees the registers pointer tiles would hold.
-            q = tl.make_tensor_descriptor(q_ptr + b * stride_qb + h * stride_qh + base * stride_qn,
-                                          shape=[valid, HEAD_DIM], strides=[C * stride_qn, 1],
-                                          block_shape=[BLOCK_M, HEAD_DIM]).load([q_start, 0])
-            k_base = tl.make_tensor_descriptor(k_base + base * stride_kn, shape=[valid, HEAD_DIM],
-                                               strides=[C * stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-            v_base = tl.make_tensor_descriptor(v_base + base * stride_vn, shape=[valid, HEAD_DIM],
-                                               strides=[C * stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        a = g // C
+        c = g - a * C
+        heads = H_KV * GROUP
+        # descriptor coordinates are 32-bit; planes (batch x heads) fit
+        q_at = ((b * heads + h).to(tl.int32), a, c)
+        k_at = ((b * H_KV + hk).to(tl.int32), a, c)
+        v_at = ((b * (heads // V_GROUP) + h // V_GROUP).to(tl.int32), a, c)
+        if DESC:
+            q = q_ptr.load([q_at[0], a, q_start, c * HEAD_DIM]).reshape(BLOCK_M, HEAD_DIM)
+            k_base = k_ptr
+            v_base = v_ptr
         else:
             q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos_m[:, None] * stride_qn + offs_d[None, :],
                         mask=row_ok[:, None], other=0.0)
+            k_base = k_ptr + b * stride_kb + hk * stride_kh
+            v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -263,19 +269,18 @@ def _flash_hop_kernel(
         if CAUSAL:
             full = tl.minimum(full, (q_start // BLOCK_N) * BLOCK_N)
         acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
-                                      base, C, valid, offs_m, 0, full, qk_scale,
-                                      HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION, USE_DESC)
+                                      base, C, valid, offs_m, 0, full, qk_scale, k_at, v_at,
+                                      HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION, DESC)
         acc, m_i, l_i = _flash_blocks(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
-                                      base, C, valid, offs_m, full, hi, qk_scale,
-                                      HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION, USE_DESC)
-        out = _narrow(acc / l_i[:, None], o_ptr.dtype.element_ty)
-        if USE_DESC:
-            tl.make_tensor_descriptor(o_ptr + b * stride_ob + h * stride_oh + base * stride_on,
-                                      shape=[valid, HEAD_DIM], strides=[C * stride_on, 1],
-                                      block_shape=[BLOCK_M, HEAD_DIM]).store([q_start, 0], out)
+                                      base, C, valid, offs_m, full, hi, qk_scale, k_at, v_at,
+                                      HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION, DESC)
+        out = acc / l_i[:, None]
+        if DESC:
+            o_ptr.store([q_at[0], a, q_start, c * HEAD_DIM],
+                        _narrow(out, o_ptr.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
         else:
             tl.store(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
-                     out, mask=row_ok[:, None])
+                     _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,36 +319,54 @@ def _prune_packed(configs: list[triton.Config], named_args: dict, **kwargs) -> l
 
 def _flash_configs() -> list[triton.Config]:
     if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": True}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1, pre_hook=_desc_blocks)]
     # One warpgroup per program and small key blocks: at 168 registers and 64 KB of shared memory
-    # three programs share an SM, so one's softmax overlaps another's matrix products. Each shape
-    # with pointer loads and with tensor-descriptor (TMA) loads.
-    shapes = ((64, 32, 4, 3, 168), (64, 64, 4, 3, None), (64, 32, 4, 3, None))
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "USE_DESC": desc}, num_warps=w, num_stages=s, maxnreg=r)
-            for desc in (False, True) for bm, bn, w, s, r in shapes]
+    # three programs share an SM, so one's softmax overlaps another's matrix products.
+    shapes = ((64, 32, 4, 3, 168), (64, 32, 4, 2, 168), (64, 64, 4, 3, None), (64, 32, 4, 3, None))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, maxnreg=r, pre_hook=_desc_blocks)
+            for bm, bn, w, s, r in shapes]
 
 
-def descriptors_ok(*tensors: torch.Tensor) -> bool:
-    """Whether tensor descriptors can address these tensors: 16-byte aligned base and strides."""
-    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
-               for t in tensors)
+def _desc_blocks(nargs: dict) -> None:
+    """Give the descriptors of a DESC launch the block shapes of the config about to run."""
+    if not nargs.get("DESC"):
+        return
+    d = nargs["HEAD_DIM"]
+    for name, rows in (("q_ptr", "BLOCK_M"), ("k_ptr", "BLOCK_N"), ("v_ptr", "BLOCK_N"), ("o_ptr", "BLOCK_M")):
+        nargs[name].block_shape = [1, 1, nargs[rows], d]
+
+
+def _hop_descriptors(tensors: Sequence[torch.Tensor], dims: tuple[int, ...], axis: int) -> list | None:
+    """TMA descriptors over each (B, heads, N, D) tensor viewed as (B * heads, A, L, C * D), so that
+    slice (a, c) of the hop is rows [a, :, c*D : (c+1)*D] of plane b * heads + h. Only when the
+    dims fill N exactly (no padded slices: the planes would overlap) and every tensor is
+    contiguous and 16-byte aligned; else None (pointer loads)."""
+    n = tensors[0].shape[2]
+    if math.prod(dims) != n:
+        return None
+    length, inner = dims[axis], math.prod(dims[axis + 1:])
+    descs = []
+    for t in tensors:
+        batch, heads, _, d = t.shape
+        if not t.is_contiguous() or t.data_ptr() % 16 or (d * t.element_size()) % 16:
+            return None
+        descs.append(TensorDescriptor(t, [batch * heads, n // (length * inner), length, inner * d],
+                                      [n * d, length * inner * d, inner * d, 1], [1, 1, 16, d]))
+    return descs
 
 
 def _prune_flash(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     length = named_args["L"]
     elem = _dtype_bytes(named_args)
     kept = []
-    aligned = descriptors_ok(*(named_args[name] for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")))
     for cfg in configs:
         bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
         if bm > max(64, triton.next_power_of_2(length)) or bn > bm:
             continue
-        if cfg.kwargs["USE_DESC"] and not aligned:
-            continue
         if elem == 4 and bm * bn > 64 * 64:
             continue  # fp32 operands take twice the shared memory
         kept.append(cfg)
-    return kept or [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "USE_DESC": False}, num_warps=4, num_stages=2)]
+    return kept or [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2, pre_hook=_desc_blocks)]
 
 
 def _first_fits(kernel_call: Callable[[], None], quantiles: Sequence[float]) -> list[float]:
@@ -366,7 +389,7 @@ _packed_tuned = triton.autotune(
 
 _flash_tuned = triton.autotune(
     configs=_flash_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL"],
+    key=["L", "HEAD_DIM", "CAUSAL", "DESC"],
     prune_configs_by={"early_config_prune": _prune_flash},
     do_bench=_TIMER,
     cache_results=_AUTOTUNE,
@@ -436,10 +459,6 @@ def _new_buffer(like: torch.Tensor) -> torch.Tensor:
 _chosen: dict[tuple, triton.Config] = {}
 
 
-def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _launch_hop(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
@@ -471,21 +490,23 @@ def _launch_hop(
             return (min(tiles, sms * meta["PROGRAMS_PER_SM"]),)
     else:
         tuner, raw = _flash_tuned, _flash_hop_kernel
-        consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision}
-        # descriptors made inside the kernel need a little global scratch from this allocator
-        triton.set_allocator(_descriptor_scratch)
+        descs = _hop_descriptors((q, k, value, out), dims, axis)
+        if descs is not None:
+            args = (*descs, *args[4:])
+        consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "DESC": descs is not None}
 
         def grid(meta: dict) -> tuple[int]:
             return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
 
     if config is None:
-        aligned = raw is _packed_hop_kernel or descriptors_ok(q, k, value, out)
-        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, aligned)
+        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, consts.get("DESC", False))
         config = _chosen.get(key)
         if config is None:
             tuner[grid](*args, **consts)
             _chosen[key] = tuner.best_config
             return
+    if raw is _flash_hop_kernel:
+        _desc_blocks({**dict(zip(raw.arg_names, args, strict=False)), **consts, **config.all_kwargs()})
     raw[grid](*args, **consts, **config.all_kwargs())
 
 

@@ -110,6 +110,12 @@ CPU_CASES = [
     # batch > 1 and a (B, N, H, D) memory layout (strided rows)
     Case(300, 2, True, BF16, batch=2, heads=4, kv_heads=2, layout="bnhd"),
     Case(200, 3, False, F32, batch=2, layout="bnhd"),
+    # dims that fill N exactly: flash hops through TMA tensor descriptors (strided and inner axis,
+    # a ragged last query block, GQA, batch > 1)
+    Case(400, 2, False, dims=(200, 2)),
+    Case(400, 2, True, BF16, dims=(2, 200), heads=4, kv_heads=2),
+    Case(520, 2, True, F16, dims=(130, 4), batch=2, heads=4, kv_heads=1),
+    Case(300, 1, True),
 ]
 
 
@@ -119,12 +125,22 @@ def test_matches_float64_spec(case: Case, poisoned_scratch: None) -> None:
     _check(case, device)
 
 
+def test_descriptors_are_used_exactly_when_the_dims_fill_n_and_rows_are_contiguous() -> None:
+    def descs(case: Case, axis: int) -> object:
+        q, k, v = _inputs(case, "cpu")
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        return tt._hop_descriptors((q, k, v, out), case.resolved_dims, axis)
+
+    assert descs(Case(400, 2, False, dims=(200, 2)), 0) is not None
+    assert descs(Case(400, 2, False, dims=(2, 200)), 1) is not None
+    assert descs(Case(390, 2, False, dims=(200, 2)), 0) is None  # padded: pointer loads
+    assert descs(Case(400, 2, False, dims=(200, 2), layout="bnhd"), 0) is None  # rows H*D apart
+
+
 FLASH_VARIANTS = [
-    {"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": False},
-    {"BLOCK_M": 64, "BLOCK_N": 64, "USE_DESC": False},
-    {"BLOCK_M": 32, "BLOCK_N": 64, "USE_DESC": False},  # key blocks wider than query blocks
-    {"BLOCK_M": 64, "BLOCK_N": 32, "USE_DESC": True},  # tensor-descriptor (TMA) loads and stores
-    {"BLOCK_M": 32, "BLOCK_N": 64, "USE_DESC": True},
+    {"BLOCK_M": 64, "BLOCK_N": 32},
+    {"BLOCK_M": 64, "BLOCK_N": 64},
+    {"BLOCK_M": 32, "BLOCK_N": 64},  # key blocks wider than query blocks
 ]
 PACKED_VARIANTS = [{"ROWS": 32, "PROGRAMS_PER_SM": 3}, {"ROWS": 64, "PROGRAMS_PER_SM": 1}]
 
@@ -212,6 +228,10 @@ GPU_CASES = [
     Case(12000, 3, True, F16, dims=(17, 25, 30), heads=4, kv_heads=2, head_dim=64),
     Case(8192, 1, True, BF16, heads=2, kv_heads=1, head_dim=128),
     Case(9000, 2, True, BF16, batch=2, heads=4, kv_heads=2, head_dim=128, layout="bnhd"),
+    # flash hops through tensor descriptors
+    Case(65536, 2, True, BF16, heads=4, kv_heads=2, head_dim=128),
+    Case(32768, 2, False, F16, heads=4, kv_heads=1, head_dim=64),
+    Case(24000, 2, True, F32, dims=(150, 160), heads=2, kv_heads=1, head_dim=128),
 ]
 
 
