@@ -289,7 +289,8 @@ def _flash_hop_kernel(
 
 
 def _dtype_bytes(named_args: dict) -> int:
-    return named_args["q_ptr"].element_size()
+    q = named_args["q_ptr"]
+    return (q.base if isinstance(q, TensorDescriptor) else q).element_size()
 
 
 def _packed_configs() -> list[triton.Config]:
