@@ -225,7 +225,7 @@ def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, e
                 settled = _settle_clocks(entries, trace, policy, lambda: monitor.throttled(monitor.sample()))
                 for entry in entries:
                     entry.record.device_state["settle"] = settled
-                    if settled["held_back"]:
+                    if settled["held_back"] is True:
                         entry.sampling.policy = dataclasses.replace(
                             policy, min_time_s=max(policy.min_time_s, policy.held_back_min_time_s))
             _rotation(entries, timer, monitor, trace, emit, beacon, policy)
@@ -239,7 +239,8 @@ def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPoli
     start = trace.now()
     calls = 0
     checked = start
-    held_back: bool | None = None
+    held_back: bool | None = None  # None: unknown (no NVML), treated as held back while settling
+    asked = False
     while True:
         entries[calls % len(entries)].fn()
         torch.cuda.synchronize()
@@ -249,10 +250,10 @@ def _settle_clocks(entries: list[_Active], trace: ClockTrace, policy: TimingPoli
         if elapsed < policy.tier_settle_s or now - checked < trace.period_s:
             continue
         checked = now
-        if held_back is None:
-            held_back = limited() is not False
+        if not asked:
+            held_back, asked = limited(), True
         readings = [(t, mhz) for t, mhz in list(trace.readings) if t >= start]
-        if not held_back or not readings or elapsed >= policy.clock_settle_max_s:
+        if held_back is False or not readings or elapsed >= policy.clock_settle_max_s:
             break
         if clocks_settled(readings, now, policy.clock_window_s, policy.clock_tolerance):
             break
