@@ -57,6 +57,7 @@ class _Active:
     sampling: Sampling
     record: MeasurementRecord
     call_s: float = 0.0  # fastest warm-up call, for grouping by cost
+    spans: list[tuple[float, float]] = field(default_factory=list)  # its bursts, on the clock trace's time
 
 
 def cost_tiers(call_s: list[float], ratio: float) -> list[list[int]]:
@@ -266,7 +267,6 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
     """Rounds over the active cases. In each round a case first runs untimed for `settle_s`, so its
     samples see the clock and power state its own kernels produce rather than the one the
     previous case left behind, then takes a short burst of samples."""
-    spans: dict[int, list[tuple[float, float]]] = {id(entry): [] for entry in active}
     for entry in active:
         entry.record.device_state["before"] = monitor.sample()
     interleaved = len(active) > 1
@@ -285,7 +285,7 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                     entry.sampling.add(sample, time.perf_counter() - start)
                     if entry.sampling.done or time.perf_counter() >= burst_end:
                         break
-                spans[id(entry)].append((burst_start, trace.now()))
+                entry.spans.append((burst_start, trace.now()))
             except Exception as exc:
                 active.remove(entry)
                 entry.sampling.samples.clear()
@@ -299,7 +299,7 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 after = monitor.sample()
                 rec.device_state["after"] = after
                 rec.device_state["stop"] = entry.sampling.stop_reason
-                during = clock_summary(trace.between(spans[id(entry)]))
+                during = clock_summary(trace.between(entry.spans))
                 if during is not None:
                     rec.device_state["sm_clock_mhz_during_samples"] = during
                 if entry.fn.host_ms is not None:

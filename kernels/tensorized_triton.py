@@ -93,10 +93,16 @@ else:
 
 
 @triton.jit
+def _slice_coords(g, C):
+    """Slice g as (a, c): its index over the outer axes and over the inner ones."""
+    a = g // C
+    return a, g - a * C
+
+
+@triton.jit
 def _slice_layout(g, N, L, C):
     """First position of slice g (a, c) and how many of its coordinates are real (< N)."""
-    a = g // C
-    c = g - a * C
+    a, c = _slice_coords(g, C)
     base = a * (L * C) + c
     # real positions form a prefix of the slice; written without negative divisions
     valid = tl.where(base < N, tl.minimum((N - base + C - 1) // C, L), 0)
@@ -241,8 +247,7 @@ def _flash_hop_kernel(
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        a = g // C
-        c = g - a * C
+        a, c = _slice_coords(g, C)
         heads = H_KV * GROUP
         # descriptor coordinates are 32-bit; planes (batch x heads) fit
         q_at = ((b * heads + h).to(tl.int32), a, c)
@@ -328,13 +333,17 @@ def _flash_configs() -> list[triton.Config]:
             for bm, bn, w, s, r in shapes]
 
 
+def _shape_descriptors(descs: Sequence[TensorDescriptor], block_m: int, block_n: int, head_dim: int) -> None:
+    """Block shapes of the (q, k, v, out) descriptors for a config's query and key blocks."""
+    for desc, rows in zip(descs, (block_m, block_n, block_n, block_m), strict=True):
+        desc.block_shape = [1, 1, rows, head_dim]
+
+
 def _desc_blocks(nargs: dict) -> None:
-    """Give the descriptors of a DESC launch the block shapes of the config about to run."""
-    if not nargs.get("DESC"):
-        return
-    d = nargs["HEAD_DIM"]
-    for name, rows in (("q_ptr", "BLOCK_M"), ("k_ptr", "BLOCK_N"), ("v_ptr", "BLOCK_N"), ("o_ptr", "BLOCK_M")):
-        nargs[name].block_shape = [1, 1, nargs[rows], d]
+    """Autotuner pre-hook: give the descriptors of a DESC launch the config's block shapes."""
+    if nargs.get("DESC"):
+        _shape_descriptors([nargs[name] for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")],
+                           nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"])
 
 
 def _hop_descriptors(tensors: Sequence[torch.Tensor], dims: tuple[int, ...], axis: int) -> list | None:
@@ -480,6 +489,7 @@ def _launch_hop(
         scale * _LOG2E,
     )
     precision = "ieee" if q.dtype == torch.float32 else None
+    descs = None
     if length <= PACKED_MAX_LEN:
         block_l = max(16, triton.next_power_of_2(length))
         sms = _sm_count(q.device)
@@ -506,8 +516,8 @@ def _launch_hop(
             tuner[grid](*args, **consts)
             _chosen[key] = tuner.best_config
             return
-    if raw is _flash_hop_kernel:
-        _desc_blocks({**dict(zip(raw.arg_names, args, strict=False)), **consts, **config.all_kwargs()})
+    if descs is not None:
+        _shape_descriptors(descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], d)
     raw[grid](*args, **consts, **config.all_kwargs())
 
 
@@ -549,8 +559,12 @@ def tensorized_attention_triton(
 
 
 def tuned_configs() -> list[tuple[str, tuple, str]]:
-    """(kernel, (L, D, causal, dtype, device), chosen config) for every key tuned in this process."""
-    return [("packed" if key[0] else "flash", key[1:], _config_text(cfg)) for key, cfg in _chosen.items()]
+    """(kernel, (L, D, causal, dtype, device, TMA), chosen config) for every key tuned in this
+    process; the flash kernel is named 'flash-tma' where its tiles move through descriptors."""
+    def kernel(key: tuple) -> str:
+        return "packed" if key[0] else ("flash-tma" if key[-1] else "flash")
+
+    return [(kernel(key), key[1:], _config_text(cfg)) for key, cfg in _chosen.items()]
 
 
 def _config_text(cfg: triton.Config) -> str:

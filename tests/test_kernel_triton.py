@@ -137,6 +137,15 @@ def test_descriptors_are_used_exactly_when_the_dims_fill_n_and_rows_are_contiguo
     assert descs(Case(400, 2, False, dims=(200, 2), layout="bnhd"), 0) is None  # rows H*D apart
 
 
+def test_a_tuned_descriptor_hop_runs_again_from_its_cached_config(poisoned_scratch: None) -> None:
+    """The second call of a key skips the autotuner and shapes the descriptors itself."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    case = Case(420, 2, True, dims=(210, 2), heads=4, kv_heads=2)
+    first, second = _check(case, device), _check(case, device)
+    assert first == second
+    assert any(kernel == "flash-tma" and key[0] == 210 for kernel, key, _ in tt.tuned_configs())
+
+
 FLASH_VARIANTS = [
     {"BLOCK_M": 64, "BLOCK_N": 32},
     {"BLOCK_M": 64, "BLOCK_N": 64},
