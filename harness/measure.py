@@ -168,10 +168,11 @@ def _warm_up(
     """Prepare, warm up, check and size one case. Returns None if the record is already final."""
     beacon(case, "warm-up")
     q, k, v = method.prepared(*inputs, case)
+    call = method.bound(case)
 
     def fn() -> torch.Tensor:
         with torch.no_grad():
-            return method.call(q, k, v, case)
+            return call(q, k, v, case)
 
     deadline = time.perf_counter() + settings.policy.warmup_s
     calls = 0
@@ -186,7 +187,7 @@ def _warm_up(
 
     if settings.check:
         beacon(case, "check")
-        result = check(lambda a, b, c: method.call(*method.prepared(a, b, c, case), case), case,
+        result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
                        seed=settings.seed + 7919)
         rec.check_error = result.error
         rec.fidelity_rel_l2 = result.fidelity_rel_l2

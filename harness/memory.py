@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +70,7 @@ def measure_peak(fn: Callable[[], object], device: str) -> PeakMemory:
 def _cpu_peak(fn: Callable[[], object]) -> PeakMemory:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_chatter_dropped(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
     # Each op's own allocations (self usage, so nested ops are not counted twice) and the
@@ -77,3 +81,34 @@ def _cpu_peak(fn: Callable[[], object]) -> PeakMemory:
         running += event.self_cpu_memory_usage
         peak = max(peak, running)
     return PeakMemory(extra_bytes=peak, total_bytes=peak)
+
+
+# Lines that the profiler's C++ side (kineto) writes straight to the process's stderr on every
+# start and stop; they would interleave with the progress display.
+_CHATTER = ("USDT:",)
+
+
+@contextlib.contextmanager
+def _profiler_chatter_dropped() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while the profiler runs, then pass on every line
+    except the profiler's own start/stop chatter (so a real error message is never lost)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(_CHATTER)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .exact import flash2, full, sdpa_cudnn, sdpa_efficient, sdpa_math, xformers_attention
+from .flash3 import flash3, flash4
+from .flex import flex
 from .registry import Method
 from .tensorized import tensorized_ref, tensorized_triton
 
@@ -14,5 +16,8 @@ BUILTIN_METHODS: tuple[Method, ...] = (
     sdpa_cudnn,
     sdpa_efficient,
     xformers_attention,
+    flex,
+    flash3,
+    flash4,
     sdpa_math,
 )

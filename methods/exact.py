@@ -23,8 +23,9 @@ LOW_PRECISION = frozenset({"bf16", "fp16"})
 HAS_FLASH_ATTN = has_module("flash_attn")
 
 
-def _io_bytes(case: Case) -> int:
-    """Output plus per-row softmax statistics: what a fused kernel allocates."""
+def io_bytes(case: Case) -> int:
+    """Output plus per-row softmax statistics: what a fused kernel allocates (any method's estimate
+    starts from this)."""
     rows = case.batch * case.heads * case.seq_len
     return rows * case.head_dim * case.element_size + rows * 4
 
@@ -50,7 +51,7 @@ def _expand_kv(
 def _full_memory(case: Case) -> int:
     scores = case.batch * case.heads * case.seq_len * case.seq_len
     # scores in the input dtype, the masked copy, float32 softmax, and its cast back
-    return scores * (3 * case.element_size + 4) + _expanded_kv_bytes(case) + _io_bytes(case)
+    return scores * (3 * case.element_size + 4) + _expanded_kv_bytes(case) + io_bytes(case)
 
 
 @method(
@@ -87,7 +88,7 @@ def _sdpa_call(backend: SDPBackend, native_gqa: bool) -> Callable[..., torch.Ten
 
 def _sdpa_math_memory(case: Case) -> int:
     scores = case.batch * case.heads * case.seq_len * case.seq_len
-    return scores * (2 * case.element_size + 4) + _expanded_kv_bytes(case) + _io_bytes(case)
+    return scores * (2 * case.element_size + 4) + _expanded_kv_bytes(case) + io_bytes(case)
 
 
 sdpa_math = method(
@@ -108,7 +109,7 @@ sdpa_cudnn = method(
     devices=frozenset({"cuda"}),
     dtypes=LOW_PRECISION,
     head_dims=frozenset({64, 128}),
-    memory_estimate=lambda case: _io_bytes(case) + _expanded_kv_bytes(case),
+    memory_estimate=lambda case: io_bytes(case) + _expanded_kv_bytes(case),
     prepare=_expand_kv,
 )(_sdpa_call(SDPBackend.CUDNN_ATTENTION, native_gqa=False))
 
@@ -120,7 +121,7 @@ sdpa_efficient = method(
         device, "torch SDPA memory-efficient backend (kv heads expanded before the call under GQA)", (5, 0)
     ),
     devices=frozenset({"cuda"}),
-    memory_estimate=lambda case: _io_bytes(case) + _expanded_kv_bytes(case),
+    memory_estimate=lambda case: io_bytes(case) + _expanded_kv_bytes(case),
     prepare=_expand_kv,
 )(_sdpa_call(SDPBackend.EFFICIENT_ATTENTION, native_gqa=False))
 
@@ -138,13 +139,17 @@ def _flash2_availability(device: str) -> Availability:
     )
 
 
+def to_bnhd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (B, N, H, D) layout of the flash_attn family's functions, which handle GQA themselves."""
+    return q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+
+
 def _flash2_prepare(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if HAS_FLASH_ATTN:
-        # flash_attn's native layout is (B, N, H, D); it handles GQA itself.
-        return tuple(t.transpose(1, 2).contiguous() for t in (q, k, v))  # type: ignore[return-value]
-    return q, k, v
+    return to_bnhd(q, k, v, case) if HAS_FLASH_ATTN else (q, k, v)
 
 
 @method(
@@ -155,7 +160,7 @@ def _flash2_prepare(
     devices=frozenset({"cuda"}),
     dtypes=LOW_PRECISION,
     head_dims=frozenset(range(8, 257, 8)),
-    memory_estimate=_io_bytes,
+    memory_estimate=io_bytes,
     prepare=_flash2_prepare,
 )
 def flash2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
@@ -234,7 +239,7 @@ def _xformers_describe(case: Case) -> str:
     description="xFormers memory_efficient_attention (records the operator it dispatched to)",
     availability=_xformers_availability,
     devices=frozenset({"cuda"}),
-    memory_estimate=_io_bytes,
+    memory_estimate=io_bytes,
     prepare=_xformers_prepare,
     describe=_xformers_describe,
 )

@@ -62,6 +62,9 @@ class Method:
     describe: Callable[[Case], str] | None = None
     # Puts inputs into the layout the call wants (outside the timed region), e.g. (B, N, H, D).
     prepare: Prepare | None = None
+    # Builds the call for one case before it is warmed up, checked or timed: what a real caller
+    # makes once per shape and reuses (a FlexAttention block mask, a compiled function).
+    bind: Callable[[Case], Call] | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -94,6 +97,10 @@ class Method:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.prepare(q, k, v, case) if self.prepare is not None else (q, k, v)
+
+    def bound(self, case: Case) -> Call:
+        """The call to time for this case (see `bind`)."""
+        return self.bind(case) if self.bind is not None else self.call
 
     def provenance(self, case: Case) -> str:
         if self.describe is not None:
