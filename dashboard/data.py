@@ -20,7 +20,8 @@ from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 CPU_LABEL = "CPU"
 
 # Preferred baselines, best first: the fastest exact kernels are the fair reference for speedups.
-BASELINE_PREFERENCE = ("flash2", "sdpa-cudnn", "sdpa-efficient", "xformers", "sdpa-math", "full")
+BASELINE_PREFERENCE = ("flash2", "flash3", "flash4", "sdpa-cudnn", "sdpa-efficient", "xformers", "flex", "sdpa-math",
+                       "full")
 
 # How a non-ok status reads in every metric cell of its row; a blank or a zero would look like data.
 STATUS_MARKERS = {
