@@ -100,3 +100,40 @@ def test_profiler_chatter_is_dropped_and_other_stderr_kept(capfd):
         os.write(2, b"a real warning\n")
     err = capfd.readouterr().err
     assert "a real warning" in err and "USDT" not in err
+
+
+def test_the_runner_binds_once_per_configuration_and_times_only_the_bound_call(tmp_path):
+    from tbench.harness import provenance
+    from tbench.harness.measure import MeasureSettings
+    from tbench.harness.runner import Runner, RunOptions
+    from tbench.harness.sweep import Sweep
+    from tbench.harness.timing import TimingPolicy
+    from tbench.methods.registry import Method, Registry, always_available
+    from tbench.results.store import Store
+
+    bound_for: list[int] = []
+
+    def bind(case: Case):
+        bound_for.append(case.seq_len)
+
+        def call(q, k, v, case):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal, scale=case.softmax_scale,
+                                                  enable_gqa=True)
+        return call
+
+    def unbound(q, k, v, case):
+        raise AssertionError("the harness must call what bind returned")
+
+    registry = Registry()
+    registry.add(Method(name="bound", family="exact", call=unbound, description="bound SDPA",
+                        availability=always_available("SDPA, bound per case"), bind=bind))
+    store = Store(f"sqlite:///{tmp_path / 'bound.db'}")
+    sweep = Sweep(lengths=[64, 96], methods=["bound"], heads=[2], kv_heads=[1], head_dims=[16], dtypes=["fp32"],
+                  device="cpu", timing="cpu", baseline="bound")
+    options = RunOptions(settings=MeasureSettings(policy=TimingPolicy.quick()), isolate=False, plugins=False,
+                         peaks=False)
+    outcome = Runner(store, registry, options, show_progress=False).run(
+        sweep, info=provenance.collect("cpu", sweep.as_dict(), argv=["test"]))
+    rows = store.measurements([outcome.run_id])
+    assert list(rows["status"]) == ["ok", "ok"], list(rows["message"])
+    assert sorted(bound_for) == [64, 96]
