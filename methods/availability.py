@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import torch
@@ -27,3 +28,15 @@ def has_module(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def import_problem(module: str, missing: str) -> Availability | None:
+    """Why an optional package's `module` cannot be used (`missing` when its top-level package is
+    not installed; the import's own error when it fails), or None when it imports."""
+    if not has_module(module.split(".", 1)[0]):
+        return Availability(False, reason=missing)
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # a broken install raises anything (OSError for a missing CUDA library)
+        return Availability(False, reason=f"{module} failed to import: {type(exc).__name__}: {exc}")
+    return None

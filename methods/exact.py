@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..harness.config import Case
-from .availability import cuda_availability, has_module
+from .availability import cuda_availability, has_module, import_problem
 from .registry import Availability, always_available, method
 
 LOW_PRECISION = frozenset({"bf16", "fp16"})
@@ -180,13 +180,11 @@ def flash2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> tor
 
 
 def _xformers_availability(device: str) -> Availability:
-    if not has_module("xformers"):
-        return Availability(False, reason="xformers is not installed (pip install 'tbench[xformers]')")
-    try:
-        import xformers
-        import xformers.ops
-    except Exception as exc:
-        return Availability(False, reason=f"xformers failed to import: {type(exc).__name__}: {exc}")
+    problem = import_problem("xformers.ops", "xformers is not installed (pip install 'tbench[xformers]')")
+    if problem is not None:
+        return problem
+    import xformers
+
     return cuda_availability(device, f"xformers {xformers.__version__} memory_efficient_attention")
 
 

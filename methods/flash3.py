@@ -12,7 +12,7 @@ from importlib import metadata
 import torch
 
 from ..harness.config import Case
-from .availability import cuda_availability, has_module
+from .availability import cuda_availability, import_problem
 from .exact import LOW_PRECISION, io_bytes, to_bnhd
 from .registry import Availability, method
 
@@ -32,12 +32,10 @@ def _output(result: torch.Tensor | tuple) -> torch.Tensor:
 
 
 def _fa3_availability(device: str) -> Availability:
-    if not has_module("flash_attn_interface"):
-        return Availability(False, reason="FlashAttention-3 is not installed (build flash-attention's hopper/ package)")
-    try:
-        import flash_attn_interface  # noqa: F401
-    except Exception as exc:
-        return Availability(False, reason=f"flash_attn_interface failed to import: {type(exc).__name__}: {exc}")
+    problem = import_problem("flash_attn_interface",
+                             "FlashAttention-3 is not installed (build flash-attention's hopper/ package)")
+    if problem is not None:
+        return problem
     return cuda_availability(device, f"FlashAttention-3 via flash_attn_interface ({_version('flash_attn_3')})", (9, 0))
 
 
@@ -59,12 +57,9 @@ def flash3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> tor
 
 
 def _fa4_availability(device: str) -> Availability:
-    if not has_module("flash_attn"):
-        return Availability(False, reason="FlashAttention-4 is not installed (pip install flash-attn-4)")
-    try:
-        import flash_attn.cute  # noqa: F401
-    except Exception as exc:
-        return Availability(False, reason=f"flash_attn.cute (FA4) failed to import: {type(exc).__name__}: {exc}")
+    problem = import_problem("flash_attn.cute", "FlashAttention-4 is not installed (pip install flash-attn-4)")
+    if problem is not None:
+        return problem
     return cuda_availability(device, f"FlashAttention-4 via flash_attn.cute ({_version('flash-attn-4', 'flash_attn')})",
                              (9, 0))
 
