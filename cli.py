@@ -9,6 +9,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .kernels.folding import FoldingError, parse_dims
@@ -300,10 +301,11 @@ def list_methods(
                     "D=" + ",".join(map(str, sorted(method.head_dims))) if method.head_dims and
                     len(method.head_dims) < 6 else "any D" if method.head_dims is None else "D<=256",
                     f"m=1..{method.max_order}" if method.is_tensorized else ""]
-        table.add_row(method.name, method.family, mark, detail, " ".join(s for s in supports if s))
+        # reasons carry brackets (pip extras such as 'tbench[xformers]') that Rich would read as markup
+        table.add_row(method.name, method.family, mark, escape(detail), " ".join(s for s in supports if s))
     out.print(table)
     for problem in registry.plugin_errors:
-        err.print(f"[yellow]plugin not loaded:[/yellow] {problem.entry_point}: {problem.message}")
+        err.print(f"[yellow]plugin not loaded:[/yellow] {escape(problem.entry_point)}: {escape(problem.message)}")
 
 
 @app.command()

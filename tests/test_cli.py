@@ -70,6 +70,9 @@ def test_list_shows_availability_and_plugin_problems(cli_env, plugin_env):
     assert result.returncode == 0
     assert "tensorized-ref" in result.stdout and "flash2" in result.stdout
     assert "needs a CUDA GPU" in result.stdout
+    if "xformers is not installed" in result.stdout.replace("\n", " "):
+        # a pip extra in a reason is shown as written, not swallowed as console markup
+        assert "tbench[xformers]" in result.stdout
     with_plugin = run_cli(["list", "--device", "cpu"], plugin_env)
     assert with_plugin.returncode == 0, with_plugin.stderr
     assert "test-slow" in with_plugin.stdout
