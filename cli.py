@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .kernels.folding import FoldingError, parse_dims
-from .methods.registry import device_kind
+from .core.device import device_kind
+from .core.folding import FoldingError, parse_dims
 
 app = typer.Typer(
     help="Benchmark long-sequence attention kernels: tensorized attention against exact attention.",
@@ -40,7 +40,7 @@ def friendly_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .harness.sweep import UsageError
+        from .core.errors import UsageError
         from .results.store import StoreError
 
         try:
@@ -58,7 +58,7 @@ def _default_device() -> str:
 
 
 def _check_device(device: str) -> str:
-    from .harness.sweep import UsageError
+    from .core.errors import UsageError
 
     if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
         raise UsageError(f"device '{device}' unknown; allowed: cuda, cuda:N, cpu")
@@ -130,14 +130,14 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """Sweep sequence lengths, orders, shapes and methods; store every measurement."""
+    from .analysis.report import run_table
+    from .core.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths, parse_names
     from .harness import provenance
     from .harness.measure import MeasureSettings
-    from .harness.report import run_table
     from .harness.runner import Runner, RunOptions
     from .harness.shard import parse_shard
-    from .harness.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths, parse_names
     from .harness.timing import TimingPolicy
-    from .methods.registry import load_registry
+    from .methods.catalog import load_registry
     from .results.store import Store
 
     registry = load_registry()
@@ -251,7 +251,7 @@ def _parse_devices(text: str, device: str) -> list[str]:
     """'all' or '0,1' -> ['cuda:0', 'cuda:1'], checked against the GPUs present."""
     import torch
 
-    from .harness.sweep import UsageError
+    from .core.errors import UsageError
 
     if not device.startswith("cuda"):
         raise UsageError(f"--devices {text} needs GPUs, but the device is {device}")
@@ -267,7 +267,7 @@ def _parse_devices(text: str, device: str) -> list[str]:
 
 
 def _parse_run_id(text: str) -> int:
-    from .harness.sweep import UsageError
+    from .core.errors import UsageError
 
     if not text.isdigit():
         raise UsageError(f"run '{text}' is not a run id (a positive integer) or 'latest'")
@@ -284,7 +284,7 @@ def list_methods(
                                                show_default=False)] = None,
 ) -> None:
     """Methods, whether they are available here (and why not), and what runs."""
-    from .methods.registry import load_registry
+    from .methods.catalog import load_registry
 
     registry = load_registry()
     device = device or _default_device()
@@ -336,7 +336,7 @@ def show(
     db: DbOption = None,
 ) -> None:
     """A run's results with speedups over the baseline."""
-    from .harness.report import run_markdown, run_table
+    from .analysis.report import run_markdown, run_table
     from .results.store import Store
 
     store = Store(db, create=False)
@@ -410,7 +410,7 @@ def _interop_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .harness.gate import GateError
+        from .analysis.gate import GateError
         from .results.bundle import BundleError
         from .results.pytest_benchmark import PytestBenchmarkError
 
@@ -459,11 +459,11 @@ def gate(
     """Gate a candidate against a baseline: exit 0 pass, 1 regression (SLOWER or FAIL), 2 bad input."""
     import json
 
-    from .harness.gate import GateSettings
-    from .harness.gate import gate as run_gate
-    from .harness.gate_report import gate_json, gate_markdown, gate_table, summary_line
-    from .results.baselines import baselines_dir as resolve_dir
-    from .results.baselines import load_side
+    from .analysis.baselines import baselines_dir as resolve_dir
+    from .analysis.baselines import load_side
+    from .analysis.gate import GateSettings
+    from .analysis.gate import gate as run_gate
+    from .analysis.gate_report import gate_json, gate_markdown, gate_table, summary_line
 
     settings = GateSettings(threshold=threshold, alpha=alpha, min_delta_us=min_delta_us,
                             allow_cross_device=allow_cross_device, allow_missing=allow_missing)
@@ -501,8 +501,8 @@ def baseline_save(
     """Save a run as a named baseline (results/baselines/<name>.json) with its provenance."""
     import shlex
 
-    from .results.baselines import baseline_from_run, check_name, run_as_model, save_baseline
-    from .results.baselines import baselines_dir as resolve_dir
+    from .analysis.baselines import baseline_from_run, check_name, run_as_model, save_baseline
+    from .analysis.baselines import baselines_dir as resolve_dir
     from .results.store import Store
 
     check_name(name)
@@ -525,7 +525,7 @@ def export_runs(
     db: DbOption = None,
 ) -> None:
     """Export runs as a tbench bundle, or one run as pytest-benchmark JSON."""
-    from .harness.sweep import UsageError
+    from .core.errors import UsageError
     from .results.bundle import export_bundle, write_bundle, write_json
     from .results.pytest_benchmark import export_pytest_benchmark
     from .results.store import Store
@@ -556,7 +556,7 @@ def import_files(
     db: DbOption = None,
 ) -> None:
     """Import runs from files, all in one transaction; runs already in the store are skipped."""
-    from .harness.sweep import UsageError
+    from .core.errors import UsageError
     from .results.bundle import BundleError, import_runs, parse_bundle, read_json
     from .results.pytest_benchmark import looks_like_pytest_benchmark, parse_pytest_benchmark
     from .results.store import Store

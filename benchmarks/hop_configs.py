@@ -21,9 +21,9 @@ import torch
 import triton
 import triton.testing
 
-from tbench.harness.sweep import parse_lengths
+from tbench.core.folding import auto_dims, format_dims, hop_axes
+from tbench.core.sweep import parse_lengths
 from tbench.kernels import tensorized_triton as tt
-from tbench.kernels.folding import auto_dims, format_dims, hop_axes
 
 B, H, H_KV, D = 1, 32, 8, 128
 

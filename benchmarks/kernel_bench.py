@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.testing
 
+from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.kernels import tensorized_triton as tt
-from tbench.kernels.folding import auto_dims, format_dims, hop_axes
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
 
 B, H, H_KV, D = 1, 32, 8, 128

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 import triton
 
+from tbench.core.case import Case
+from tbench.core.sweep import Sweep, parse_lengths
 from tbench.harness import provenance
-from tbench.harness.config import Case, make_inputs
 from tbench.harness.measure import MeasureSettings
 from tbench.harness.runner import Runner, RunOptions
-from tbench.harness.sweep import Sweep, parse_lengths
 from tbench.harness.timing import TimingPolicy
-from tbench.methods.registry import load_registry
+from tbench.kernels.tensors import make_inputs
+from tbench.methods.catalog import load_registry
 from tbench.results.store import Store
 
 

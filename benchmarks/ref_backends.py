@@ -21,8 +21,8 @@ import triton.testing
 from kernel_bench import CAUSAL, H_KV, MIN_ROTATION_BYTES, B, D, H, bench_rotating, make_inputs
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.kernels import tensorized_triton as tt
-from tbench.kernels.folding import auto_dims, format_dims, hop_axes
 from tbench.kernels.tensorized_sdpa import _hop_view, _repeat_heads, tensorized_attention_sdpa
 
 BACKENDS = {

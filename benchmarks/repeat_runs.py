@@ -12,12 +12,12 @@ from pathlib import Path
 
 from methodology import clock_during
 
+from tbench.core.sweep import Sweep, parse_lengths
 from tbench.harness import provenance
 from tbench.harness.measure import MeasureSettings
 from tbench.harness.runner import Runner, RunOptions
-from tbench.harness.sweep import Sweep, parse_lengths
 from tbench.harness.timing import TimingPolicy
-from tbench.methods.registry import load_registry
+from tbench.methods.catalog import load_registry
 from tbench.results.store import Store
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import pandas as pd
 
-from ..harness.gate import classify_ratio
+from ..analysis.gate import classify_ratio
 
 # One rule for the CLI gate and this view: SAME / FASTER / SLOWER / UNSURE (harness/gate.py).
 Verdict = Literal["SAME", "FASTER", "SLOWER", "UNSURE"]

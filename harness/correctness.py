@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.case import Case
 from ..kernels.reference import exact_attention_f64, tensorized_attention_f64
-from .config import Case, make_inputs
+from ..kernels.tensors import make_inputs
 
 # Relative L2 error allowed against the float64 definition. Far above rounding for each dtype,
 # far below what a wrong kernel produces (order 1).

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..methods.registry import Method, Registry, device_kind
-from ..results.records import MeasurementRecord, utcnow
-from . import cost
-from .config import Case, make_inputs
+from ..core import cost
+from ..core.case import Case
+from ..core.device import device_kind
+from ..core.records import MeasurementRecord, utcnow
+from ..kernels.tensors import make_inputs
+from ..methods.registry import Method, Registry
 from .correctness import check
 from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight

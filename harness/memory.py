@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Case, input_bytes
+from ..core.case import Case
 
 # Leave headroom for the allocator's fragmentation and the CUDA context.
 FIT_FRACTION = 0.9
@@ -39,7 +39,7 @@ def preflight(case: Case, extra_bytes: int | None, free: int) -> str | None:
     """A skip message if the case cannot fit in `free` bytes (inputs not yet allocated), else None."""
     if extra_bytes is None:
         return None
-    need = extra_bytes + input_bytes(case)
+    need = extra_bytes + case.input_bytes()
     if need > FIT_FRACTION * free:
         return f"needs about {gib(need)} (estimate), {gib(free)} free on {case.device}"
     return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..results.records import RunInfo
+from ..core.records import RunInfo
 
 
 def git_commit() -> str | None:

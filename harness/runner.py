@@ -11,16 +11,16 @@ from dataclasses import dataclass, field, replace
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..core import cost
+from ..core.case import Case
+from ..core.records import MeasurementRecord, RunInfo, utcnow
+from ..core.sweep import Sweep
 from ..methods.registry import Registry
-from ..results.records import MeasurementRecord, RunInfo, utcnow
 from ..results.store import Store
-from . import cost
-from .config import Case
 from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
 from .shard import shard_cases
-from .sweep import Sweep
 from .worker import Worker, WorkerEvent
 
 

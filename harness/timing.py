@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from scipy.stats.mstats import mjci
 
-from ..results.records import Timing
+from ..core.case import TimingMode
+from ..core.records import Timing
 
-TIMING_MODES = ("events", "graph", "cpu")
+TIMING_MODES = tuple(m.value for m in TimingMode)
 
 
 @dataclass(frozen=True)

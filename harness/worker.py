@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..results.records import MeasurementRecord
-from .config import Case
+from ..core.case import Case
+from ..core.records import MeasurementRecord
 from .measure import MeasureSettings, measure_group
 
 # Errors after which the CUDA context cannot be trusted: the worker must be replaced.
@@ -30,7 +30,7 @@ POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
     # The parent handles Ctrl-C; a worker must not die half-way through a message on SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ..methods.registry import load_registry
+    from ..methods.catalog import load_registry
     from .peaks import measure_peaks
     from .timing import spin_up
 

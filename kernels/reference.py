@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .folding import hop_axes, padded_length
+from ..core.folding import hop_axes, padded_length
 
 
 def _expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:

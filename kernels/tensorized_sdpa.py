@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .folding import hop_axes
+from ..core.folding import hop_axes
 
 
 def _hop_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .folding import hop_axes
+from ..core.folding import hop_axes
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)

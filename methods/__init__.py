@@ -1,5 +1,6 @@
-"""Attention methods: the registry (registry.py) and the built-in methods (exact.py, tensorized.py)."""
+"""Attention methods: the registry (registry.py), the built-in methods (exact.py, tensorized.py, ...)
+and the catalogue that loads them with the plugins (catalog.py)."""
 
-from .registry import Availability, Method, Registry, load_registry, method
+from .registry import Availability, Method, Registry, method
 
-__all__ = ["Availability", "Method", "Registry", "load_registry", "method"]
+__all__ = ["Availability", "Method", "Registry", "method"]

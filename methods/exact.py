@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..harness.config import Case
+from ..core.case import Case
+from ..kernels.tensors import torch_dtype
 from .availability import cuda_availability, has_module, import_problem
 from .registry import Availability, always_available, method
 
@@ -219,7 +220,7 @@ def _xformers_describe(case: Case) -> str:
         from xformers.ops import fmha
 
         q, k, v = _xformers_prepare(
-            *(torch.empty(case.batch, h, case.seq_len, case.head_dim, dtype=case.torch_dtype,
+            *(torch.empty(case.batch, h, case.seq_len, case.head_dim, dtype=torch_dtype(case),
                           device=case.device) for h in (case.heads, case.kv_heads, case.kv_heads)),
             case,
         )

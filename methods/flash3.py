@@ -11,7 +11,7 @@ from importlib import metadata
 
 import torch
 
-from ..harness.config import Case
+from ..core.case import Case
 from .availability import cuda_availability, import_problem
 from .exact import LOW_PRECISION, io_bytes, to_bnhd
 from .registry import Availability, method

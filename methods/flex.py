@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from ..harness.config import Case
+from ..core.case import Case
+from ..core.device import device_kind
 from .availability import cuda_availability
 from .exact import io_bytes
-from .registry import Availability, Call, device_kind, method
+from .registry import Availability, Call, method
 
 # Query and key blocks of the block mask (the default of create_block_mask).
 BLOCK = 128

@@ -8,25 +8,18 @@ several registries side by side, and a broken plugin is reported instead of brea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 
 import torch
 
-from ..harness.config import DTYPES, FAMILIES, Case
-
-ENTRY_POINT_GROUP = "tbench.methods"
+from ..core.case import DTYPE_NAMES, Case, Family
+from ..core.device import device_kind
 
 Call = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Case], torch.Tensor]
 Prepare = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, Case], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 ]
-
-
-def device_kind(device: str) -> str:
-    """'cuda:1' -> 'cuda': methods declare and check device kinds, not indices."""
-    return device.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -45,12 +38,12 @@ def always_available(provenance: str) -> Callable[[str], Availability]:
 @dataclass(frozen=True)
 class Method:
     name: str
-    family: str
+    family: Family
     call: Call
     description: str
     availability: Callable[[str], Availability]
     devices: frozenset[str] = frozenset({"cuda", "cpu"})
-    dtypes: frozenset[str] = frozenset(DTYPES)
+    dtypes: frozenset[str] = frozenset(DTYPE_NAMES)
     causal: bool = True
     noncausal: bool = True
     gqa: bool = True
@@ -67,12 +60,15 @@ class Method:
     bind: Callable[[Case], Call] | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"method {self.name}: family '{self.family}' must be one of {FAMILIES}")
+        try:
+            object.__setattr__(self, "family", Family(self.family))
+        except ValueError:
+            allowed = ", ".join(f.value for f in Family)
+            raise ValueError(f"method {self.name}: family '{self.family}' unknown; allowed: {allowed}") from None
 
     @property
     def is_tensorized(self) -> bool:
-        return self.family == "tensorized"
+        return self.family is Family.TENSORIZED
 
     def unsupported_reason(self, case: Case) -> str | None:
         """A one-line reason this method cannot run the case, or None if it can."""
@@ -156,35 +152,3 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self.methods)
-
-
-def _as_methods(obj: object) -> list[Method]:
-    if isinstance(obj, Method):
-        return [obj]
-    if callable(obj) and not isinstance(obj, Iterable):
-        obj = obj()  # a factory returning a Method or several
-        if isinstance(obj, Method):
-            return [obj]
-    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
-        items = list(obj)
-        if items and all(isinstance(i, Method) for i in items):
-            return items
-    raise TypeError(f"expected a tbench Method or a list of them, got {type(obj).__name__}")
-
-
-def load_registry(plugins: bool = True) -> Registry:
-    """The built-in methods plus, if asked, every method from the `tbench.methods` entry points."""
-    from .builtin import BUILTIN_METHODS
-
-    registry = Registry()
-    for item in BUILTIN_METHODS:
-        registry.add(item)
-    if not plugins:
-        return registry
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            for item in _as_methods(ep.load()):
-                registry.add(item)
-        except Exception as exc:  # a broken plugin must not take the CLI down with it
-            registry.plugin_errors.append(PluginError(f"{ep.name} = {ep.value}", f"{type(exc).__name__}: {exc}"))
-    return registry

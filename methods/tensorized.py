@@ -8,8 +8,9 @@ import os
 
 import torch
 
-from ..harness.config import Case
+from ..core.case import Case
 from ..kernels.tensorized_sdpa import tensorized_attention_sdpa
+from ..kernels.tensors import torch_dtype
 from .availability import cuda_availability, has_module
 from .registry import Availability, always_available, method
 
@@ -70,7 +71,7 @@ def _triton_describe(case: Case) -> str:
     from ..kernels.tensorized_triton import tuned_configs
 
     chosen = [f"L={key[0]} {kernel} {config}" for kernel, key, config in tuned_configs()
-              if key[0] in case.dims and key[1:4] == (case.head_dim, case.causal, case.torch_dtype)]
+              if key[0] in case.dims and key[1:4] == (case.head_dim, case.causal, torch_dtype(case))]
     return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
 
 

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..core.records import utcnow
 from .models import Measurement, Run
-from .records import utcnow
 from .store import Store, StoreError
 
 BUNDLE_FORMAT = "tbench-bundle"

@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..core.records import utcnow
 from .bundle import MeasurementModel, RunModel, validation_message
 from .models import Run
-from .records import utcnow
 from .store import Store, StoreError
 
 KEY_FIELDS = ["seq_len", "order_m", "dims", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal",

@@ -29,9 +29,9 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..core.records import MeasurementRecord, RunInfo, utcnow
 from . import migrate
 from .models import SCHEMA_VERSION, Measurement, Meta, Run
-from .records import MeasurementRecord, RunInfo, utcnow
 
 DEFAULT_DB = "sqlite:///tbench.db"
 ENV_VAR = "TBENCH_DB"

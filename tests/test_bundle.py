@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from tbench.harness.config import Case
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.bundle import MAX_BYTES, BundleError, export_bundle, import_runs, read_bundle, write_bundle
-from tbench.results.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.store import Store
 
 EVIL = "x'); DROP TABLE runs; --"

@@ -9,9 +9,9 @@ from backends import BACKENDS, execute, fresh_url
 from pg import pg_server_url, pg_url  # noqa: F401  (fixtures)
 from sqlalchemy.exc import OperationalError
 
-from tbench.harness.config import Case
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
 from tbench.results import store as store_module
-from tbench.results.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.store import Store
 
 WRITERS, EACH = 4, 200

@@ -19,11 +19,11 @@ import streamlit as st
 from sqlalchemy import insert
 from streamlit.testing.v1 import AppTest
 
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
 from tbench.dashboard import data
 from tbench.dashboard.launch import free_port
-from tbench.harness.config import Case
 from tbench.results.models import Measurement
-from tbench.results.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.store import Store, _to_row
 
 GPU = "NVIDIA H100 80GB HBM3"

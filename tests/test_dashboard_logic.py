@@ -10,10 +10,10 @@ import sqlite3
 import pandas as pd
 import pytest
 
+from tbench.core.case import STATUS_NAMES as STATUSES
 from tbench.dashboard import data
 from tbench.dashboard.compare import classify_ratio, compare_runs
 from tbench.dashboard.launch import free_port, streamlit_command
-from tbench.harness.config import STATUSES
 from tbench.results.store import Store
 
 # --- crossover ------------------------------------------------------------------------------------

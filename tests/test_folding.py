@@ -1,6 +1,6 @@
 import pytest
 
-from tbench.kernels.folding import FoldingError, auto_dims, hop_axes, parse_dims, resolve_dims
+from tbench.core.folding import FoldingError, auto_dims, hop_axes, parse_dims, resolve_dims
 
 
 @pytest.mark.parametrize(

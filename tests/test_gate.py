@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tbench.harness.gate import (
+from tbench.analysis.gate import (
     ConfigResult,
     GateError,
     GateSettings,

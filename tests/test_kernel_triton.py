@@ -18,8 +18,8 @@ if not torch.cuda.is_available():
     # must precede the kernel module's import, which defines the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from tbench.core.folding import resolve_dims
 from tbench.kernels import tensorized_triton as tt
-from tbench.kernels.folding import resolve_dims
 from tbench.kernels.reference import tensorized_attention_f64
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
 

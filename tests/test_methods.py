@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from conftest import run_cli
 
-from tbench.harness.config import Case, make_inputs
+from tbench.core.case import Case
 from tbench.harness.correctness import check
 from tbench.harness.memory import _profiler_chatter_dropped
-from tbench.methods.registry import load_registry
+from tbench.kernels.tensors import make_inputs
+from tbench.methods.catalog import load_registry
 
 SMALL = ["--device", "cpu", "--heads", "4", "--kv-heads", "2", "--head-dim", "32", "--budget", "0.3",
          "--min-samples", "3", "--quiet"]
@@ -103,10 +104,10 @@ def test_profiler_chatter_is_dropped_and_other_stderr_kept(capfd):
 
 
 def test_the_runner_binds_once_per_configuration_and_times_only_the_bound_call(tmp_path):
+    from tbench.core.sweep import Sweep
     from tbench.harness import provenance
     from tbench.harness.measure import MeasureSettings
     from tbench.harness.runner import Runner, RunOptions
-    from tbench.harness.sweep import Sweep
     from tbench.harness.timing import TimingPolicy
     from tbench.methods.registry import Method, Registry, always_available
     from tbench.results.store import Store

@@ -10,9 +10,9 @@ from conftest import run_cli
 from pg import pg_server_url, pg_url  # noqa: F401  (fixtures)
 from sqlalchemy import create_engine
 
+from tbench.core.records import RunInfo
 from tbench.results import migrate
 from tbench.results.models import SCHEMA_VERSION, Base, Meta, Run
-from tbench.results.records import RunInfo
 from tbench.results.store import Store, StoreError
 
 TABLES = {"tbench_meta", "runs", "measurements", "alembic_version"}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tbench.kernels.folding import auto_dims
+from tbench.core.folding import auto_dims
 from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
 from tbench.kernels.tensorized_sdpa import _slices_view, tensorized_attention_sdpa
 

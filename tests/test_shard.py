@@ -4,9 +4,9 @@ import random
 
 import pytest
 
+from tbench.core.sweep import Sweep, UsageError
 from tbench.harness.shard import parse_shard, shard_cases
-from tbench.harness.sweep import Sweep, UsageError
-from tbench.methods.registry import load_registry
+from tbench.methods.catalog import load_registry
 
 REGISTRY = load_registry(plugins=False)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from tbench.harness.sweep import Sweep
-from tbench.methods.registry import load_registry
+from tbench.core.sweep import Sweep
+from tbench.methods.catalog import load_registry
 
 SWEEP = ["--device", "cpu", "--lengths", "64,128,192", "--methods", "sdpa-math,tensorized-ref", "--orders", "2",
          "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--budget", "0.2", "--min-samples", "3", "--quiet"]

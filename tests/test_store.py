@@ -4,9 +4,9 @@ import sqlite3
 
 import pytest
 
-from tbench.harness.config import Case
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.models import SCHEMA_VERSION
-from tbench.results.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.store import Store, StoreError, resolve_url
 
 

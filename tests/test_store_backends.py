@@ -4,9 +4,9 @@ import pytest
 from backends import BACKENDS, execute, fresh_url, table_names
 from pg import pg_server_url, pg_url  # noqa: F401  (fixtures)
 
-from tbench.harness.config import Case
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.models import SCHEMA_VERSION
-from tbench.results.records import MeasurementRecord, RunInfo, Timing
 from tbench.results.store import Store, StoreError
 
 

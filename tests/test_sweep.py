@@ -1,7 +1,7 @@
 import pytest
 
-from tbench.harness.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths
-from tbench.methods.registry import load_registry
+from tbench.core.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths
+from tbench.methods.catalog import load_registry
 
 
 def test_length_syntax():

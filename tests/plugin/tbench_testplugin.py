@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tbench.harness.config import Case
+from tbench.core.case import Case
 from tbench.methods.registry import Availability, method
 
 

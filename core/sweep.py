@@ -1,4 +1,4 @@
-"""The sweep: parsing its axes from the command line and expanding them into Cases."""
+"""The sweep: parsing its axes from the command line and expanding them into Cases (no torch)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,28 @@ import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
-from ..kernels.folding import FoldingError, resolve_dims
-from ..methods.registry import Registry
-from .config import DTYPES, Case
+from .case import DTYPE_NAMES, Case, DType, Family, TimingMode
+from .errors import UsageError
+from .folding import FoldingError, resolve_dims
 
 
-class UsageError(ValueError):
-    """Bad user input; the message is one line naming the bad value and what is allowed."""
+class MethodInfo(Protocol):
+    family: Family
+
+    @property
+    def is_tensorized(self) -> bool: ...
+
+
+class Catalog(Protocol):
+    """What the sweep needs of a method registry (kept abstract: the registry imports torch)."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def get(self, name: str) -> MethodInfo: ...
+
+    def names(self) -> list[str]: ...
 
 
 _SIZE = re.compile(r"^(\d+)([kKmM]?)$")
@@ -60,10 +74,10 @@ def parse_ints(text: str, name: str, minimum: int = 1) -> list[int]:
 def parse_dtypes(text: str) -> list[str]:
     values = [p.strip().lower() for p in text.split(",") if p.strip()]
     for value in values:
-        if value not in DTYPES:
-            raise UsageError(f"dtype '{value}' unknown; allowed: {', '.join(DTYPES)}")
+        if value not in DTYPE_NAMES:
+            raise UsageError(f"dtype '{value}' unknown; allowed: {', '.join(DTYPE_NAMES)}")
     if not values:
-        raise UsageError(f"dtype '{text}' is empty; allowed: {', '.join(DTYPES)}")
+        raise UsageError(f"dtype '{text}' is empty; allowed: {', '.join(DTYPE_NAMES)}")
     return list(dict.fromkeys(values))
 
 
@@ -83,10 +97,10 @@ class Sweep:
     heads: list[int] = field(default_factory=lambda: [32])
     kv_heads: list[int] = field(default_factory=lambda: [8])
     head_dims: list[int] = field(default_factory=lambda: [128])
-    dtypes: list[str] = field(default_factory=lambda: ["bf16"])
+    dtypes: list[str] = field(default_factory=lambda: [DType.BF16.value])
     causal: list[bool] = field(default_factory=lambda: [True])
     device: str = "cuda"
-    timing: str = "events"
+    timing: str = TimingMode.EVENTS.value
     baseline: str | None = None
     dims: tuple[int, ...] | None = None
     seed: int = 0
@@ -102,7 +116,7 @@ class Sweep:
         data["dims"] = tuple(data["dims"]) if data.get("dims") else None
         return cls(**data)
 
-    def validate(self, registry: Registry) -> None:
+    def validate(self, registry: Catalog) -> None:
         for name in self.methods:
             if name not in registry:
                 raise UsageError(f"method '{name}' unknown; known: {', '.join(registry.names())}")
@@ -122,7 +136,7 @@ class Sweep:
                 except FoldingError as exc:
                     raise UsageError(str(exc)) from None
 
-    def cases(self, registry: Registry) -> list[Case]:
+    def cases(self, registry: Catalog) -> list[Case]:
         """All configurations, shortest sequences first, so a sweep shows results early."""
         out: list[Case] = []
         for n in self.lengths:

@@ -4,13 +4,13 @@ workers stay light)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from ..harness.config import Case
+from .case import Case, Status
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Timing:
 @dataclass
 class MeasurementRecord:
     case: Case
-    status: str
+    status: Status
     message: str = ""
     provenance: str = ""
     timing: Timing | None = None
@@ -74,6 +74,9 @@ class MeasurementRecord:
     started_at: datetime = field(default_factory=utcnow)
     finished_at: datetime = field(default_factory=utcnow)
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
     @property
     def tflops(self) -> float | None:
         if self.timing is None or not self.flops:
@@ -87,4 +90,7 @@ class MeasurementRecord:
         return self.min_bytes / (self.timing.median_ms * 1e-3) / 1e12
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["case"] = self.case.as_dict()
+        data["status"] = str(self.status)
+        return data

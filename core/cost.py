@@ -1,11 +1,11 @@
-"""Flops and minimum bytes of each operator (SPEC-tensorized-attention.md, "Cost"), so TFLOP/s
+"""Flops and minimum bytes of each operator (docs/spec-tensorized-attention.md, "Cost"), so TFLOP/s
 and TB/s figures are honest: masked work is not counted as done."""
 
 from __future__ import annotations
 
 import math
 
-from .config import Case
+from .case import Case, Family
 
 
 def causal_fraction(n: int) -> float:
@@ -15,7 +15,7 @@ def causal_fraction(n: int) -> float:
 
 def flops(case: Case) -> float:
     b, h, d = case.batch, case.heads, case.head_dim
-    if case.family == "tensorized":
+    if case.family is Family.TENSORIZED:
         assert case.dims is not None
         total = math.prod(case.dims)
         per_hop = (4.0 * b * h * total * n * d * (causal_fraction(n) if case.causal else 1.0) for n in case.dims)
@@ -28,7 +28,7 @@ def min_bytes(case: Case) -> float:
     """Fewest bytes through device memory: each input read once, each output written once.
     For tensorized methods the hops are separate passes (the value of hop t feeds hop t+1)."""
     b, h, hkv, d, es = case.batch, case.heads, case.kv_heads, case.head_dim, case.element_size
-    if case.family == "tensorized":
+    if case.family is Family.TENSORIZED:
         assert case.dims is not None
         rows = b * math.prod(case.dims) * d * es
         first = (h + hkv + hkv + h) * rows

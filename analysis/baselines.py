@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..harness.gate import ConfigResult, GateError, Side
-from .bundle import BundleError, RunModel, parse_bundle, read_json, validation_message, write_json
-from .records import utcnow
-from .store import Store
+from ..core.records import utcnow
+from ..results.bundle import BundleError, RunModel, parse_bundle, read_json, validation_message, write_json
+from ..results.store import Store
+from .gate import ConfigResult, GateError, Side
 
 BASELINE_FORMAT = "tbench-baseline"
 BASELINE_VERSION = 1
@@ -173,7 +173,7 @@ def _side_from_file(path: Path, label: str) -> Side:
 
 def run_as_model(store: Store, run_id: int | None) -> tuple[int, RunModel]:
     """A stored run (None: the latest) with its id, in the bundle's shape."""
-    from .bundle import export_bundle
+    from ..results.bundle import export_bundle
 
     run = store.get_run(run_id)
     return run.id, export_bundle(store, [run.id]).runs[0]

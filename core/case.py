@@ -1,0 +1,129 @@
+"""What one measurement is: the Case, and the typed values of its axes.
+
+This floor imports no torch: the store, the analysis, the dashboard and `tbench --help` stand on it
+without loading a GPU stack. Torch-side views of a case (its torch dtype, its inputs) live in
+`harness/inputs.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from .folding import format_dims
+
+
+class Family(StrEnum):
+    """What operator a method computes, which decides its reference and its cost model."""
+
+    EXACT = "exact"
+    TENSORIZED = "tensorized"
+
+
+class DType(StrEnum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+    @property
+    def element_size(self) -> int:
+        return 4 if self is DType.FP32 else 2
+
+
+class TimingMode(StrEnum):
+    """How a sample is timed: CUDA events around each call, CUDA-graph replay, or the CPU clock."""
+
+    EVENTS = "events"
+    GRAPH = "graph"
+    CPU = "cpu"
+
+
+class Status(StrEnum):
+    """How a measurement ended; only `ok` rows are ranked."""
+
+    OK = "ok"
+    OOM = "oom"
+    UNSUPPORTED = "unsupported"
+    SKIPPED = "skipped"
+    ERROR = "error"
+    WRONG = "wrong"
+    TIMEOUT = "timeout"
+
+
+DTYPE_NAMES: tuple[str, ...] = tuple(d.value for d in DType)
+FAMILY_NAMES: tuple[str, ...] = tuple(f.value for f in Family)
+STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration of one method: everything that determines its inputs and its operator.
+
+    Axis values given as plain strings (from the command line, the store or a bundle) are turned
+    into their enums here, so a bad value fails where the case is made."""
+
+    method: str
+    family: Family
+    seq_len: int
+    batch: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: DType
+    causal: bool
+    device: str
+    order: int | None = None  # tensorized methods only
+    dims: tuple[int, ...] | None = None  # resolved folding dims, tensorized methods only
+    timing: TimingMode = TimingMode.EVENTS
+    scale: float | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # frozen: the coercion has to go through object.__setattr__
+        object.__setattr__(self, "family", Family(self.family))
+        object.__setattr__(self, "dtype", DType(self.dtype))
+        object.__setattr__(self, "timing", TimingMode(self.timing))
+
+    @property
+    def is_tensorized(self) -> bool:
+        return self.family is Family.TENSORIZED
+
+    @property
+    def element_size(self) -> int:
+        return self.dtype.element_size
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def dims_text(self) -> str:
+        return format_dims(self.dims) if self.dims else ""
+
+    @property
+    def shape_key(self) -> tuple:
+        """Cases with the same shape key share their inputs (and are measured side by side)."""
+        return (self.seq_len, self.batch, self.heads, self.kv_heads, self.head_dim, self.dtype,
+                self.causal, self.device)
+
+    @property
+    def key(self) -> str:
+        """The full identity of a configuration; matched across runs by gate and resume."""
+        causal = "causal" if self.causal else "full"
+        order = f"m{self.order}" if self.order is not None else "m-"
+        return (f"{self.method}|N{self.seq_len}|{order}|{self.dims_text or '-'}|B{self.batch}"
+                f"|H{self.heads}|KV{self.kv_heads}|D{self.head_dim}|{self.dtype}|{causal}|{self.timing}")
+
+    def label(self) -> str:
+        order = f" m={self.order} ({self.dims_text})" if self.order is not None else ""
+        return f"{self.method}{order} N={self.seq_len}"
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("family", "dtype", "timing"):
+            data[name] = str(data[name])
+        data["dims"] = list(self.dims) if self.dims else None
+        return data
+
+    def input_bytes(self) -> int:
+        return self.batch * (self.heads + 2 * self.kv_heads) * self.seq_len * self.head_dim * self.element_size
