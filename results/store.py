@@ -293,10 +293,10 @@ def _retrying(attempt: Callable[[], T], tries: int = 12) -> T:
 def _to_row(run_id: int, rec: MeasurementRecord) -> Measurement:
     case, timing = rec.case, rec.timing
     return Measurement(
-        run_id=run_id, config_key=case.key, method=case.method, family=case.family, seq_len=case.seq_len,
+        run_id=run_id, config_key=case.key, method=case.method, family=str(case.family), seq_len=case.seq_len,
         order_m=case.order, dims=case.dims_text, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads,
-        head_dim=case.head_dim, dtype=case.dtype, causal=case.causal, device=case.device,
-        device_index=rec.device_index, timing_mode=case.timing, status=rec.status, message=rec.message,
+        head_dim=case.head_dim, dtype=str(case.dtype), causal=case.causal, device=case.device,
+        device_index=rec.device_index, timing_mode=str(case.timing), status=str(rec.status), message=rec.message,
         provenance=rec.provenance,
         median_ms=timing.median_ms if timing else None, p20_ms=timing.p20_ms if timing else None,
         p80_ms=timing.p80_ms if timing else None, mean_ms=timing.mean_ms if timing else None,

@@ -1,0 +1,94 @@
+"""One schema: the bundle models, the store's row mapping and the baseline model agree with the ORM
+model column by column, so a column added in one place and forgotten in another fails here."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+
+from sqlalchemy import String
+
+from tbench.analysis.baselines import BaselineConfig
+from tbench.core.case import Case, DType, Family, Status, TimingMode
+from tbench.core.records import MeasurementRecord, Timing
+from tbench.results.bundle import MeasurementModel, RunModel
+from tbench.results.models import Measurement, Run
+from tbench.results.store import _to_row
+
+SURROGATE = {"id", "run_id"}  # database keys: a bundle carries runs by UUID instead
+
+
+def _columns(model: type) -> dict:
+    return {c.name: c for c in model.__table__.columns if c.name not in SURROGATE}
+
+
+def _optional(annotation: object) -> bool:
+    return isinstance(annotation, types.UnionType | typing._UnionGenericAlias) and type(None) in typing.get_args(
+        annotation)
+
+
+def _max_length(field: object) -> int | None:
+    for item in field.metadata:  # type: ignore[attr-defined]
+        if getattr(item, "max_length", None) is not None:
+            return item.max_length
+    return None
+
+
+def _agree(pydantic_model: type, orm_model: type, skip: set[str] = frozenset()) -> None:
+    columns = _columns(orm_model)
+    bundle_fields = {k: v for k, v in pydantic_model.model_fields.items() if k not in skip}
+    assert set(bundle_fields) == set(columns), (
+        f"{pydantic_model.__name__} vs {orm_model.__name__}: only in bundle "
+        f"{sorted(set(bundle_fields) - set(columns))}, only in table {sorted(set(columns) - set(bundle_fields))}")
+    for name, field in bundle_fields.items():
+        column = columns[name]
+        if column.nullable and column.default is None:
+            assert _optional(field.annotation), f"{name}: nullable in the table, required in the bundle"
+        if isinstance(column.type, String) and column.type.length:
+            assert _max_length(field) == column.type.length, f"{name}: bundle and table lengths differ"
+
+
+def test_bundle_measurement_model_agrees_with_the_table():
+    _agree(MeasurementModel, Measurement)
+
+
+def test_bundle_run_model_agrees_with_the_table():
+    _agree(RunModel, Run, skip={"measurements"})
+
+
+def test_baseline_config_fields_are_table_columns():
+    columns = _columns(Measurement)
+    missing = set(BaselineConfig.model_fields) - set(columns)
+    assert not missing, f"baseline fields that are no measurement column: {sorted(missing)}"
+
+
+def test_row_mapping_fills_every_column():
+    case = Case(method="m", family="tensorized", seq_len=100, batch=1, heads=2, kv_heads=1, head_dim=8,
+                dtype="bf16", causal=True, device="cuda:0", order=2, dims=(10, 10), timing="graph")
+    record = MeasurementRecord(
+        case=case, status="ok", message="x", provenance="p",
+        timing=Timing(median_ms=1.0, p20_ms=0.9, p80_ms=1.1, mean_ms=1.0, std_ms=0.1, min_ms=0.8,
+                      samples_ms=[1.0, 0.9, 1.1], rse=0.01),
+        peak_bytes=1, total_peak_bytes=2, flops=3.0, min_bytes=4.0, check_error=1e-3, fidelity_rel_l2=0.5,
+        fidelity_max_abs=0.7, throttled=False, device_index=0, device_state={"sm_mhz": 1980})
+    row = _to_row(7, record)
+    empty = [name for name in _columns(Measurement) if getattr(row, name) is None]
+    assert not empty, f"columns the store never fills: {empty}"
+    # Stored as plain text, whatever enum type the record holds.
+    assert {type(row.family), type(row.dtype), type(row.timing_mode), type(row.status)} == {str}
+
+
+def test_every_enum_value_fits_its_column():
+    columns = _columns(Measurement)
+    for column, enum in (("family", Family), ("dtype", DType), ("timing_mode", TimingMode), ("status", Status)):
+        length = columns[column].type.length
+        too_long = [e.value for e in enum if len(e.value) > length]
+        assert not too_long, f"{column} values longer than {length}: {too_long}"
+
+
+def test_record_fields_are_all_stored():
+    stored = set(_columns(Measurement)) | {"case", "timing"}
+    derived = {"tflops", "tbps"}  # properties, stored too
+    missing = {f.name for f in fields(MeasurementRecord)} - stored - derived
+    assert not missing, f"record fields the store drops: {sorted(missing)}"
