@@ -1,4 +1,4 @@
-"""Flops and minimum bytes of each operator (SPEC-tensorized-attention.md, "Cost"), so TFLOP/s
+"""Flops and minimum bytes of each operator (docs/spec-tensorized-attention.md, "Cost"), so TFLOP/s
 and TB/s figures are honest: masked work is not counted as done."""
 
 from __future__ import annotations
