@@ -519,7 +519,8 @@ def baseline_save(
 @_interop_errors
 def export_runs(
     run_ids: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run ids, or 'latest'")],
-    out_file: Annotated[str, typer.Option("--out", help="File to write", show_default=False)],
+    out_file: Annotated[str, typer.Option("--out", help="File to write (gzip-compressed if the name ends in "
+                                          ".gz)", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="bundle (tbench, for import) or pytest-benchmark")]
     = "bundle",
     db: DbOption = None,
@@ -551,7 +552,8 @@ def export_runs(
 @friendly_errors
 @_interop_errors
 def import_files(
-    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Bundle or pytest-benchmark JSON files")],
+    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Bundle or pytest-benchmark JSON "
+                                                                      "files, plain or gzip-compressed")],
     fmt: Annotated[str, typer.Option("--format", help="auto, bundle or pytest-benchmark")] = "auto",
     db: DbOption = None,
 ) -> None:

@@ -1,4 +1,4 @@
-"""Checks of the timing method on a GPU, written for docs/methodology.md.
+"""Checks of the timing method on a GPU, written for docs/methodology-log.md.
 
 1. Repeatability: the same sweep measured twice in one invocation; per configuration the
    difference of the two medians.

@@ -1,4 +1,4 @@
-"""Folding a length-N sequence into an order-m tensor (SPEC-tensorized-attention.md, "Folding").
+"""Folding a length-N sequence into an order-m tensor (docs/spec-tensorized-attention.md, "Folding").
 
 Positions map to coordinates row-major, the last axis innermost and contiguous, so folding a
 (B, H, N, D) tensor is a plain reshape of its right-padded version: no data moves.

@@ -85,7 +85,7 @@ def tensorized_attention_f64(
     causal: bool,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """SPEC-tensorized-attention.md evaluated in float64; returns float64 (B, H, N, D)."""
+    """docs/spec-tensorized-attention.md evaluated in float64; returns float64 (B, H, N, D)."""
     batch, heads, n, d = q.shape
     dims = tuple(dims)
     total = padded_length(dims)

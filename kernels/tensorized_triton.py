@@ -1,4 +1,4 @@
-"""Tensorized attention (SPEC-tensorized-attention.md) as Triton kernels, one launch per hop.
+"""Tensorized attention (docs/spec-tensorized-attention.md) as Triton kernels, one launch per hop.
 
 The hop over axis j of dims (n_1..n_m) sees the sequence as (A, L, C) with L = n_j,
 A = prod(dims[:j]) and C = prod(dims[j+1:]): the slice (a, c) holds the positions

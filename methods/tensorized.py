@@ -1,4 +1,4 @@
-"""Tensorized attention methods (SPEC-tensorized-attention.md): the PyTorch composition and the
+"""Tensorized attention methods (docs/spec-tensorized-attention.md): the PyTorch composition and the
 Triton kernel. The case carries the order m and the resolved folding dims."""
 
 from __future__ import annotations

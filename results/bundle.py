@@ -1,6 +1,7 @@
 """Bundles: runs (with their UUID and provenance) and their measurements as one versioned JSON file.
 
 A bundle moves results between stores (a GPU box to a laptop, CI artifacts to the leaderboard).
+A file whose name ends in .gz is written gzip-compressed; gzip-compressed files are read as well.
 Reading is defensive because bundles come from elsewhere: the size is capped before parsing,
 duplicate JSON keys, duplicate run UUIDs and duplicate configurations are refused, and every field
 is type-checked strictly. Importing is one transaction, and a run whose UUID the store already has
@@ -9,8 +10,10 @@ is skipped, so importing the same file twice changes nothing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,8 +158,25 @@ def _reject_constant(name: str) -> None:
     raise BundleError(f"'{name}' is not valid JSON")
 
 
+def _gunzip(raw: bytes, path: Path, max_bytes: int) -> bytes:
+    """The content of a gzip file, refused once it exceeds max_bytes (a small file can expand a lot)."""
+    inflater = zlib.decompressobj(wbits=31)  # gzip header; one member, as write_json writes
+    try:
+        data = inflater.decompress(raw, max_bytes + 1)
+    except zlib.error as exc:
+        raise BundleError(f"'{path}' is not valid gzip: {exc}") from None
+    if len(data) > max_bytes:
+        raise BundleError(f"'{path}' holds more than {max_bytes / 2**20:.0f} MiB once decompressed, more than "
+                          "a tbench file may have")
+    if not inflater.eof:
+        raise BundleError(f"'{path}' is a truncated gzip file")
+    if inflater.unused_data:
+        raise BundleError(f"'{path}' has data after its gzip stream")
+    return data
+
+
 def read_json(path: str | Path, max_bytes: int = MAX_BYTES) -> Any:
-    """A JSON file, size-checked before reading and strict about duplicate keys and NaN."""
+    """A JSON file (gzip-compressed or not), size-checked before reading and strict about duplicate keys and NaN."""
     path = Path(path)
     try:
         size = os.stat(path).st_size
@@ -173,6 +193,8 @@ def read_json(path: str | Path, max_bytes: int = MAX_BYTES) -> Any:
         raise BundleError(f"cannot read '{path}': {exc.strerror}") from None
     if len(raw) > max_bytes:  # it grew while we looked
         raise BundleError(f"'{path}' is larger than {max_bytes / 2**20:.0f} MiB")
+    if raw[:2] == b"\x1f\x8b":
+        raw = _gunzip(raw, path, max_bytes)
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
     except BundleError as exc:
@@ -234,13 +256,16 @@ def export_bundle(store: Store, run_ids: Iterable[int]) -> BundleModel:
 
 
 def write_json(data: Any, path: str | Path) -> None:
-    """Writes through a temporary file, so a crash never leaves half a file under the final name."""
+    """Writes through a temporary file, so a crash never leaves half a file under the final name.
+
+    A name ending in .gz gives a gzip file (without a timestamp, so the same data gives the same bytes).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
+        raw = (json.dumps(data, indent=1, allow_nan=False) + "\n").encode()
+        with open(tmp, "wb") as f:
+            f.write(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

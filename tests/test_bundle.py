@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import sqlite3
 import subprocess
@@ -74,6 +75,38 @@ def test_cli_export_import(tmp_path, cli_env):
         assert result.returncode == 0, result.stderr
         assert expected in result.stderr
     assert _rows(tmp_path / "c.db") == _rows(tmp_path / "a.db")
+
+
+
+def test_cli_gzip_bundle(tmp_path, cli_env):
+    _make_db(tmp_path / "a.db")
+    out = tmp_path / "bundle.json.gz"
+    exported = run_cli(["export", "1", "--out", str(out), "--db", str(tmp_path / "a.db")], cli_env)
+    assert exported.returncode == 0, exported.stderr
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    assert len(read_bundle(out).runs[0].measurements) == 3
+    result = run_cli(["import", str(out), "--db", str(tmp_path / "c.db")], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert _rows(tmp_path / "c.db") == _rows(tmp_path / "a.db")
+
+
+def test_bad_gzip_files_are_refused(tmp_path):
+    text = json.dumps(_bundle_dict(tmp_path)).encode()
+    packed = gzip.compress(text)
+    cases = {
+        "bomb": (gzip.compress(b" " * 5000 + text), "once decompressed"),
+        "truncated": (packed[:-20], "truncated gzip"),
+        "trailing": (packed + b"more", "data after its gzip stream"),
+        "corrupt": (packed[:10] + b"\xff" * 40 + packed[50:], "not valid gzip"),
+    }
+    for name, (raw, needle) in cases.items():
+        path = tmp_path / f"{name}.json.gz"
+        path.write_bytes(raw)
+        with pytest.raises(BundleError, match=needle):
+            read_bundle(path, max_bytes=len(text) + 1000)
+    good = tmp_path / "good.json.gz"
+    good.write_bytes(packed)
+    assert len(read_bundle(good, max_bytes=len(text) + 1000).runs) == 1
 
 
 def _bundle_dict(tmp_path: Path) -> dict:
