@@ -370,9 +370,9 @@ def dashboard(
 ) -> None:
     """Start the Streamlit leaderboard dashboard on the store (read-only)."""
     from .dashboard.launch import launch
-    from .results.store import resolve_url
+    from .results.url import DatabaseUrl
 
-    raise typer.Exit(launch(resolve_url(db), port))
+    raise typer.Exit(launch(DatabaseUrl.resolve(db), port))
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)
@@ -383,8 +383,6 @@ app.add_typer(db_app, name="db")
 @friendly_errors
 def db_upgrade(db: DbOption = None) -> None:
     """Create the database or migrate it to this tbench's schema (opening a store does this too)."""
-    from sqlalchemy.engine import make_url
-
     from .results import migrate
     from .results.models import SCHEMA_VERSION
     from .results.store import Store
@@ -393,8 +391,7 @@ def db_upgrade(db: DbOption = None) -> None:
     with store.engine.connect() as conn:
         revisions = ", ".join(sorted(migrate.current_revisions(conn)))
     store.close()
-    shown = make_url(store.url).render_as_string(hide_password=True)
-    out.print(f"{shown}: at revision {revisions} (schema version {SCHEMA_VERSION})", highlight=False,
+    out.print(f"{store.url}: at revision {revisions} (schema version {SCHEMA_VERSION})", highlight=False,
               soft_wrap=True)
 
 

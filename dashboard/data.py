@@ -12,10 +12,11 @@ from urllib.parse import quote, unquote
 
 import pandas as pd
 from sqlalchemy import Engine, and_, create_engine, func, inspect, select
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
+from ..results.url import DatabaseUrl, DatabaseUrlError
 
 CPU_LABEL = "CPU"
 
@@ -58,45 +59,52 @@ class DashboardError(Exception):
 # --- opening the store read-only ------------------------------------------------------------------
 
 
-def readonly_url(url: str) -> str:
+def database(url: str | DatabaseUrl) -> DatabaseUrl:
+    """The store's URL, parsed once; str() of it hides the password."""
+    if isinstance(url, DatabaseUrl):
+        return url
+    try:
+        return DatabaseUrl.resolve(url)
+    except DatabaseUrlError as exc:
+        raise DashboardError(str(exc)) from None
+
+
+def readonly_url(url: str | DatabaseUrl) -> URL:
     """The same database, opened so that no statement can write to it. SQLite gets a read-only URI
     (which also never creates a missing file); other backends rely on read-only transactions."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DashboardError(f"'{url}' is not a valid SQLAlchemy URL") from None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return parsed.render_as_string(hide_password=False)
-    database = parsed.database
-    if not database.startswith("file:"):
-        database = f"file:{quote(str(Path(database).expanduser().resolve()))}"
-    query = {**parsed.query, "mode": "ro", "uri": "true"}
-    return URL.create(parsed.drivername, database=database, query=query).render_as_string(hide_password=False)
+    db = database(url)
+    if db.sqlite_file is None:
+        return db.url
+    database_name = str(db.url.database)
+    if not database_name.startswith("file:"):
+        database_name = f"file:{quote(str(Path(database_name).expanduser().resolve()))}"
+    query = {**db.url.query, "mode": "ro", "uri": "true"}
+    return URL.create(db.url.drivername, database=database_name, query=query)
 
 
-def sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str | DatabaseUrl) -> Path | None:
     """The file behind a SQLite URL, or None for other backends and in-memory databases."""
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        db = database(url)
+    except DashboardError:
         return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if db.sqlite_file is None:
         return None
-    database = parsed.database
-    if database.startswith("file:"):
-        return Path(unquote(database[len("file:"):].split("?")[0]))
-    return Path(database).expanduser()
+    name = str(db.url.database)
+    if name.startswith("file:"):
+        return Path(unquote(name[len("file:"):].split("?")[0]))
+    return db.sqlite_file.expanduser()
 
 
-def open_readonly(url: str) -> Engine:
+def open_readonly(url: str | DatabaseUrl) -> Engine:
+    db = database(url)
     try:
-        ro = readonly_url(url)
         options = {}
-        if make_url(ro).get_backend_name() == "postgresql":
+        if db.backend == "postgresql":
             options["execution_options"] = {"postgresql_readonly": True}
-        return create_engine(ro, **options)
+        return create_engine(readonly_url(db), **options)
     except (NoSuchModuleError, ImportError) as exc:
-        raise DashboardError(f"'{url}' needs a database driver that is not installed: {exc}") from None
+        raise DashboardError(f"'{db}' needs a database driver that is not installed: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class StoreState:
     message: str = ""
 
 
-def probe(url: str, engine: Engine) -> StoreState:
+def probe(url: str | DatabaseUrl, engine: Engine) -> StoreState:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return StoreState("missing", f"no database file at {path}")
