@@ -337,11 +337,13 @@ def show(
 ) -> None:
     """A run's results with speedups over the baseline."""
     from .analysis.report import run_markdown, run_table
+    from .analysis.speedup import pick_baseline
     from .results.store import Store
 
     store = Store(db, create=False)
     run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
-    baseline = baseline or (run_row.sweep or {}).get("baseline")
+    requested = baseline
+    baseline = requested or (run_row.sweep or {}).get("baseline")
     device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
     started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
     out.print(f"[bold]Run {run_row.id}[/bold] ({run_row.status}) on {device}, started {started} UTC\n"
@@ -352,6 +354,8 @@ def show(
     if df.empty:
         out.print("This run has no measurements yet.")
         return
+    if requested is None:  # the run's baseline failed everywhere: the next in the preference order
+        baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
     if markdown:

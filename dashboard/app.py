@@ -13,13 +13,14 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
+from tbench.core.sweep import BASELINE_PREFERENCE
 from tbench.dashboard import data
 from tbench.dashboard.compare import compare_runs
 from tbench.results.url import masked
 
 VIEWS = ("Leaderboard", "Speedup curves", "Time and memory", "Crossover", "Order m", "Compare runs",
          "Run details")
-DEFAULT_BASELINE = "flash2"
+DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
 LATEST = "latest"
 
