@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -21,8 +22,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Written to a pipe or a file, Rich would cut every table to 80 columns (method names end in '…');
+# there a line may be as long as its content. A terminal, or $COLUMNS, keeps its own width.
+PIPE_WIDTH = 1000
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+out = _console()
+err = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
