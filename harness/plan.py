@@ -43,13 +43,15 @@ class PresetValues:
     min_samples: int = 10
     min_time_s: float = 1.0
     budget_s: float = 10.0
+    held_back_min_time_s: float = TimingPolicy.held_back_min_time_s
     device: DeviceKind | None = None  # a preset made for one kind of device picks it
 
 
 PRESETS: dict[Preset, PresetValues] = {
     Preset.HEADLINE: PresetValues(lengths="4k..128k", heads="32", kv_heads="8", head_dim="128", dtype="bf16"),
     Preset.QUICK: PresetValues(lengths="4k..16k", heads="32", kv_heads="8", head_dim="128", dtype="bf16",
-                               target_rse=0.02, min_samples=5, min_time_s=0.2, budget_s=2.0),
+                               target_rse=0.02, min_samples=5, min_time_s=0.2, budget_s=2.0,
+                               held_back_min_time_s=0.5),
     Preset.CPU: PresetValues(lengths="512..2k", heads="4", kv_heads="2", head_dim="64", dtype="fp32",
                              min_time_s=0.1, budget_s=2.0, device=DeviceKind.CPU),
 }
@@ -219,9 +221,9 @@ def _policy(request: RunRequest, values: PresetValues) -> TimingPolicy:
     policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
                           min_time_s=values.min_time_s if request.min_time is None else request.min_time,
                           budget_s=values.budget_s if request.budget is None else request.budget,
-                          cool_to_c=request.cool_to)
+                          cool_to_c=request.cool_to,
+                          held_back_min_time_s=values.held_back_min_time_s if request.held_back_min_time is None
+                          else request.held_back_min_time)
     if request.spin_up is not None:
         policy = replace(policy, spinup_s=request.spin_up)
-    if request.held_back_min_time is not None:
-        policy = replace(policy, held_back_min_time_s=request.held_back_min_time)
     return policy

@@ -50,6 +50,7 @@ def test_quick_is_short_and_explicit_options_win(registry):
     assert quick.sweep.lengths == [4096, 8192, 16384]
     headline = PRESETS[Preset.HEADLINE]
     assert quick.policy.min_time_s < headline.min_time_s and quick.policy.min_samples < headline.min_samples
+    assert quick.policy.held_back_min_time_s < headline.held_back_min_time_s == 3.0
     asked = plan_run(RunRequest(preset=Preset.CPU, heads="8", kv_heads="8", lengths="64", causal=False,
                                 min_time=0.5, budget=3.0, orders="2", timing="cpu"), registry, gpus=0)
     assert (asked.sweep.heads, asked.sweep.kv_heads, asked.sweep.lengths) == ([8], [8], [64])
