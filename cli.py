@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -13,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .core.device import device_kind
-from .core.folding import FoldingError, parse_dims
+from .core.folding import FoldingError
 
 app = typer.Typer(
     help="Benchmark long-sequence attention kernels: tensorized attention against exact attention.",
@@ -21,8 +22,20 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Written to a pipe or a file, Rich would cut every table to 80 columns (method names end in '…');
+# there a line may be as long as its content. A terminal, or $COLUMNS, keeps its own width.
+PIPE_WIDTH = 1000
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+out = _console()
+err = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,45 +70,37 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_device(device: str) -> str:
-    from .core.errors import UsageError
-
-    if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
-        raise UsageError(f"device '{device}' unknown; allowed: cuda, cuda:N, cpu")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"device '{device}' asked for, but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 # --- run ------------------------------------------------------------------------------------------
-
-GPU_DEFAULTS = {"lengths": "4k..128k", "heads": "32", "kv_heads": "8", "head_dim": "128", "dtype": "bf16"}
-CPU_DEFAULTS = {"lengths": "512..2k", "heads": "4", "kv_heads": "2", "head_dim": "64", "dtype": "fp32"}
 
 
 @app.command()
 @friendly_errors
 def run(
+    preset: Annotated[str | None, typer.Option(help="Named defaults: headline (4k..128k, H=32, H_kv=8, D=128, "
+                                               "bf16), quick (a first look: 4k..16k, fewer samples) or cpu "
+                                               "(512..2k, H=4, H_kv=2, D=64, fp32); options given win "
+                                               "[default: headline on a GPU, cpu without]",
+                                               show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --preset quick")] = False,
     lengths: Annotated[str | None, typer.Option(help="Sequence lengths: 4k..128k (powers of two), or a list "
-                                                "4096,6000,8k [default: 4k..128k on GPU, 512..2k on CPU]",
-                                                show_default=False)] = None,
-    orders: Annotated[str, typer.Option(help="Orders m for tensorized methods, e.g. 2,3")] = "2,3",
-    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,5")] = "1",
-    heads: Annotated[str | None, typer.Option(help="Query heads [default: 32 GPU, 4 CPU]", show_default=False)] = None,
-    kv_heads: Annotated[str | None, typer.Option("--kv-heads", help="Key/value heads (GQA) [default: 8 GPU, 2 CPU]",
+                                                "4096,6000,8k [default: the preset's]", show_default=False)] = None,
+    orders: Annotated[str | None, typer.Option(help="Orders m for tensorized methods, e.g. 2,3 [default: 2,3]",
+                                               show_default=False)] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,5 [default: 1]", show_default=False)] = None,
+    heads: Annotated[str | None, typer.Option(help="Query heads [default: the preset's]", show_default=False)] = None,
+    kv_heads: Annotated[str | None, typer.Option("--kv-heads", help="Key/value heads (GQA) [default: the "
+                                                 "preset's]", show_default=False)] = None,
+    head_dim: Annotated[str | None, typer.Option("--head-dim", help="Head dims [default: the preset's]",
                                                  show_default=False)] = None,
-    head_dim: Annotated[str | None, typer.Option("--head-dim", help="Head dims [default: 128 GPU, 64 CPU]",
-                                                 show_default=False)] = None,
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16, fp32 or a list [default: bf16 GPU, fp32 CPU]",
+    dtype: Annotated[str | None, typer.Option(help="bf16, fp16, fp32 or a list [default: the preset's]",
                                               show_default=False)] = None,
-    causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal masking")] = True,
+    causal: Annotated[bool | None, typer.Option("--causal/--no-causal", help="Causal masking [default: causal]",
+                                                show_default=False)] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods [default: all available]",
                                                 show_default=False)] = None,
-    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: flash2 where available, "
-                                                 "else sdpa-math]", show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: the first of flash2, "
+                                                 "sdpa-cudnn, flash3, flash4, xformers, sdpa-efficient, flex, "
+                                                 "sdpa-math, full that is measured]", show_default=False)] = None,
     dims: Annotated[str | None, typer.Option(help="Explicit folding dims for tensorized methods, e.g. 256x512 "
                                              "(needs a single --orders)", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
@@ -104,14 +109,17 @@ def run(
                                                 "(one worker per GPU)", show_default=False)] = None,
     timing: Annotated[str | None, typer.Option(help="GPU: events (CUDA events, L2 flushed) or graph (CUDA graph "
                                                "replay); CPU: cpu", show_default=False)] = None,
-    target_rse: Annotated[float, typer.Option("--target-rse", help="Stop sampling at this relative standard error "
-                                              "of the median")] = 0.005,
-    min_samples: Annotated[int, typer.Option("--min-samples")] = 10,
+    target_rse: Annotated[float | None, typer.Option("--target-rse", help="Stop sampling at this relative "
+                                                     "standard error of the median [default: 0.005; quick: 0.02]",
+                                                     show_default=False)] = None,
+    min_samples: Annotated[int | None, typer.Option("--min-samples", help="[default: 10; quick: 5]",
+                                                    show_default=False)] = None,
     min_time: Annotated[float | None, typer.Option("--min-time", help="Seconds of sampling per measurement at "
-                                                   "least, spread over the interleaved rounds [default: 1 GPU, "
-                                                   "0.1 CPU]", show_default=False)] = None,
+                                                   "least, spread over the interleaved rounds [default: 1 "
+                                                   "headline, 0.2 quick, 0.1 cpu]", show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(help="Seconds of sampling per measurement at most "
-                                                 "[default: 10 GPU, 2 CPU]", show_default=False)] = None,
+                                                 "[default: 10 headline, 2 quick and cpu]",
+                                                 show_default=False)] = None,
     timeout: Annotated[float, typer.Option(help="Seconds without progress before a configuration counts as "
                                            "hung")] = 300.0,
     cool_to: Annotated[float | None, typer.Option("--cool-to", help="GPU: before timing each shape, wait up to 60 s "
@@ -131,97 +139,47 @@ def run(
 ) -> None:
     """Sweep sequence lengths, orders, shapes and methods; store every measurement."""
     from .analysis.report import run_table
-    from .core.sweep import Sweep, UsageError, parse_dtypes, parse_ints, parse_lengths, parse_names
+    from .core.sweep import Sweep, UsageError
     from .harness import provenance
-    from .harness.measure import MeasureSettings
-    from .harness.runner import Runner, RunOptions
-    from .harness.shard import parse_shard
-    from .harness.timing import TimingPolicy
+    from .harness.plan import Preset, RunRequest, parse_preset, plan_run
+    from .harness.runner import Runner
     from .methods.catalog import load_registry
     from .results.store import Store
 
+    if quick and preset not in (None, Preset.QUICK):
+        raise UsageError(f"--quick is --preset quick; it cannot go with --preset {preset}")
+    request = RunRequest(
+        preset=Preset.QUICK if quick else parse_preset(preset) if preset else None, lengths=lengths, orders=orders,
+        batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, causal=causal,
+        methods=methods, baseline=baseline, dims=dims, device=device, devices=devices, timing=timing,
+        target_rse=target_rse, min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
+        timeout=timeout, check=check, isolate=isolate, seed=seed, shard=shard, run_key=run_key)
     registry = load_registry()
     store = Store(db)
+    previous = None
     if resume is not None:
-        run_id = None if resume == "latest" else _parse_run_id(resume)
-        previous = store.get_run(run_id)
-        sweep = Sweep.from_dict(previous.sweep)
-        sweep.validate(registry)
-        device = sweep.device
-        _check_device(device)
-    else:
-        device = _check_device(device or _default_device())
-        defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
-        mode = timing or ("events" if device.startswith("cuda") else "cpu")
-        if mode not in (("events", "graph") if device.startswith("cuda") else ("cpu",)):
-            allowed = "events, graph" if device.startswith("cuda") else "cpu"
-            raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {allowed}")
-        method_names = parse_names(methods) if methods else [
-            m.name for m in registry if m.availability(device_kind(device)).available]
-        if not method_names:
-            raise UsageError("no method is available on this device; see `tbench list`")
-        if baseline is None:
-            baseline = "flash2" if "flash2" in method_names else (
-                "sdpa-math" if "sdpa-math" in method_names else method_names[0])
-        sweep = Sweep(
-            lengths=parse_lengths(lengths or defaults["lengths"]),
-            methods=method_names,
-            orders=parse_ints(orders, "orders"),
-            batches=parse_ints(batch, "batch"),
-            heads=parse_ints(heads or defaults["heads"], "heads"),
-            kv_heads=parse_ints(kv_heads or defaults["kv_heads"], "kv-heads"),
-            head_dims=parse_ints(head_dim or defaults["head_dim"], "head-dim"),
-            dtypes=parse_dtypes(dtype or defaults["dtype"]),
-            causal=[causal],
-            device=device,
-            timing=mode,
-            baseline=baseline,
-            dims=parse_dims(dims) if dims else None,
-            seed=seed,
-        )
-        sweep.validate(registry)
-        previous = None
-
-    if target_rse <= 0 or target_rse >= 1:
-        raise UsageError(f"target-rse {target_rse} must be between 0 and 1")
-    if min_samples < 1:
-        raise UsageError(f"min-samples {min_samples} must be at least 1")
-    if min_time is not None and min_time < 0:
-        raise UsageError(f"min-time {min_time} must be at least 0 seconds")
-    if timeout <= 0:
-        raise UsageError(f"timeout {timeout} must be positive")
-    if cool_to is not None and not 0 < cool_to < 100:
-        raise UsageError(f"cool-to {cool_to} must be a temperature in deg C between 0 and 100")
-    on_gpu = device.startswith("cuda")
-    policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
-                          min_time_s=min_time if min_time is not None else (1.0 if on_gpu else 0.1),
-                          budget_s=budget if budget is not None else (10.0 if on_gpu else 2.0), cool_to_c=cool_to)
-    options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=check), isolate=isolate,
-                         case_timeout_s=timeout)
-    device_list = _parse_devices(devices, device) if devices else None
-    part = parse_shard(shard) if shard else None
-    if part is not None and run_key is None and previous is None:
-        raise UsageError(f"--shard {shard} needs --run-key KEY (e.g. the job-array id) so that all parts "
-                         "fill one run")
-    runner = Runner(store, registry, options, console=err, show_progress=not quiet)
+        previous = store.get_run(None if resume == "latest" else _parse_run_id(resume))
+    plan = plan_run(request, registry, resumed=Sweep.from_dict(previous.sweep) if previous else None)
+    sweep = plan.sweep
+    runner = Runner(store, registry, plan.options, console=err, show_progress=not quiet)
     if previous is not None:
         err.print(f"Resuming run {previous.id} on {store.url}")
-        outcome = runner.run(sweep, resume_run_id=previous.id, devices=device_list, shard=part)
+        outcome = runner.run(sweep, resume_run_id=previous.id, devices=plan.devices, shard=plan.shard)
     else:
-        info = provenance.collect(device, sweep.as_dict())
-        if device_list:
-            info.environment["devices"] = device_list
-        if run_key is not None:
-            info.uuid = _run_uuid(run_key)
+        info = provenance.collect(sweep.device, sweep.as_dict())
+        if plan.devices:
+            info.environment["devices"] = plan.devices
+        if plan.run_uuid is not None:
+            info.uuid = plan.run_uuid
             run_id, created = store.join_run(info)
             joined = store.get_run(run_id)
             if Sweep.from_dict(joined.sweep) != sweep:
                 raise UsageError(f"run key '{run_key}' names run {run_id}, whose sweep differs from this one")
             if not created:
                 err.print(f"Joining run {run_id} ({run_key}) on {store.url}")
-            outcome = runner.run(sweep, resume_run_id=run_id, devices=device_list, shard=part)
+            outcome = runner.run(sweep, resume_run_id=run_id, devices=plan.devices, shard=plan.shard)
         else:
-            outcome = runner.run(sweep, info=info, devices=device_list, shard=part)
+            outcome = runner.run(sweep, info=info, devices=plan.devices, shard=plan.shard)
     run_row = store.get_run(outcome.run_id)
     df = store.measurements([outcome.run_id])
     out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
@@ -235,35 +193,6 @@ def run(
         raise typer.Exit(130)
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
-
-
-def _run_uuid(key: str) -> str:
-    """A run key that is a UUID is used as is; any other text maps to a fixed UUID."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(key))
-    except ValueError:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tbench-run:{key}"))
-
-
-def _parse_devices(text: str, device: str) -> list[str]:
-    """'all' or '0,1' -> ['cuda:0', 'cuda:1'], checked against the GPUs present."""
-    import torch
-
-    from .core.errors import UsageError
-
-    if not device.startswith("cuda"):
-        raise UsageError(f"--devices {text} needs GPUs, but the device is {device}")
-    count = torch.cuda.device_count()
-    if text == "all":
-        return [f"cuda:{i}" for i in range(count)]
-    indices = []
-    for part in text.split(","):
-        if not part.strip().isdigit() or int(part) >= count:
-            raise UsageError(f"--devices '{text}': '{part}' is not a GPU index; allowed: all, or 0..{count - 1}")
-        indices.append(int(part))
-    return [f"cuda:{i}" for i in dict.fromkeys(indices)]
 
 
 def _parse_run_id(text: str) -> int:
@@ -337,11 +266,13 @@ def show(
 ) -> None:
     """A run's results with speedups over the baseline."""
     from .analysis.report import run_markdown, run_table
+    from .analysis.speedup import pick_baseline
     from .results.store import Store
 
     store = Store(db, create=False)
     run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
-    baseline = baseline or (run_row.sweep or {}).get("baseline")
+    requested = baseline
+    baseline = requested or (run_row.sweep or {}).get("baseline")
     device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
     started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
     out.print(f"[bold]Run {run_row.id}[/bold] ({run_row.status}) on {device}, started {started} UTC\n"
@@ -352,6 +283,8 @@ def show(
     if df.empty:
         out.print("This run has no measurements yet.")
         return
+    if requested is None:  # the run's baseline failed everywhere: the next in the preference order
+        baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
     if markdown:
@@ -370,9 +303,9 @@ def dashboard(
 ) -> None:
     """Start the Streamlit leaderboard dashboard on the store (read-only)."""
     from .dashboard.launch import launch
-    from .results.store import resolve_url
+    from .results.url import DatabaseUrl
 
-    raise typer.Exit(launch(resolve_url(db), port))
+    raise typer.Exit(launch(DatabaseUrl.resolve(db), port))
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)
@@ -383,8 +316,6 @@ app.add_typer(db_app, name="db")
 @friendly_errors
 def db_upgrade(db: DbOption = None) -> None:
     """Create the database or migrate it to this tbench's schema (opening a store does this too)."""
-    from sqlalchemy.engine import make_url
-
     from .results import migrate
     from .results.models import SCHEMA_VERSION
     from .results.store import Store
@@ -393,8 +324,7 @@ def db_upgrade(db: DbOption = None) -> None:
     with store.engine.connect() as conn:
         revisions = ", ".join(sorted(migrate.current_revisions(conn)))
     store.close()
-    shown = make_url(store.url).render_as_string(hide_password=True)
-    out.print(f"{shown}: at revision {revisions} (schema version {SCHEMA_VERSION})", highlight=False,
+    out.print(f"{store.url}: at revision {revisions} (schema version {SCHEMA_VERSION})", highlight=False,
               soft_wrap=True)
 
 

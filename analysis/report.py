@@ -5,21 +5,9 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+from .speedup import with_speedup
+
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
-
-
-def with_speedups(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Adds `speedup` = baseline median / median for ok rows of the same shape."""
-    df = df.copy()
-    df["speedup"] = float("nan")
-    if baseline is None or df.empty:
-        return df
-    base = df[(df["method"] == baseline) & (df["status"] == "ok")][[*SHAPE_COLUMNS, "median_ms"]]
-    base = base.rename(columns={"median_ms": "baseline_ms"}).drop_duplicates(SHAPE_COLUMNS)
-    merged = df.merge(base, on=SHAPE_COLUMNS, how="left")
-    ok = (merged["status"] == "ok") & merged["baseline_ms"].notna()
-    merged["speedup"] = (merged["baseline_ms"].astype(float) / merged["median_ms"].astype(float)).where(ok)
-    return merged.drop(columns=["baseline_ms"])
 
 
 def _bytes(n: object) -> str:
@@ -44,7 +32,7 @@ HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/
 
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, ordered by shape, length, family, method and order."""
-    df = with_speedups(df, baseline)
+    df = with_speedup(df, baseline)
     order = [*SHAPE_COLUMNS[1:], "seq_len", "family", "method", "order_m"]
     df = df.sort_values(order, na_position="first", kind="stable")
     rows = []

@@ -19,11 +19,10 @@ import torch
 import triton
 
 from tbench.core.case import Case
-from tbench.core.sweep import Sweep, parse_lengths
+from tbench.core.sweep import parse_lengths
 from tbench.harness import provenance
-from tbench.harness.measure import MeasureSettings
-from tbench.harness.runner import Runner, RunOptions
-from tbench.harness.timing import TimingPolicy
+from tbench.harness.plan import Preset, RunRequest, plan_run
+from tbench.harness.runner import Runner
 from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
 from tbench.results.store import Store
@@ -31,13 +30,16 @@ from tbench.results.store import Store
 
 def sweep_runs(store: Store, registry, timing: str, methods: list[str], lengths: list[int], repeats: int,
                cool_to: float | None = None, min_time: float = 1.0, spin_up: float = 2.0) -> list[int]:
-    sweep = Sweep(lengths=lengths, methods=methods, device="cuda", timing=timing, baseline="flash2")
-    policy = TimingPolicy(budget_s=5.0, cool_to_c=cool_to, min_time_s=min_time, spinup_s=spin_up)
-    options = RunOptions(settings=MeasureSettings(policy=policy), case_timeout_s=300)
+    """The headline shape (tbench run's GPU default), timed with these knobs, `repeats` times."""
+    request = RunRequest(preset=Preset.HEADLINE, device="cuda", timing=timing, methods=",".join(methods),
+                         lengths=",".join(map(str, lengths)), baseline="flash2", budget=5.0, cool_to=cool_to,
+                         min_time=min_time, spin_up=spin_up)
+    plan = plan_run(request, registry)
     ids = []
     for _ in range(repeats):
-        runner = Runner(store, registry, options, show_progress=False)
-        ids.append(runner.run(sweep, info=provenance.collect("cuda", sweep.as_dict(), argv=["methodology"])).run_id)
+        runner = Runner(store, registry, plan.options, show_progress=False)
+        info = provenance.collect("cuda", plan.sweep.as_dict(), argv=["methodology"])
+        ids.append(runner.run(plan.sweep, info=info).run_id)
     return ids
 
 

@@ -12,11 +12,9 @@ from pathlib import Path
 
 from methodology import clock_during
 
-from tbench.core.sweep import Sweep, parse_lengths
 from tbench.harness import provenance
-from tbench.harness.measure import MeasureSettings
-from tbench.harness.runner import Runner, RunOptions
-from tbench.harness.timing import TimingPolicy
+from tbench.harness.plan import Preset, RunRequest, plan_run
+from tbench.harness.runner import Runner
 from tbench.methods.catalog import load_registry
 from tbench.results.store import Store
 
@@ -31,15 +29,15 @@ def main() -> None:
     args = parser.parse_args()
     store = Store(f"sqlite:///{Path(args.out) / 'repeat.db'}")
     registry = load_registry()
-    sweep = Sweep(lengths=parse_lengths(args.lengths), methods=args.methods.split(","), device="cuda",
-                  timing="events", baseline="flash2")
-    policy = TimingPolicy(budget_s=20.0, min_time_s=1.0, held_back_min_time_s=args.held_back_min_time)
-    options = RunOptions(settings=MeasureSettings(policy=policy), case_timeout_s=300)
+    request = RunRequest(preset=Preset.HEADLINE, device="cuda", timing="events", methods=args.methods,
+                         lengths=args.lengths, baseline="flash2", budget=20.0, min_time=1.0,
+                         held_back_min_time=args.held_back_min_time)
+    plan = plan_run(request, registry)
     ids = []
     for _ in range(args.repeats):
-        runner = Runner(store, registry, options, show_progress=False)
-        info = provenance.collect("cuda", sweep.as_dict(), argv=["repeat_runs"])
-        ids.append(runner.run(sweep, info=info).run_id)
+        runner = Runner(store, registry, plan.options, show_progress=False)
+        info = provenance.collect("cuda", plan.sweep.as_dict(), argv=["repeat_runs"])
+        ids.append(runner.run(plan.sweep, info=info).run_id)
     frames = [store.measurements([i]).set_index("config_key") for i in ids]
     print(f"held-back min time {args.held_back_min_time:g} s, {args.repeats} runs")
     print("| configuration | ms per run (SM MHz) | spread |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,19 @@ class Catalog(Protocol):
     def get(self, name: str) -> MethodInfo: ...
 
     def names(self) -> list[str]: ...
+
+
+# Exact methods as baselines for speedups, preferred first. flash2 is the reference most published
+# numbers use; then the other fast exact kernels, cuDNN's first because PyTorch ships it; the
+# slow references (math SDPA, the naive full attention) only when nothing faster is there.
+BASELINE_PREFERENCE: tuple[str, ...] = ("flash2", "sdpa-cudnn", "flash3", "flash4", "xformers", "sdpa-efficient",
+                                        "flex", "sdpa-math", "full")
+
+
+def preferred_baseline(names: Iterable[str]) -> str | None:
+    """The first of BASELINE_PREFERENCE among `names`, or None when none of them is there."""
+    present = set(names)
+    return next((name for name in BASELINE_PREFERENCE if name in present), None)
 
 
 _SIZE = re.compile(r"^(\d+)([kKmM]?)$")

@@ -13,12 +13,14 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
+from tbench.core.sweep import BASELINE_PREFERENCE
 from tbench.dashboard import data
 from tbench.dashboard.compare import compare_runs
+from tbench.results.url import masked
 
 VIEWS = ("Leaderboard", "Speedup curves", "Time and memory", "Crossover", "Order m", "Compare runs",
          "Run details")
-DEFAULT_BASELINE = "flash2"
+DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
 LATEST = "latest"
 
@@ -477,7 +479,8 @@ def baseline_selection(df: pd.DataFrame) -> tuple[str | None, str]:
 def main(db_url: str) -> None:
     st.set_page_config(page_title="tbench leaderboard", layout="wide")
     st.sidebar.title("tbench")
-    st.sidebar.caption(f"store: `{db_url}` (read-only)")
+    shown = masked(db_url)  # the password never reaches the page
+    st.sidebar.caption(f"store: `{shown}` (read-only)")
     if st.sidebar.button("Reload data", help="Read the store again now instead of waiting for the cache"):
         st.cache_data.clear()
     view = choose(st.sidebar.radio, "View", VIEWS, "view")
@@ -486,7 +489,7 @@ def main(db_url: str) -> None:
     except data.DashboardError as exc:
         state = data.StoreState("invalid", str(exc))
     if state.kind != "ok":
-        show_empty(db_url, state)
+        show_empty(shown, state)
         return
 
     if view in ("Compare runs", "Run details"):
@@ -527,11 +530,8 @@ def _db_from_argv() -> str:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--db", default=None)
     args, _ = parser.parse_known_args()
-    if args.db:
-        return str(args.db)
-    from tbench.results.store import resolve_url  # imports torch; only needed without --db
-
-    return resolve_url(None)
+    # empty: $TBENCH_DB or ./tbench.db, resolved where the URL is opened
+    return str(args.db or "")
 
 
 if __name__ == "__main__":

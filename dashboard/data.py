@@ -12,16 +12,19 @@ from urllib.parse import quote, unquote
 
 import pandas as pd
 from sqlalchemy import Engine, and_, create_engine, func, inspect, select
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
+# Speedups and the baseline choice are the terminal report's too; the views use them from here.
+from ..analysis.speedup import BaselineChoice as BaselineChoice
+from ..analysis.speedup import baseline_candidates as baseline_candidates
+from ..analysis.speedup import ok_methods as ok_methods
+from ..analysis.speedup import pick_baseline as pick_baseline
+from ..analysis.speedup import with_speedup
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
+from ..results.url import DatabaseUrl, DatabaseUrlError
 
 CPU_LABEL = "CPU"
-
-# Preferred baselines, best first: the fastest exact kernels are the fair reference for speedups.
-BASELINE_PREFERENCE = ("flash2", "flash3", "flash4", "sdpa-cudnn", "sdpa-efficient", "xformers", "flex", "sdpa-math",
-                       "full")
 
 # How a non-ok status reads in every metric cell of its row; a blank or a zero would look like data.
 STATUS_MARKERS = {
@@ -58,45 +61,52 @@ class DashboardError(Exception):
 # --- opening the store read-only ------------------------------------------------------------------
 
 
-def readonly_url(url: str) -> str:
+def database(url: str | DatabaseUrl) -> DatabaseUrl:
+    """The store's URL, parsed once; str() of it hides the password."""
+    if isinstance(url, DatabaseUrl):
+        return url
+    try:
+        return DatabaseUrl.resolve(url)
+    except DatabaseUrlError as exc:
+        raise DashboardError(str(exc)) from None
+
+
+def readonly_url(url: str | DatabaseUrl) -> URL:
     """The same database, opened so that no statement can write to it. SQLite gets a read-only URI
     (which also never creates a missing file); other backends rely on read-only transactions."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise DashboardError(f"'{url}' is not a valid SQLAlchemy URL") from None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return parsed.render_as_string(hide_password=False)
-    database = parsed.database
-    if not database.startswith("file:"):
-        database = f"file:{quote(str(Path(database).expanduser().resolve()))}"
-    query = {**parsed.query, "mode": "ro", "uri": "true"}
-    return URL.create(parsed.drivername, database=database, query=query).render_as_string(hide_password=False)
+    db = database(url)
+    if db.sqlite_file is None:
+        return db.url
+    database_name = str(db.url.database)
+    if not database_name.startswith("file:"):
+        database_name = f"file:{quote(str(Path(database_name).expanduser().resolve()))}"
+    query = {**db.url.query, "mode": "ro", "uri": "true"}
+    return URL.create(db.url.drivername, database=database_name, query=query)
 
 
-def sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str | DatabaseUrl) -> Path | None:
     """The file behind a SQLite URL, or None for other backends and in-memory databases."""
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        db = database(url)
+    except DashboardError:
         return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if db.sqlite_file is None:
         return None
-    database = parsed.database
-    if database.startswith("file:"):
-        return Path(unquote(database[len("file:"):].split("?")[0]))
-    return Path(database).expanduser()
+    name = str(db.url.database)
+    if name.startswith("file:"):
+        return Path(unquote(name[len("file:"):].split("?")[0]))
+    return db.sqlite_file.expanduser()
 
 
-def open_readonly(url: str) -> Engine:
+def open_readonly(url: str | DatabaseUrl) -> Engine:
+    db = database(url)
     try:
-        ro = readonly_url(url)
         options = {}
-        if make_url(ro).get_backend_name() == "postgresql":
+        if db.backend == "postgresql":
             options["execution_options"] = {"postgresql_readonly": True}
-        return create_engine(ro, **options)
+        return create_engine(readonly_url(db), **options)
     except (NoSuchModuleError, ImportError) as exc:
-        raise DashboardError(f"'{url}' needs a database driver that is not installed: {exc}") from None
+        raise DashboardError(f"'{db}' needs a database driver that is not installed: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class StoreState:
     message: str = ""
 
 
-def probe(url: str, engine: Engine) -> StoreState:
+def probe(url: str | DatabaseUrl, engine: Engine) -> StoreState:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return StoreState("missing", f"no database file at {path}")
@@ -293,57 +303,6 @@ def format_length(n: float) -> str:
     return f"{n:,.0f}"
 
 
-@dataclass(frozen=True)
-class BaselineChoice:
-    method: str | None
-    note: str
-
-
-def ok_methods(df: pd.DataFrame, family: str | None = None) -> list[str]:
-    rows = df[df["status"] == "ok"]
-    if family is not None:
-        rows = rows[rows["family"] == family]
-    return sorted(rows["method"].unique())
-
-
-def baseline_candidates(df: pd.DataFrame) -> list[str]:
-    """Methods with ok rows, best baseline first: exact methods in BASELINE_PREFERENCE order, other
-    exact methods, then the rest (a tensorized method can be a baseline too, if asked for)."""
-    exact = ok_methods(df, "exact")
-    ranked = [m for m in BASELINE_PREFERENCE if m in exact] + [m for m in exact if m not in BASELINE_PREFERENCE]
-    return ranked + [m for m in ok_methods(df) if m not in ranked]
-
-
-def pick_baseline(df: pd.DataFrame, requested: str | None = "flash2") -> BaselineChoice:
-    """The requested baseline if it has ok rows, else the best exact method that has; the note says
-    which one is used and why."""
-    if requested and requested in ok_methods(df):
-        return BaselineChoice(requested, f"Speedups are against **{requested}**.")
-    ranked = [m for m in baseline_candidates(df) if m in ok_methods(df, "exact")]
-    if not ranked:
-        return BaselineChoice(None, "No exact method has an ok measurement here, so there is no baseline "
-                                    "for speedups.")
-    wanted = f"{requested} has no ok measurement here" if requested else "no baseline chosen"
-    return BaselineChoice(ranked[0], f"Speedups are against **{ranked[0]}** ({wanted}).")
-
-
-def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Adds baseline_ms and speedup = baseline median / median at the same length (ok rows only),
-    plus speedup_lo / speedup_hi from the row's own p80 / p20 (the spread of its timing)."""
-    out = df.copy()
-    base = pd.Series(dtype=float)
-    if baseline is not None and not df.empty:
-        rows = df[(df["method"] == baseline) & (df["status"] == "ok")]
-        base = rows.groupby("seq_len")["median_ms"].min()
-    out["baseline_ms"] = out["seq_len"].map(base).astype(float)
-    ok = out["status"] == "ok"
-    median = out["median_ms"].astype(float)
-    out["speedup"] = (out["baseline_ms"] / median).where(ok)
-    out["speedup_lo"] = (out["baseline_ms"] / out["p80_ms"].astype(float)).where(ok)
-    out["speedup_hi"] = (out["baseline_ms"] / out["p20_ms"].astype(float)).where(ok)
-    return out
-
-
 def curve_points(df: pd.DataFrame) -> pd.DataFrame:
     """One point per series and length. Where a method was measured with several foldings at one
     length, the curve follows the fastest ok one; a failure shows only where nothing succeeded."""
@@ -404,7 +363,8 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
         ok = row.status == "ok"
         marker = status_text(row.status)
         metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
-        if row.method == baseline and ok:
+        if row.method == baseline and ok and row.median_ms == row.baseline_ms:
+            # the row that sets the baseline time (a baseline at several orders m has one)
             speedup = "1.00× (baseline)"
         elif ok and pd.isna(row.baseline_ms):
             speedup = "no baseline"

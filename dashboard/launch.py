@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..results.url import DatabaseUrl
+
 APP = Path(__file__).resolve().parent / "app.py"
 
 
@@ -30,12 +32,12 @@ def streamlit_command(db_url: str, port: int, headless: bool = True) -> list[str
     ]
 
 
-def launch(db_url: str, port: int | None = None, headless: bool = True) -> int:
+def launch(db: DatabaseUrl, port: int | None = None, headless: bool = True) -> int:
     """Serve the dashboard until the server stops; returns its exit code (130 after Ctrl-C)."""
     port = port or free_port()
-    print(f"tbench dashboard on http://localhost:{port} (store {db_url}); Ctrl-C stops it", file=sys.stderr,
+    print(f"tbench dashboard on http://localhost:{port} (store {db}); Ctrl-C stops it", file=sys.stderr,
           flush=True)
-    process = subprocess.Popen(streamlit_command(db_url, port, headless))
+    process = subprocess.Popen(streamlit_command(db.full, port, headless))
     # A SIGTERM to this process (a supervisor, `kill PID`) must not leave the server orphaned.
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -63,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "./tbench.db]")
     parser.add_argument("--port", type=int, default=None, help="port [default: a free one]")
     args = parser.parse_args(argv)
-    from ..results.store import resolve_url
-
-    return launch(resolve_url(args.db), args.port)
+    return launch(DatabaseUrl.resolve(args.db), args.port)
 
 
 if __name__ == "__main__":

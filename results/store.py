@@ -7,18 +7,15 @@ nothing already measured.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
 from sqlalchemy import Engine, Integer, create_engine, event, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -32,9 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..core.records import MeasurementRecord, RunInfo, utcnow
 from . import migrate
 from .models import SCHEMA_VERSION, Measurement, Meta, Run
-
-DEFAULT_DB = "sqlite:///tbench.db"
-ENV_VAR = "TBENCH_DB"
+from .url import DatabaseUrl, DatabaseUrlError, mask_text
 
 T = TypeVar("T")
 
@@ -44,11 +39,12 @@ class StoreError(Exception):
 
 
 def resolve_url(url: str | None = None) -> str:
-    """--db beats $TBENCH_DB beats ./tbench.db; a bare path means a SQLite file."""
-    url = url or os.environ.get(ENV_VAR) or DEFAULT_DB
-    if "://" not in url:
-        url = f"sqlite:///{url}"
-    return url
+    """The full URL text (password included) that --db, $TBENCH_DB or the default names, for a
+    child process that opens the same database; never for display."""
+    try:
+        return DatabaseUrl.resolve(url).full
+    except DatabaseUrlError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _finite(x: float | None) -> float | None:
@@ -70,8 +66,12 @@ class RunSummary:
 
 
 class Store:
-    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
-        self.url = resolve_url(url)
+    def __init__(self, url: str | DatabaseUrl | None = None, *, create: bool = True) -> None:
+        try:
+            # str() of the URL hides its password: every message below can show it
+            self.url = url if isinstance(url, DatabaseUrl) else DatabaseUrl.resolve(url)
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc)) from None
         self.engine = self._connect(self.url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._prepare_schema(create)
@@ -79,14 +79,9 @@ class Store:
     # --- opening ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _connect(url: str, create: bool) -> Engine:
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise StoreError(f"database URL '{url}' is not a valid SQLAlchemy URL "
-                             "(e.g. sqlite:///tbench.db or postgresql+psycopg://user@host/db)") from None
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            path = Path(parsed.database)
+    def _connect(url: DatabaseUrl, create: bool) -> Engine:
+        path = url.sqlite_file
+        if path is not None:
             if not create and not path.exists():
                 raise StoreError(f"database file '{path}' does not exist; create one with `tbench run`")
             if path.exists() and path.is_dir():
@@ -94,7 +89,7 @@ class Store:
             if not path.parent.exists():
                 raise StoreError(f"cannot create database '{path}': folder '{path.parent}' does not exist")
         try:
-            engine = create_engine(parsed)
+            engine = create_engine(url.url)
         except (NoSuchModuleError, ImportError, ArgumentError) as exc:
             raise StoreError(f"database URL '{url}' needs a driver that is not installed: {exc}") from None
         if engine.dialect.name == "sqlite":
@@ -111,7 +106,7 @@ class Store:
         except migrate.MigrationRefused as exc:
             raise StoreError(str(exc)) from None
         except (OperationalError, SQLAlchemyError) as exc:
-            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            reason = mask_text(str(getattr(exc, "orig", exc)).splitlines()[0])
             raise StoreError(f"cannot open database '{self.url}': {reason}") from None
 
     def _prepare_schema_once(self, create: bool) -> None:
@@ -121,7 +116,7 @@ class Store:
         if stale:
             with self.engine.begin() as conn:
                 migrate.lock(conn)
-                migrate.prepare(conn, create=create, where=self.url)
+                migrate.prepare(conn, create=create, where=str(self.url))
         with self.session() as session:
             found = session.get(Meta, "schema_version")
         if found is None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
+from optional import require
 from sqlalchemy import insert
-from streamlit.testing.v1 import AppTest
 
 from tbench.core.case import Case
 from tbench.core.records import MeasurementRecord, RunInfo, Timing
@@ -25,6 +24,9 @@ from tbench.dashboard import data
 from tbench.dashboard.launch import free_port
 from tbench.results.models import Measurement
 from tbench.results.store import Store, _to_row
+
+st = require("streamlit", "pip install -e .")
+AppTest = require("streamlit.testing.v1", "pip install -e .").AppTest
 
 GPU = "NVIDIA H100 80GB HBM3"
 GPU_SHAPE = data.Shape("bf16", True, 1, 8, 2, 64, "events")

@@ -16,8 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from optional import require
 
 from tbench.dashboard.launch import free_port
+
+# `tbench dashboard` serves the page with Streamlit; Playwright drives the browser
+require("streamlit", "pip install -e .")
+require("playwright.sync_api", "pip install -e '.[dev]'")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 
 from tbench.results.models import Base
-from tbench.results.store import resolve_url
+from tbench.results.url import DatabaseUrl
 
 
 def _run(connection: Connection) -> None:
@@ -27,7 +27,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(resolve_url(context.config.get_main_option("sqlalchemy.url")))
+    engine = create_engine(DatabaseUrl.resolve(context.config.get_main_option("sqlalchemy.url")).url)
     with engine.begin() as conn:
         _run(conn)
     engine.dispose()

@@ -1,0 +1,229 @@
+"""Run planning: what the user asked for (a RunRequest) becomes a Sweep and the run's settings.
+
+A named preset fills in every value the request leaves out (None); what the request gives wins.
+The command line, the methodology scripts and anything else that starts a run plan it here, so
+that the defaults exist once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from ..core.device import DeviceKind, device_kind, parse_device, parse_device_indices
+from ..core.errors import UsageError
+from ..core.folding import parse_dims
+from ..core.sweep import Catalog, Sweep, parse_dtypes, parse_ints, parse_lengths, parse_names, preferred_baseline
+from .measure import MeasureSettings
+from .runner import RunOptions
+from .shard import parse_shard
+from .timing import TimingPolicy
+
+
+class Preset(StrEnum):
+    HEADLINE = "headline"  # the published GPU sweep
+    QUICK = "quick"  # a first look, about a minute on a GPU
+    CPU = "cpu"  # small enough for a CPU
+
+
+@dataclass(frozen=True)
+class PresetValues:
+    """Every value a preset supplies; sizes as the command line writes them."""
+
+    lengths: str
+    heads: str
+    kv_heads: str
+    head_dim: str
+    dtype: str
+    orders: str = "2,3"
+    batch: str = "1"
+    causal: bool = True
+    target_rse: float = 0.005
+    min_samples: int = 10
+    min_time_s: float = 1.0
+    budget_s: float = 10.0
+    held_back_min_time_s: float = TimingPolicy.held_back_min_time_s
+    device: DeviceKind | None = None  # a preset made for one kind of device picks it
+
+
+PRESETS: dict[Preset, PresetValues] = {
+    Preset.HEADLINE: PresetValues(lengths="4k..128k", heads="32", kv_heads="8", head_dim="128", dtype="bf16"),
+    Preset.QUICK: PresetValues(lengths="4k..16k", heads="32", kv_heads="8", head_dim="128", dtype="bf16",
+                               target_rse=0.02, min_samples=5, min_time_s=0.2, budget_s=2.0,
+                               held_back_min_time_s=0.5),
+    Preset.CPU: PresetValues(lengths="512..2k", heads="4", kv_heads="2", head_dim="64", dtype="fp32",
+                             min_time_s=0.1, budget_s=2.0, device=DeviceKind.CPU),
+}
+
+TIMING_MODES = {DeviceKind.CUDA: ("events", "graph"), DeviceKind.CPU: ("cpu",)}
+
+
+def parse_preset(text: str) -> Preset:
+    try:
+        return Preset(text)
+    except ValueError:
+        raise UsageError(f"preset '{text}' unknown; allowed: {', '.join(p.value for p in Preset)}") from None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What was asked for; None means 'not given': the preset or the device decides."""
+
+    preset: Preset | None = None
+    lengths: str | None = None
+    orders: str | None = None
+    batch: str | None = None
+    heads: str | None = None
+    kv_heads: str | None = None
+    head_dim: str | None = None
+    dtype: str | None = None
+    causal: bool | None = None
+    methods: str | None = None
+    baseline: str | None = None
+    dims: str | None = None
+    device: str | None = None
+    devices: str | None = None
+    timing: str | None = None
+    target_rse: float | None = None
+    min_samples: int | None = None
+    min_time: float | None = None
+    budget: float | None = None
+    cool_to: float | None = None
+    spin_up: float | None = None  # seconds a fresh worker keeps the GPU busy first
+    held_back_min_time: float | None = None
+    timeout: float = 300.0
+    check: bool = True
+    isolate: bool = True
+    seed: int = 0
+    shard: str | None = None
+    run_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    sweep: Sweep
+    options: RunOptions
+    preset: Preset
+    devices: list[str] | None = None  # one worker per GPU
+    shard: tuple[int, int] | None = None
+    run_uuid: str | None = None  # from the run key: every process with the same key joins one run
+
+    @property
+    def policy(self) -> TimingPolicy:
+        return self.options.settings.policy
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_uuid(key: str) -> str:
+    """A run key that is a UUID is used as is; any other text maps to a fixed UUID."""
+    try:
+        return str(uuid.UUID(key))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tbench-run:{key}"))
+
+
+def plan_run(request: RunRequest, registry: Catalog, resumed: Sweep | None = None,
+             gpus: int | None = None) -> RunPlan:
+    """The sweep and settings of a run. `resumed` is the sweep of a run being continued: its axes
+    stay, only the settings come from the request. `gpus` is the number of visible GPUs (None:
+    ask torch)."""
+    gpus = gpu_count() if gpus is None else gpus
+    if resumed is not None:
+        sweep = resumed
+        sweep.validate(registry)
+        device = _usable_device(sweep.device, gpus)
+        preset = request.preset or _default_preset(device)
+    else:
+        fixed = PRESETS[request.preset].device if request.preset else None
+        device = _usable_device(request.device or (fixed or ("cuda" if gpus else "cpu")), gpus)
+        preset = request.preset or _default_preset(device)
+        sweep = _sweep(request, PRESETS[preset], device, registry)
+    values = PRESETS[preset]
+    policy = _policy(request, values)
+    options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=request.check),
+                         isolate=request.isolate, case_timeout_s=request.timeout)
+    if request.timeout <= 0:
+        raise UsageError(f"timeout {request.timeout} must be positive")
+    devices = _devices(request.devices, device, gpus) if request.devices else None
+    shard = parse_shard(request.shard) if request.shard else None
+    if shard is not None and request.run_key is None and resumed is None:
+        raise UsageError(f"--shard {request.shard} needs --run-key KEY (e.g. the job-array id) so that all parts "
+                         "fill one run")
+    return RunPlan(sweep=sweep, options=options, preset=preset, devices=devices, shard=shard,
+                   run_uuid=run_uuid(request.run_key) if request.run_key is not None else None)
+
+
+def _default_preset(device: str) -> Preset:
+    return Preset.HEADLINE if device_kind(device) is DeviceKind.CUDA else Preset.CPU
+
+
+def _usable_device(device: str, gpus: int) -> str:
+    device = parse_device(device)
+    if device_kind(device) is DeviceKind.CUDA and not gpus:
+        raise UsageError(f"device '{device}' asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def _devices(text: str, device: str, gpus: int) -> list[str]:
+    if device_kind(device) is not DeviceKind.CUDA:
+        raise UsageError(f"--devices {text} needs GPUs, but the device is {device}")
+    return parse_device_indices(text, gpus)
+
+
+def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Catalog) -> Sweep:
+    kind = device_kind(device)
+    mode = request.timing or TIMING_MODES[kind][0]
+    if mode not in TIMING_MODES[kind]:
+        raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {', '.join(TIMING_MODES[kind])}")
+    if request.methods:
+        methods = parse_names(request.methods)
+    else:
+        methods = [m.name for m in registry if m.availability(kind).available]  # type: ignore[attr-defined]
+    if not methods:
+        raise UsageError("no method is available on this device; see `tbench list`")
+    sweep = Sweep(
+        lengths=parse_lengths(request.lengths or values.lengths),
+        methods=methods,
+        orders=parse_ints(request.orders or values.orders, "orders"),
+        batches=parse_ints(request.batch or values.batch, "batch"),
+        heads=parse_ints(request.heads or values.heads, "heads"),
+        kv_heads=parse_ints(request.kv_heads or values.kv_heads, "kv-heads"),
+        head_dims=parse_ints(request.head_dim or values.head_dim, "head-dim"),
+        dtypes=parse_dtypes(request.dtype or values.dtype),
+        causal=[values.causal if request.causal is None else request.causal],
+        device=device,
+        timing=mode,
+        baseline=request.baseline or preferred_baseline(methods) or methods[0],
+        dims=parse_dims(request.dims) if request.dims else None,
+        seed=request.seed,
+    )
+    sweep.validate(registry)
+    return sweep
+
+
+def _policy(request: RunRequest, values: PresetValues) -> TimingPolicy:
+    target_rse = values.target_rse if request.target_rse is None else request.target_rse
+    min_samples = values.min_samples if request.min_samples is None else request.min_samples
+    if not 0 < target_rse < 1:
+        raise UsageError(f"target-rse {target_rse} must be between 0 and 1")
+    if min_samples < 1:
+        raise UsageError(f"min-samples {min_samples} must be at least 1")
+    if request.min_time is not None and request.min_time < 0:
+        raise UsageError(f"min-time {request.min_time} must be at least 0 seconds")
+    if request.cool_to is not None and not 0 < request.cool_to < 100:
+        raise UsageError(f"cool-to {request.cool_to} must be a temperature in deg C between 0 and 100")
+    policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,
+                          min_time_s=values.min_time_s if request.min_time is None else request.min_time,
+                          budget_s=values.budget_s if request.budget is None else request.budget,
+                          cool_to_c=request.cool_to,
+                          held_back_min_time_s=values.held_back_min_time_s if request.held_back_min_time is None
+                          else request.held_back_min_time)
+    if request.spin_up is not None:
+        policy = replace(policy, spinup_s=request.spin_up)
+    return policy
