@@ -5,6 +5,9 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+# Rows with a timing: `unchecked` ones (timed with --no-check) get speedups like ok ones, and say so.
+TIMED = ("ok", "unchecked")
+
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
 
 
@@ -14,10 +17,10 @@ def with_speedups(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     df["speedup"] = float("nan")
     if baseline is None or df.empty:
         return df
-    base = df[(df["method"] == baseline) & (df["status"] == "ok")][[*SHAPE_COLUMNS, "median_ms"]]
+    base = df[(df["method"] == baseline) & df["status"].isin(TIMED)][[*SHAPE_COLUMNS, "median_ms"]]
     base = base.rename(columns={"median_ms": "baseline_ms"}).drop_duplicates(SHAPE_COLUMNS)
     merged = df.merge(base, on=SHAPE_COLUMNS, how="left")
-    ok = (merged["status"] == "ok") & merged["baseline_ms"].notna()
+    ok = merged["status"].isin(TIMED) & merged["baseline_ms"].notna()
     merged["speedup"] = (merged["baseline_ms"].astype(float) / merged["median_ms"].astype(float)).where(ok)
     return merged.drop(columns=["baseline_ms"])
 
@@ -37,7 +40,7 @@ def _num(x: object, fmt: str) -> str:
 
 
 STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red", "timeout": "red",
-                "unsupported": "yellow", "skipped": "yellow"}
+                "unsupported": "yellow", "skipped": "yellow", "unchecked": "bold yellow"}
 
 HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
@@ -51,7 +54,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
     for row in df.itertuples(index=False):
         status = str(row.status)
         tflops, tbps = _num(row.tflops, ".3g"), _num(row.tbps, ".3g")
-        if wide and peaks and status == "ok":
+        if wide and peaks and status in TIMED:
             if row.tflops and peaks.get("matmul_tflops"):
                 tflops += f" ({100 * row.tflops / peaks['matmul_tflops']:.0f}%)"
             if row.tbps and peaks.get("copy_tbps"):

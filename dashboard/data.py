@@ -33,6 +33,11 @@ STATUS_MARKERS = {
     "timeout": "timeout",
 }
 
+# Statuses whose rows carry a timing: ranked and plotted. `unchecked` rows (timed without the
+# correctness gate) rank like ok ones but are marked wherever they appear.
+TIMED = ("ok", "unchecked")
+UNCHECKED_TEXT = "unchecked (correctness not verified)"
+
 # Statuses that say the method cannot handle the length at all, as opposed to not applying to the
 # shape or being broken: 'skipped' is the runner's pre-flight verdict that the configuration would
 # not fit in free memory. The crossover counts them as a loss for the method or a win against the
@@ -300,7 +305,7 @@ class BaselineChoice:
 
 
 def ok_methods(df: pd.DataFrame, family: str | None = None) -> list[str]:
-    rows = df[df["status"] == "ok"]
+    rows = df[df["status"].isin(TIMED)]
     if family is not None:
         rows = rows[rows["family"] == family]
     return sorted(rows["method"].unique())
@@ -333,10 +338,10 @@ def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     out = df.copy()
     base = pd.Series(dtype=float)
     if baseline is not None and not df.empty:
-        rows = df[(df["method"] == baseline) & (df["status"] == "ok")]
+        rows = df[(df["method"] == baseline) & df["status"].isin(TIMED)]
         base = rows.groupby("seq_len")["median_ms"].min()
     out["baseline_ms"] = out["seq_len"].map(base).astype(float)
-    ok = out["status"] == "ok"
+    ok = out["status"].isin(TIMED)
     median = out["median_ms"].astype(float)
     out["speedup"] = (out["baseline_ms"] / median).where(ok)
     out["speedup_lo"] = (out["baseline_ms"] / out["p80_ms"].astype(float)).where(ok)
@@ -350,7 +355,7 @@ def curve_points(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df.assign(series=pd.Series(dtype=str))
     out = df.assign(series=[series_label(m, o) for m, o in zip(df["method"], df["order_m"], strict=True)],
-                    _failed=(df["status"] != "ok").astype(int))
+                    _failed=(~df["status"].isin(TIMED)).astype(int))
     out = out.sort_values(["series", "seq_len", "_failed", "median_ms"], na_position="last", kind="stable")
     return out.drop_duplicates(["series", "seq_len"]).drop(columns="_failed").reset_index(drop=True)
 
@@ -363,12 +368,12 @@ def leaderboard(df: pd.DataFrame, seq_len: int, baseline: str | None) -> pd.Data
     the failures, with their status kept."""
     rows = with_speedup(df, baseline)
     rows = rows[rows["seq_len"] == seq_len].copy()
-    ok = rows["status"] == "ok"
+    ok = rows["status"].isin(TIMED)
     rows["_failed"] = (~ok).astype(int)
     rows = rows.sort_values(["_failed", "median_ms", "method", "order_m"], na_position="last", kind="stable")
     rows = rows.drop(columns="_failed").reset_index(drop=True)
-    ranks = rows["status"].eq("ok").cumsum()
-    rows["rank"] = ranks.where(rows["status"] == "ok").astype("Int64")
+    ranks = rows["status"].isin(TIMED).cumsum()
+    rows["rank"] = ranks.where(rows["status"].isin(TIMED)).astype("Int64")
     return rows
 
 
@@ -390,8 +395,9 @@ LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s"
 
 
 def status_text(status: str, throttled: object = None) -> str:
-    if status == "ok":
-        return "ok (clocks limited)" if throttled is True else "ok"
+    if status in TIMED:
+        text = "ok" if status == "ok" else UNCHECKED_TEXT
+        return f"{text} (clocks limited)" if throttled is True else text
     return STATUS_MARKERS.get(status, status)
 
 
@@ -401,7 +407,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
     baseline has no ok measurement at this length."""
     records = []
     for row in table.itertuples(index=False):
-        ok = row.status == "ok"
+        ok = row.status in TIMED
         marker = status_text(row.status)
         metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
         if row.method == baseline and ok:
@@ -481,8 +487,8 @@ def efficiency_length(lengths: Sequence[float], ratios: Sequence[float]) -> Cros
 
 def _ratio(method_row: pd.Series | None, base_row: pd.Series | None) -> float:
     """method time / baseline time at one length; capacity failures count as 0 or infinity."""
-    method_ok = method_row is not None and method_row["status"] == "ok"
-    base_ok = base_row is not None and base_row["status"] == "ok"
+    method_ok = method_row is not None and method_row["status"] in TIMED
+    base_ok = base_row is not None and base_row["status"] in TIMED
     if method_ok and base_ok:
         return float(method_row["median_ms"]) / float(base_row["median_ms"])  # type: ignore[index]
     method_failed = method_row is not None and method_row["status"] in CAPACITY_FAILURES
