@@ -49,8 +49,8 @@ def test_aa_trials_rarely_say_slower(kind):
 
 
 def test_aa_trials_statistics_alone_hold_the_false_positive_rate():
-    # With the threshold and the floor out of the way, only the U test and the bootstrap interval
-    # stand between noise and a SLOWER verdict: they alone must keep false alarms near alpha.
+    # With the threshold and the floor out of the way, only the block-median test
+    # stands between noise and a SLOWER verdict: they alone must keep false alarms near alpha.
     settings = GateSettings(threshold=1e-6, min_delta_us=0.0)
     counts = _trials("lognormal", 1.0, settings, seed=2)
     assert counts.get("SLOWER", 0) <= TRIALS * 0.01, counts
