@@ -175,12 +175,12 @@ def block_medians(samples: np.ndarray, burst_starts: Sequence[int] = (), blocks:
     return np.array([np.median(samples[a:b]) for a, b in itertools.pairwise(edges) if b > a])
 
 
-def _log_level(samples: np.ndarray, burst_starts: Sequence[int], blocks: int) -> tuple[float, float, int]:
-    """(variance of the mean log block median, its degrees of freedom, number of blocks)."""
+def _log_level(samples: np.ndarray, burst_starts: Sequence[int], blocks: int) -> tuple[float, float, float]:
+    """(mean log block median, its variance, its degrees of freedom)."""
     logs = np.log(block_medians(samples, burst_starts, blocks))
     k = logs.size
     var = float(np.var(logs, ddof=1)) / k if k > 1 else math.inf
-    return var, k - 1, k
+    return float(logs.mean()), var, k - 1
 
 
 def compare_samples(base_median_ms: float, cand_median_ms: float, base_samples: Sequence[float] | None,
@@ -209,16 +209,18 @@ def compare_samples(base_median_ms: float, cand_median_ms: float, base_samples: 
         return Evidence("UNSURE", ratio, delta_us, direction=direction,
                         reason=f"{direction.lower()} but too few samples ({base.size} vs {cand.size}, "
                                f"need {settings.min_samples})")
-    var_b, df_b, _ = _log_level(base, base_bursts, settings.blocks)
-    var_c, df_c, _ = _log_level(cand, cand_bursts, settings.blocks)
+    level_b, var_b, df_b = _log_level(base, base_bursts, settings.blocks)
+    level_c, var_c, df_c = _log_level(cand, cand_bursts, settings.blocks)
     run_var = 2 * settings.run_noise**2
     total = var_b + var_c + run_var
     # Welch-Satterthwaite; the run noise is a known allowance (infinite degrees of freedom)
     df = total**2 / (var_b**2 / df_b + var_c**2 / df_c) if var_b + var_c > 0 else math.inf
     se = math.sqrt(total)
-    d = math.log(ratio)
+    # the test uses the block medians' own estimate of the change, the estimate its error belongs to
+    d = level_c - level_b
+    sign = 1.0 if ratio > 1 else -1.0
     dist = student_t(df) if math.isfinite(df) else student_t(1e9)
-    p_value = float(dist.sf(abs(d) / se)) if se > 0 else (0.0 if d else 0.5)
+    p_value = float(dist.sf(sign * d / se)) if se > 0 else (0.0 if sign * d > 0 else 1.0)
     half = float(dist.isf(settings.alpha)) * se
     ci_low, ci_high = math.exp(d - half), math.exp(d + half)
     if not beyond:
