@@ -371,11 +371,17 @@ def gate(
     threshold: Annotated[float, typer.Option(help="Relative change of the median that counts (0.05 = 5%)")] = 0.05,
     min_delta_us: Annotated[float, typer.Option("--min-delta-us", help="Absolute change of the median that "
                                                 "counts, in microseconds")] = 20.0,
-    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm over the configurations)")]
+    = 0.01,
+    run_noise: Annotated[float, typer.Option("--run-noise", help="Relative standard deviation of a whole run's "
+                                             "level, allowed on each side (0.02 = 2%)")] = 0.02,
     allow_cross_device: Annotated[bool, typer.Option("--allow-cross-device", help="Compare runs from different "
                                                      "GPU models")] = False,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Configurations missing or failing in "
                                                 "the candidate do not fail the gate (wrong results still do)")]
+    = False,
+    allow_unchecked: Annotated[bool, typer.Option("--allow-unchecked", help="Compare candidate configurations "
+                                                  "timed with --no-check (unchecked) instead of failing them")]
     = False,
     markdown: Annotated[str | None, typer.Option(help="Write the verdicts as Markdown here (e.g. "
                                                  "$GITHUB_STEP_SUMMARY)", show_default=False)] = None,
@@ -395,8 +401,9 @@ def gate(
     from .analysis.gate import gate as run_gate
     from .analysis.gate_report import gate_json, gate_markdown, gate_table, summary_line
 
-    settings = GateSettings(threshold=threshold, alpha=alpha, min_delta_us=min_delta_us,
-                            allow_cross_device=allow_cross_device, allow_missing=allow_missing)
+    settings = GateSettings(threshold=threshold, alpha=alpha, min_delta_us=min_delta_us, run_noise=run_noise,
+                            allow_cross_device=allow_cross_device, allow_missing=allow_missing,
+                            allow_unchecked=allow_unchecked)
     directory = resolve_dir(baselines_dir)
     report = run_gate(load_side(baseline, db, directory), load_side(candidate, db, directory), settings)
     out.print(gate_table(report, show_same=show_all))

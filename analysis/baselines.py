@@ -151,9 +151,17 @@ def _side_from_baseline(b: BaselineFile, label: str) -> Side:
     return Side.of(label, b.provenance.gpu_name, results, b.provenance.model_dump(mode="json"))
 
 
+def _burst_starts(device_state: dict | None) -> tuple[int, ...]:
+    """Where each burst of samples starts, as the runner recorded it (absent in older runs)."""
+    starts = (device_state or {}).get("burst_starts")
+    if not isinstance(starts, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in starts):
+        return ()
+    return tuple(starts)
+
+
 def _side_from_run(run: RunModel, label: str) -> Side:
     results = [ConfigResult(m.config_key, m.status, m.median_ms, tuple(m.samples_ms or ()), m.method, m.seq_len,
-                            m.message) for m in run.measurements]
+                            m.message, _burst_starts(m.device_state)) for m in run.measurements]
     prov = run.model_dump(mode="json", exclude={"measurements", "sweep", "environment"})
     return Side.of(label, run.gpu_name, results, prov)
 

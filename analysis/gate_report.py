@@ -37,7 +37,9 @@ def summary_line(report: GateReport) -> str:
 
 def _rows(report: GateReport) -> list[list[str]]:
     return [[v.verdict, v.key, _f(v.baseline_ms, ".4f") if v.baseline_status == "ok" else (v.baseline_status or "-"),
-             _f(v.candidate_ms, ".4f") if v.candidate_status == "ok" else (v.candidate_status or "missing"),
+             _f(v.candidate_ms, ".4f") if v.candidate_status == "ok" else (v.candidate_status or "missing")
+             if v.candidate_status != "unchecked" or v.candidate_ms is None
+             else f"{v.candidate_ms:.4f} (unchecked)",
              _ratio(v.ratio), _f(v.delta_us, "+.1f"), _p(v.p_value),
              "-" if v.ci_low is None else f"{v.ci_low:.3f}–{v.ci_high:.3f}", v.reason]
             for v in report.verdicts]
@@ -50,7 +52,8 @@ def gate_table(report: GateReport, *, show_same: bool = True) -> Table:
     s = report.settings
     table = Table(title=f"gate: {report.candidate.label} against {report.baseline.label} "
                         f"({device_label(report.candidate.gpu_name)}; threshold {s.threshold:.0%}, "
-                        f"min Δ {s.min_delta_us:g} us, alpha {s.alpha:g})", header_style="bold")
+                        f"min Δ {s.min_delta_us:g} us, alpha {s.alpha:g} Holm, run noise {s.run_noise:.0%})",
+                  header_style="bold")
     for h in HEADERS:
         table.add_column(h, justify="right" if h in ("baseline ms", "candidate ms", "ratio", "Δ us", "p") else "left")
     for v, row in zip(report.verdicts, _rows(report), strict=True):
@@ -72,8 +75,9 @@ def gate_markdown(report: GateReport) -> str:
              summary_line(report), "",
              f"Baseline **{b.label}** on {device_label(b.gpu_name)} (commit {b.provenance.get('git_commit') or '?'}); "
              f"candidate **{c.label}** on {device_label(c.gpu_name)} (commit {c.provenance.get('git_commit') or '?'}). "
-             f"SLOWER needs the median up by more than {s.threshold:.0%} and {s.min_delta_us:g} us, a one-sided "
-             f"Mann-Whitney U p < {s.alpha:g} and a bootstrap interval of the ratio above 1.", "",
+             f"SLOWER needs the median up by more than {s.threshold:.0%} and {s.min_delta_us:g} us, and a one-sided "
+             f"p < {s.alpha:g} after Holm's adjustment over the configurations, from block medians with "
+             f"{s.run_noise:.0%} run-level noise allowed on each side (docs/gate.md).", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     ranked = sorted(zip(report.verdicts, _rows(report), strict=True), key=lambda vr: ORDER.index(vr[0].verdict))
     for v, row in ranked:

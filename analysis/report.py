@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+from ..core.case import TIMED_STATUSES
 from .speedup import with_speedup
 
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
@@ -25,7 +26,7 @@ def _num(x: object, fmt: str) -> str:
 
 
 STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red", "timeout": "red",
-                "unsupported": "yellow", "skipped": "yellow"}
+                "unsupported": "yellow", "skipped": "yellow", "unchecked": "bold yellow"}
 
 HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
@@ -39,7 +40,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
     for row in df.itertuples(index=False):
         status = str(row.status)
         tflops, tbps = _num(row.tflops, ".3g"), _num(row.tbps, ".3g")
-        if wide and peaks and status == "ok":
+        if wide and peaks and status in TIMED_STATUSES:
             if row.tflops and peaks.get("matmul_tflops"):
                 tflops += f" ({100 * row.tflops / peaks['matmul_tflops']:.0f}%)"
             if row.tbps and peaks.get("copy_tbps"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..core.case import TIMED_STATUSES
 from ..core.sweep import BASELINE_PREFERENCE
 
 # What makes two measurements comparable: the same inputs on the same device, timed the same way.
@@ -31,11 +32,11 @@ def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     out = df.copy()
     out["baseline_ms"] = float("nan")
     if baseline is not None and not df.empty:
-        rows = df[(df["method"] == baseline) & (df["status"] == "ok")]
+        rows = df[(df["method"] == baseline) & df["status"].isin(TIMED_STATUSES)]
         base = rows.groupby(key, dropna=False)["median_ms"].min().rename("_base").reset_index()
         joined = df[key].merge(base, on=key, how="left")  # a left merge keeps the rows' order
         out["baseline_ms"] = joined["_base"].astype(float).to_numpy()
-    ok = out["status"] == "ok"
+    ok = out["status"].isin(TIMED_STATUSES)
     out["speedup"] = (out["baseline_ms"] / out["median_ms"].astype(float)).where(ok)
     out["speedup_lo"] = (out["baseline_ms"] / out["p80_ms"].astype(float)).where(ok)
     out["speedup_hi"] = (out["baseline_ms"] / out["p20_ms"].astype(float)).where(ok)
@@ -49,7 +50,7 @@ class BaselineChoice:
 
 
 def ok_methods(df: pd.DataFrame, family: str | None = None) -> list[str]:
-    rows = df[df["status"] == "ok"]
+    rows = df[df["status"].isin(TIMED_STATUSES)]
     if family is not None:
         rows = rows[rows["family"] == family]
     return sorted(rows["method"].unique())

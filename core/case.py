@@ -40,9 +40,12 @@ class TimingMode(StrEnum):
 
 
 class Status(StrEnum):
-    """How a measurement ended; only `ok` rows are ranked."""
+    """How a measurement ended. `ok` rows passed the correctness gate; `unchecked` rows were timed
+    with the gate switched off (`--no-check`): ranked and plotted like `ok`, but marked, and the
+    performance gate refuses them unless told otherwise."""
 
     OK = "ok"
+    UNCHECKED = "unchecked"
     OOM = "oom"
     UNSUPPORTED = "unsupported"
     SKIPPED = "skipped"
@@ -54,6 +57,8 @@ class Status(StrEnum):
 DTYPE_NAMES: tuple[str, ...] = tuple(d.value for d in DType)
 FAMILY_NAMES: tuple[str, ...] = tuple(f.value for f in Family)
 STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
+# Statuses that carry a timing worth ranking.
+TIMED_STATUSES: frozenset[Status] = frozenset({Status.OK, Status.UNCHECKED})
 
 
 @dataclass(frozen=True)

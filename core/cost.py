@@ -1,9 +1,12 @@
 """Flops and minimum bytes of each operator (docs/spec-tensorized-attention.md, "Cost"), so TFLOP/s
-and TB/s figures are honest: masked work is not counted as done."""
+and TB/s figures are honest: only the work on the N real tokens counts. Masked work is not counted
+as done, and neither is work on the padding a tensorized method adds to fold N into the product P
+of its dims (for N = 5000 folded as 64 x 128, P = 8192: counting P would overstate the rate 1.64x)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from .case import Case, Family
 
@@ -13,25 +16,48 @@ def causal_fraction(n: int) -> float:
     return (n + 1) / (2 * n)
 
 
+def _pairs(r: int, causal: bool) -> int:
+    """Query-key pairs among the r real positions of one slice (real positions are its first r)."""
+    return r * (r + 1) // 2 if causal else r * r
+
+
+def hop_pairs(n: int, dims: Sequence[int], axis: int, causal: bool) -> int:
+    """Query-key pairs of the hop over `axis` where both positions are real (< n), per (batch, head).
+
+    A slice along the axis is {base + j * stride}, j < dims[axis]; it holds real positions j < r with
+    r = ceil((n - base) / stride) clipped to [0, dims[axis]]. Blocks of dims[axis] * stride positions
+    below n hold only full slices, blocks beyond n none, and the one block that n cuts holds
+    `t` slices with q + 1 real positions and stride - t with q, where n - block start = q * stride + t."""
+    size = dims[axis]
+    stride = math.prod(dims[axis + 1 :])
+    block = size * stride
+    full_blocks, rem = divmod(n, block)
+    total = full_blocks * stride * _pairs(size, causal)
+    if rem:
+        q, t = divmod(rem, stride)
+        total += t * _pairs(q + 1, causal) + (stride - t) * _pairs(q, causal)
+    return total
+
+
 def flops(case: Case) -> float:
     b, h, d = case.batch, case.heads, case.head_dim
     if case.family is Family.TENSORIZED:
         assert case.dims is not None
-        total = math.prod(case.dims)
-        per_hop = (4.0 * b * h * total * n * d * (causal_fraction(n) if case.causal else 1.0) for n in case.dims)
-        return float(sum(per_hop))
+        pairs = sum(hop_pairs(case.seq_len, case.dims, axis, case.causal) for axis in range(len(case.dims)))
+        return 4.0 * b * h * d * pairs
     n = case.seq_len
     return 4.0 * b * h * n * n * d * (causal_fraction(n) if case.causal else 1.0)
 
 
 def min_bytes(case: Case) -> float:
-    """Fewest bytes through device memory: each input read once, each output written once.
-    For tensorized methods the hops are separate passes (the value of hop t feeds hop t+1)."""
+    """Fewest bytes through device memory: each input read once, each output written once, for the
+    N real tokens. For tensorized methods the hops are separate passes (the value of hop t feeds
+    hop t+1)."""
     b, h, hkv, d, es = case.batch, case.heads, case.kv_heads, case.head_dim, case.element_size
+    rows = b * case.seq_len * d * es
     if case.family is Family.TENSORIZED:
         assert case.dims is not None
-        rows = b * math.prod(case.dims) * d * es
         first = (h + hkv + hkv + h) * rows
         later = (h + hkv + h + h) * rows
         return float(first + later * (len(case.dims) - 1))
-    return float((2 * h + 2 * hkv) * b * case.seq_len * d * es)
+    return float((2 * h + 2 * hkv) * rows)

@@ -15,12 +15,14 @@ from sqlalchemy import Engine, and_, create_engine, func, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
-# Speedups and the baseline choice are the terminal report's too; the views use them from here.
 from ..analysis.speedup import BaselineChoice as BaselineChoice
 from ..analysis.speedup import baseline_candidates as baseline_candidates
 from ..analysis.speedup import ok_methods as ok_methods
 from ..analysis.speedup import pick_baseline as pick_baseline
 from ..analysis.speedup import with_speedup
+
+# Speedups and the baseline choice are the terminal report's too; the views use them from here.
+from ..core.case import TIMED_STATUSES
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.url import DatabaseUrl, DatabaseUrlError
 
@@ -35,6 +37,10 @@ STATUS_MARKERS = {
     "error": "error",
     "timeout": "timeout",
 }
+
+# Statuses whose rows carry a timing: ranked and plotted. `unchecked` rows (timed without the
+# correctness gate) rank like ok ones but are marked wherever they appear.
+UNCHECKED_TEXT = "unchecked (correctness not verified)"
 
 # Statuses that say the method cannot handle the length at all, as opposed to not applying to the
 # shape or being broken: 'skipped' is the runner's pre-flight verdict that the configuration would
@@ -309,7 +315,7 @@ def curve_points(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df.assign(series=pd.Series(dtype=str))
     out = df.assign(series=[series_label(m, o) for m, o in zip(df["method"], df["order_m"], strict=True)],
-                    _failed=(df["status"] != "ok").astype(int))
+                    _failed=(~df["status"].isin(TIMED_STATUSES)).astype(int))
     out = out.sort_values(["series", "seq_len", "_failed", "median_ms"], na_position="last", kind="stable")
     return out.drop_duplicates(["series", "seq_len"]).drop(columns="_failed").reset_index(drop=True)
 
@@ -322,12 +328,12 @@ def leaderboard(df: pd.DataFrame, seq_len: int, baseline: str | None) -> pd.Data
     the failures, with their status kept."""
     rows = with_speedup(df, baseline)
     rows = rows[rows["seq_len"] == seq_len].copy()
-    ok = rows["status"] == "ok"
+    ok = rows["status"].isin(TIMED_STATUSES)
     rows["_failed"] = (~ok).astype(int)
     rows = rows.sort_values(["_failed", "median_ms", "method", "order_m"], na_position="last", kind="stable")
     rows = rows.drop(columns="_failed").reset_index(drop=True)
-    ranks = rows["status"].eq("ok").cumsum()
-    rows["rank"] = ranks.where(rows["status"] == "ok").astype("Int64")
+    ranks = rows["status"].isin(TIMED_STATUSES).cumsum()
+    rows["rank"] = ranks.where(rows["status"].isin(TIMED_STATUSES)).astype("Int64")
     return rows
 
 
@@ -349,8 +355,9 @@ LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s"
 
 
 def status_text(status: str, throttled: object = None) -> str:
-    if status == "ok":
-        return "ok (clocks limited)" if throttled is True else "ok"
+    if status in TIMED_STATUSES:
+        text = "ok" if status == "ok" else UNCHECKED_TEXT
+        return f"{text} (clocks limited)" if throttled is True else text
     return STATUS_MARKERS.get(status, status)
 
 
@@ -360,7 +367,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
     baseline has no ok measurement at this length."""
     records = []
     for row in table.itertuples(index=False):
-        ok = row.status == "ok"
+        ok = row.status in TIMED_STATUSES
         marker = status_text(row.status)
         metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
         if row.method == baseline and ok and row.median_ms == row.baseline_ms:
@@ -441,8 +448,8 @@ def efficiency_length(lengths: Sequence[float], ratios: Sequence[float]) -> Cros
 
 def _ratio(method_row: pd.Series | None, base_row: pd.Series | None) -> float:
     """method time / baseline time at one length; capacity failures count as 0 or infinity."""
-    method_ok = method_row is not None and method_row["status"] == "ok"
-    base_ok = base_row is not None and base_row["status"] == "ok"
+    method_ok = method_row is not None and method_row["status"] in TIMED_STATUSES
+    base_ok = base_row is not None and base_row["status"] in TIMED_STATUSES
     if method_ok and base_ok:
         return float(method_row["median_ms"]) / float(base_row["median_ms"])  # type: ignore[index]
     method_failed = method_row is not None and method_row["status"] in CAPACITY_FAILURES

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import cost
-from ..core.case import Case
+from ..core.case import Case, Status
 from ..core.device import device_kind
 from ..core.records import MeasurementRecord, utcnow
 from ..kernels.tensors import make_inputs
 from ..methods.registry import Method, Registry
-from .correctness import check
+from .correctness import check, new_seed
 from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight
 from .timing import Prepared, Sampling, Timer, TimingPolicy, clocks_settled, cool_down, make_timer, summarize
@@ -35,6 +35,8 @@ class MeasureSettings:
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     seed: int = 0
     check: bool = True
+    # Seed of the correctness check's inputs; None: a fresh one per measurement (recorded).
+    check_seed: int | None = None
 
 
 Emit = Callable[[MeasurementRecord], None]
@@ -189,8 +191,10 @@ def _warm_up(
 
     if settings.check:
         beacon(case, "check")
+        check_seed = settings.check_seed if settings.check_seed is not None else new_seed()
         result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
-                       seed=settings.seed + 7919)
+                       seed=check_seed, tolerance=method.tolerance)
+        rec.device_state["check"] = result.details
         rec.check_error = result.error
         rec.fidelity_rel_l2 = result.fidelity_rel_l2
         rec.fidelity_max_abs = result.fidelity_max_abs
@@ -199,6 +203,9 @@ def _warm_up(
             rec.finished_at = utcnow()
             return None
         rec.message = result.message
+    else:
+        # Timed but never compared with its definition: kept apart from `ok`, never passed off as it.
+        rec.status, rec.message = Status.UNCHECKED, "correctness not checked (--no-check)"
 
     # what ran may only be known now (e.g. the configs an autotuner chose during the warm-up)
     with contextlib.suppress(Exception):  # else keep the description taken before the warm-up
@@ -302,6 +309,8 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 after = monitor.sample()
                 rec.device_state["after"] = after
                 rec.device_state["stop"] = entry.sampling.stop_reason
+                # where each burst's samples start: the gate compares burst medians, not samples
+                rec.device_state["burst_starts"] = list(entry.sampling.burst_starts)
                 during = clock_summary(trace.between(entry.spans))
                 if during is not None:
                     rec.device_state["sm_clock_mhz_during_samples"] = during

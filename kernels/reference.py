@@ -2,11 +2,13 @@
 
 These are the yardsticks every fast implementation is checked against: no SDPA, no fused
 kernels, explicit masks, float64 throughout. They are slow by design; use small shapes or a
-subset of heads.
+subset of heads. Each also runs in another dtype when asked (`dtype=`): the same math in low
+precision is what the correctness gate calibrates its tolerance against.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -84,8 +86,9 @@ def tensorized_attention_f64(
     dims: Sequence[int],
     causal: bool,
     scale: float | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """docs/spec-tensorized-attention.md evaluated in float64; returns float64 (B, H, N, D)."""
+    """docs/spec-tensorized-attention.md evaluated in float64 (or `dtype`); returns (B, H, N, D) in it."""
     batch, heads, n, d = q.shape
     dims = tuple(dims)
     total = padded_length(dims)
@@ -95,7 +98,7 @@ def tensorized_attention_f64(
     m = len(dims)
 
     def fold(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float64)
+        x = x.to(dtype)
         x = torch.nn.functional.pad(x, (0, 0, 0, total - n))
         return x.reshape(x.shape[0], x.shape[1], *dims, d)
 
@@ -117,17 +120,83 @@ def exact_attention_f64(
     causal: bool,
     scale: float | None = None,
     rows: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Ordinary softmax attention in float64, optionally only for the query positions in `rows`."""
+    """Ordinary softmax attention in float64 (or `dtype`), optionally only for the query positions
+    in `rows`."""
     heads, n, d = q.shape[1], q.shape[2], q.shape[3]
     scale = d**-0.5 if scale is None else scale
     rows = torch.arange(n, device=q.device) if rows is None else rows.to(q.device)
-    qs = q[:, :, rows].to(torch.float64)
-    ks = _expand_kv(k, heads).to(torch.float64)
-    vs = _expand_kv(v, heads).to(torch.float64)
+    qs = q[:, :, rows].to(dtype)
+    ks = _expand_kv(k, heads).to(dtype)
+    vs = _expand_kv(v, heads).to(dtype)
     scores = (qs @ ks.transpose(-1, -2)) * scale
     keys = torch.arange(n, device=q.device)
     allowed = keys[None, :] <= rows[:, None] if causal else torch.ones(
         len(rows), n, dtype=torch.bool, device=q.device
     )
     return _masked_softmax_attend(scores, allowed.expand(scores.shape), vs)
+
+
+def tensorized_rows_f64(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dims: Sequence[int],
+    causal: bool,
+    scale: float | None,
+    rows: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The tensorized operator at the query positions `rows` only, (B, H, len(rows), D) in float64
+    (or `dtype`); the same values as `tensorized_attention_f64(...)[:, :, rows]`.
+
+    The output at position p with coordinates (c_0, ..., c_{m-1}) is the last hop (axis 0) over
+    the values at (x_0, c_1, ..., c_{m-1}); those come from the hop over axis 1 at
+    (x_0, x_1, c_2, ...), and so on. So the hop over axis a is needed only on the positions whose
+    coordinates after a are p's: at most the padded length P of query-key pairs per hop and row,
+    instead of P times the slice length for the whole tensor."""
+    batch, heads, n, d = q.shape
+    dims = tuple(dims)
+    total = padded_length(dims)
+    if total < n:
+        raise ValueError(f"dims {dims} hold {total} positions, fewer than N={n}")
+    scale = d**-0.5 if scale is None else scale
+    m = len(dims)
+
+    def fold(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, total - n))
+        return x.reshape(batch, heads, *dims, d)
+
+    qf, kf, vf = fold(q), fold(_expand_kv(k, heads)), fold(_expand_kv(v, heads))
+    position = torch.arange(total, device=q.device).reshape(dims)
+    outputs = []
+    for p in rows.tolist():
+        coords = _unravel(int(p), dims)
+        values = vf  # the values at (x_0, ..., x_a, c_{a+1}, ...) before the hop over axis a
+        for a in range(m - 1, -1, -1):
+            free = (slice(None),) * (a + 1)
+            keys = kf[(slice(None), slice(None), *free, *coords[a + 1 :])]  # (B, H, d_0..d_a, D)
+            queries = qf[(slice(None), slice(None), *free[:a], *coords[a:])]  # (B, H, d_0..d_{a-1}, D)
+            scores = (queries.unsqueeze(-2) @ keys.transpose(-1, -2)) * scale  # (..., 1, d_a)
+            if causal:
+                allowed = torch.arange(dims[a], device=q.device) <= coords[a]
+            else:
+                allowed = position[(*free, *coords[a + 1 :])] < n  # (d_0..d_a)
+                allowed = allowed.unsqueeze(-2)
+            values = _masked_softmax_attend(scores, allowed.expand(scores.shape), values).squeeze(-2)
+        outputs.append(values)
+    return torch.stack(outputs, dim=2)
+
+
+def _unravel(position: int, dims: tuple[int, ...]) -> tuple[int, ...]:
+    coords = []
+    for size in reversed(dims):
+        position, c = divmod(position, size)
+        coords.append(c)
+    return tuple(reversed(coords))
+
+
+def padded_work(dims: Sequence[int]) -> int:
+    """Query-key pairs of the whole-tensor evaluation per (batch, head): P times the sum of the dims."""
+    return math.prod(dims) * sum(dims)

@@ -58,6 +58,10 @@ class Method:
     # Builds the call for one case before it is warmed up, checked or timed: what a real caller
     # makes once per shape and reuses (a FlexAttention block mask, a compiled function).
     bind: Callable[[Case], Call] | None = None
+    # Relative L2 error the correctness gate allows this method against its float64 definition;
+    # None: the gate's calibrated tolerance (harness/correctness.py). For a method that is
+    # knowingly less precise than plain evaluation in its dtype (e.g. an fp8 inner product).
+    tolerance: Callable[[Case], float] | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL server for the store tests: Debian's binaries, a temporary data folder,
 trust authentication on loopback, stopped at the end of the session.
 
-Test modules import the fixtures from here. Without PostgreSQL binaries the tests that use them
-skip, except under CI (CI=true), where a missing server is a failure.
+Test modules import the fixtures from here. Without PostgreSQL binaries, or without the psycopg
+driver (the `postgres` extra), the tests that use them skip with the reason, except under CI
+(CI=true), where a missing server or driver is a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -51,16 +53,29 @@ def _run(args: list[str], log: Path | None = None) -> None:
         raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}\n{detail}")
 
 
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must test the store on PostgreSQL: {reason}")
+    pytest.skip(reason)
+
+
+def _psycopg() -> ModuleType:
+    """The driver, imported only once the tests that need it are about to run."""
+    try:
+        import psycopg
+    except ImportError:
+        _unavailable("the PostgreSQL driver psycopg is not installed; install tbench's postgres extra "
+                     "(pip install -e \".[postgres]\")")
+    return psycopg
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """URL of database `tbench` on a PostgreSQL server started for this test session."""
     bin_dir = _bin_dir()
     if bin_dir is None:
-        reason = "no PostgreSQL server binaries (initdb, pg_ctl) found; install Debian's postgresql package"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must test the store on PostgreSQL: {reason}")
-        pytest.skip(reason)
-    import psycopg
+        _unavailable("no PostgreSQL server binaries (initdb, pg_ctl) found; install Debian's postgresql package")
+    psycopg = _psycopg()
 
     root = Path(tempfile.mkdtemp(prefix="tbench-pg-"))
     data, log = root / "data", root / "server.log"
@@ -87,7 +102,7 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the session's server, dropped after the test."""
-    import psycopg
+    psycopg = _psycopg()
 
     name = f"t{os.getpid()}_{next(_databases)}"
     admin = pg_server_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"

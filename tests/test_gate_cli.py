@@ -24,7 +24,8 @@ def three_runs(tmp_path_factory, plugin_path):
     folder = tmp_path_factory.mktemp("gate")
     db = folder / "bench.db"
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(plugin_path), TBENCH_TEST_PLUGIN="1", COLUMNS="200", OMP_NUM_THREADS="1",
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH", "")) if p),
+               TBENCH_TEST_PLUGIN="1", COLUMNS="200", OMP_NUM_THREADS="1",
                TBENCH_BASELINES_DIR=str(folder / "baselines"))
     env.pop("TBENCH_DB", None)
     (folder / "baselines").mkdir()
@@ -129,3 +130,53 @@ def test_bad_baseline_name_and_file(three_runs, tmp_path):
     junk.write_text('{"format": "tbench-baseline", "version": 99}')
     result = run_cli(["gate", "--baseline", str(junk), "--candidate", "1", "--db", str(db)], env)
     assert result.returncode == 2 and "baseline version 99" in result.stderr
+
+
+# --- default settings: a 15 % slowdown fails, an A/A passes ----------------------------------------
+
+WORK_RUN = ["run", "--lengths", "1024", "--methods", "test-slow,sdpa-math", "--device", "cpu", "--heads", "2",
+            "--kv-heads", "1", "--head-dim", "32", "--no-causal", "--min-samples", "20", "--budget", "2", "--quiet"]
+WORK_KEY = "test-slow|N1024|m-|-|B1|H2|KV1|D32|fp32|full|cpu"
+
+
+@pytest.fixture(scope="module")
+def work_runs(tmp_path_factory, plugin_path):
+    """Run 1 baseline, run 2 with test-slow doing 15 % more attention work, run 3 a repeat of run 1."""
+    import os
+
+    folder = tmp_path_factory.mktemp("gate-work")
+    db = folder / "bench.db"
+    env = dict(os.environ)
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH", "")) if p),
+               TBENCH_TEST_PLUGIN="1", COLUMNS="200", OMP_NUM_THREADS="1")
+    env.pop("TBENCH_DB", None)
+    for extra in ("0", "0.15", "0"):
+        result = run_cli([*WORK_RUN, "--db", str(db)], {**env, "TBENCH_TEST_EXTRA_WORK": extra})
+        assert result.returncode == 0, result.stderr
+    return db, env
+
+
+def test_fifteen_percent_more_work_is_slower_with_default_settings(work_runs):
+    db, env = work_runs
+    result = run_cli(["gate", "--baseline", "1", "--candidate", "2", "--db", str(db)], env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"SLOWER {WORK_KEY}" in result.stderr
+
+
+def test_aa_of_two_identical_runs_passes_with_default_settings(work_runs):
+    db, env = work_runs
+    result = run_cli(["gate", "--baseline", "1", "--candidate", "3", "--db", str(db)], env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stderr.startswith("PASS")
+
+
+def test_unchecked_candidate_fails_the_gate_unless_allowed(work_runs):
+    db, env = work_runs
+    result = run_cli([*WORK_RUN[:3], "test-slow", *WORK_RUN[4:], "--no-check", "--db", str(db)], env)
+    assert result.returncode == 0, result.stderr
+    refused = run_cli(["gate", "--baseline", "1", "--candidate", "4", "--db", str(db), "--allow-missing"], env)
+    assert refused.returncode == 1 and "unchecked" in refused.stderr, (refused.stdout, refused.stderr)
+    # only the status rule is under test here, not the timing: a wide threshold keeps drift out of it
+    allowed = run_cli(["gate", "--baseline", "1", "--candidate", "4", "--db", str(db), "--allow-missing",
+                       "--allow-unchecked", "--threshold", "0.9"], env)
+    assert allowed.returncode == 0, (allowed.stdout, allowed.stderr)

@@ -1,11 +1,14 @@
 """Test methods registered through the real `tbench.methods` entry point.
 
 They are available only when TBENCH_TEST_PLUGIN=1, so an environment that has this plugin
-installed does not measure them by default. TBENCH_TEST_SLOWDOWN_S adds a sleep to `test-slow`.
+installed does not measure them by default. TBENCH_TEST_SLOWDOWN_S adds a sleep to `test-slow`;
+TBENCH_TEST_EXTRA_WORK=0.15 makes it do 15 % more attention work (the first 15 % of the query rows
+again, non-causal). The `test-bug-*` methods are subtly wrong, as real kernels can be.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -32,7 +35,52 @@ def slow(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch
     delay = float(os.environ.get("TBENCH_TEST_SLOWDOWN_S", "0"))
     if delay:
         time.sleep(delay)
+    extra = float(os.environ.get("TBENCH_TEST_EXTRA_WORK", "0"))
+    if extra:
+        rows = max(1, round(extra * q.shape[2]))
+        _sdpa(q[:, :, :rows].contiguous(), k, v, case)
     return _sdpa(q, k, v, case)
+
+
+@method(name="test-bug-zero-head", family="exact", description="Last head zeroed", availability=_available)
+def zero_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    out = _sdpa(q, k, v, case)
+    out[:, -1] = 0
+    return out
+
+
+@method(name="test-bug-gqa", family="exact", description="Query head h reads KV head h % H_kv",
+        availability=_available)
+def gqa_modulo(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    group = case.heads // case.kv_heads
+    k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)  # tiles kv heads: h -> h % H_kv
+    return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal, scale=case.softmax_scale)
+
+
+@method(name="test-bug-scale", family="exact", description="Softmax scale 2 % too large", availability=_available)
+def scale_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal, scale=1.02 * case.softmax_scale,
+                                          enable_gqa=case.kv_heads != case.heads)
+
+
+@method(name="test-bug-hop-order", family="tensorized", description="Tensorized hops in reverse order",
+        availability=_available)
+def reversed_hops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    from tbench.kernels.reference import _expand_kv, _hop_f64
+
+    assert case.dims is not None
+    b, h, n, d = q.shape
+    total = math.prod(case.dims)
+
+    def fold(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x.to(torch.float64), (0, 0, 0, total - n))
+        return x.reshape(b, h, *case.dims, d)
+
+    qf, kf, vf = fold(q), fold(_expand_kv(k, h)), fold(_expand_kv(v, h))
+    position = torch.arange(total).reshape(case.dims)
+    for axis in range(len(case.dims)):  # outermost first: the spec goes innermost first
+        vf = _hop_f64(qf, kf, vf, position, axis, n, case.causal, case.softmax_scale)
+    return vf.reshape(b, h, total, d)[:, :, :n].to(q.dtype)
 
 
 @method(name="test-oom", family="exact", description="Raises an out-of-memory error", availability=_available)
@@ -56,4 +104,4 @@ def wrong(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torc
     return _sdpa(q, k, v, case) * 1.1
 
 
-METHODS = [slow, oom, abort, hang, wrong]
+METHODS = [slow, oom, abort, hang, wrong, zero_head, gqa_modulo, scale_error, reversed_hops]
