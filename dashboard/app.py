@@ -141,7 +141,7 @@ def _layout(fig: go.Figure, y_title: str, log_y: bool = True) -> go.Figure:
 
 def speedup_figure(points: pd.DataFrame, baseline: str, colours: dict[str, str]) -> go.Figure:
     fig = go.Figure()
-    for series, rows in points[points["status"].isin(data.TIMED)].groupby("series", sort=True):
+    for series, rows in points[points["status"].isin(data.TIMED_STATUSES)].groupby("series", sort=True):
         rows = rows.sort_values("seq_len")
         rows = rows[rows["speedup"].notna()]
         if rows.empty:
@@ -166,11 +166,11 @@ def _failure_marks(fig: go.Figure, points: pd.DataFrame, column: str, colours: d
                    scale: float = 1.0) -> None:
     """Marks capacity failures (OOM, timeout) at the height of the series' highest ok point, so
     they sit where the curve stops."""
-    ok_values = points.loc[points["status"].isin(data.TIMED), column].dropna().astype(float)
+    ok_values = points.loc[points["status"].isin(data.TIMED_STATUSES), column].dropna().astype(float)
     top = float(ok_values.max()) * scale if not ok_values.empty else 1.0
     failed = points[points["status"].isin(data.CAPACITY_FAILURES)]
     for series, rows in failed.groupby("series", sort=True):
-        own = points[(points["series"] == series) & (points["status"].isin(data.TIMED))][column].dropna()
+        own = points[(points["series"] == series) & (points["status"].isin(data.TIMED_STATUSES))][column].dropna()
         y = float(own.astype(float).max()) * scale if not own.empty else top
         rows = rows.sort_values("seq_len")
         markers = [data.STATUS_MARKERS[s] for s in rows["status"]]
@@ -196,7 +196,7 @@ def _unchecked_marks(fig: go.Figure, points: pd.DataFrame, column: str, colours:
 
 def time_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     fig = go.Figure()
-    for series, rows in points[points["status"].isin(data.TIMED)].groupby("series", sort=True):
+    for series, rows in points[points["status"].isin(data.TIMED_STATUSES)].groupby("series", sort=True):
         rows = rows.sort_values("seq_len")
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=rows["median_ms"], mode="lines+markers", name=series, legendgroup=series,
@@ -213,7 +213,7 @@ def time_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
 def memory_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     points = points.assign(peak_mib=points["peak_bytes"].astype(float) / 2**20)
     fig = go.Figure()
-    for series, rows in points[(points["status"].isin(data.TIMED)) & points["peak_mib"].notna()].groupby("series"):
+    for series, rows in points[(points["status"].isin(data.TIMED_STATUSES)) & points["peak_mib"].notna()].groupby("series"):
         rows = rows.sort_values("seq_len")
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=rows["peak_mib"], mode="lines+markers", name=series, legendgroup=series,
@@ -251,14 +251,14 @@ def ranking_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     series = [data.series_label(m, o) for m, o in zip(table["method"], table["order_m"], strict=True)]
     labels = [f"{s} {d}" if isinstance(d, str) and d else s for s, d in zip(series, table["dims"], strict=True)]
     table = table.assign(label=labels, series=series)
-    ok = table[table["status"].isin(data.TIMED)]
+    ok = table[table["status"].isin(data.TIMED_STATUSES)]
     fig = go.Figure(go.Scatter(
         x=ok["median_ms"], y=ok["label"], mode="markers", showlegend=False,
         marker={"size": 12, "color": [colours[s] for s in ok["series"]]},
         error_x={"type": "data", "symmetric": False, "array": ok["p80_ms"] - ok["median_ms"],
                  "arrayminus": ok["median_ms"] - ok["p20_ms"]},
         hovertemplate="%{y}<br>%{x:.4g} ms<extra></extra>"))
-    failed = table[~table["status"].isin(data.TIMED)]
+    failed = table[~table["status"].isin(data.TIMED_STATUSES)]
     if not failed.empty:
         left = float(ok["median_ms"].min()) if not ok.empty else 1.0
         fig.add_trace(go.Scatter(
@@ -297,12 +297,12 @@ def show_empty(url: str, state: data.StoreState) -> None:
 
 def leaderboard_view(df: pd.DataFrame, baseline: str | None, colours: dict[str, str]) -> None:
     lengths = sorted(df["seq_len"].unique())
-    base_ok = df[(df["method"] == baseline) & df["status"].isin(data.TIMED)]["seq_len"]
+    base_ok = df[(df["method"] == baseline) & df["status"].isin(data.TIMED_STATUSES)]["seq_len"]
     default = int(base_ok.max()) if not base_ok.empty else int(lengths[-1])
     n = choose(st.sidebar.select_slider, "Length N (leaderboard)", [int(x) for x in lengths], "n",
                default=default, format_func=data.format_length)
     table = data.leaderboard(df, n, baseline)
-    ok = int((table["status"].isin(data.TIMED)).sum())
+    ok = int((table["status"].isin(data.TIMED_STATUSES)).sum())
     st.subheader(f"Leaderboard at N = {data.format_length(n)}")
     st.caption(f"{ok} of {len(table)} configurations ran; ranked by median time (fastest first). A failed "
                "configuration shows its status in every metric. Fidelity: relative L2 deviation from exact "
@@ -357,7 +357,7 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
     if rows.empty:
         st.info("No tensorized method was measured on this GPU and shape.")
         return
-    ok = rows[rows["status"].isin(data.TIMED)]
+    ok = rows[rows["status"].isin(data.TIMED_STATUSES)]
     left, right = st.columns(2)
     with left:
         st.plotly_chart(order_figure(ok, "median_ms", "median time (ms, log scale)"), key="order_time")
@@ -368,10 +368,10 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
         "method": rows["method"], "N": rows["seq_len"].map(data.format_length),
         "m": rows["order_m"].astype(int), "dims": rows["dims"],
         "status": [data.status_text(s, t) for s, t in zip(rows["status"], rows["throttled"], strict=True)],
-        "median ms": [data.fmt_number(v, ".4g") if s in data.TIMED else data.status_text(s)
+        "median ms": [data.fmt_number(v, ".4g") if s in data.TIMED_STATUSES else data.status_text(s)
                       for v, s in zip(rows["median_ms"], rows["status"], strict=True)],
         f"speedup vs {baseline}": [data.fmt_number(v, ".2f", "no baseline") + ("×" if not pd.isna(v) else "")
-                                   if s in data.TIMED else data.status_text(s)
+                                   if s in data.TIMED_STATUSES else data.status_text(s)
                                    for v, s in zip(rows["speedup"], rows["status"], strict=True)],
         "fidelity (rel L2)": [data.fmt_number(v, ".2e") for v in rows["fidelity_rel_l2"]],
     })

@@ -145,7 +145,7 @@ def test_curve_points_follow_the_fastest_folding():
 
 
 def test_leaderboard_ranks_ok_rows_and_marks_every_failure():
-    failures = [s for s in STATUSES if s not in data.TIMED]
+    failures = [s for s in STATUSES if s not in data.TIMED_STATUSES]
     specs = [("flash2", "exact", None, 2048, "ok", 4.0), ("tensorized", "tensorized", 2, 2048, "ok", 1.0),
              ("full", "exact", None, 2048, "ok", 6.0), ("flash2", "exact", None, 1024, "ok", 1.0)]
     specs += [(f"method-{s}", "exact", None, 2048, s, None) for s in failures]
