@@ -213,7 +213,8 @@ def time_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
 def memory_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     points = points.assign(peak_mib=points["peak_bytes"].astype(float) / 2**20)
     fig = go.Figure()
-    for series, rows in points[(points["status"].isin(data.TIMED_STATUSES)) & points["peak_mib"].notna()].groupby("series"):
+    timed = points[points["status"].isin(data.TIMED_STATUSES) & points["peak_mib"].notna()]
+    for series, rows in timed.groupby("series"):
         rows = rows.sort_values("seq_len")
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=rows["peak_mib"], mode="lines+markers", name=series, legendgroup=series,
