@@ -26,6 +26,20 @@ err = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"tbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit",
+                                                callback=_print_version, is_eager=True)] = False) -> None:
+    """Benchmark long-sequence attention kernels: tensorized attention against exact attention."""
+
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path [default: $TBENCH_DB or "
                                               "./tbench.db]", show_default=False)]
 
@@ -156,7 +170,7 @@ def run(
         if mode not in (("events", "graph") if device.startswith("cuda") else ("cpu",)):
             allowed = "events, graph" if device.startswith("cuda") else "cpu"
             raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {allowed}")
-        method_names = parse_names(methods) if methods else [
+        method_names = parse_names(methods) if methods is not None else [
             m.name for m in registry if m.availability(device_kind(device)).available]
         if not method_names:
             raise UsageError("no method is available on this device; see `tbench list`")
@@ -164,7 +178,7 @@ def run(
             baseline = "flash2" if "flash2" in method_names else (
                 "sdpa-math" if "sdpa-math" in method_names else method_names[0])
         sweep = Sweep(
-            lengths=parse_lengths(lengths or defaults["lengths"]),
+            lengths=parse_lengths(lengths if lengths is not None else defaults["lengths"]),
             methods=method_names,
             orders=parse_ints(orders, "orders"),
             batches=parse_ints(batch, "batch"),
@@ -180,6 +194,7 @@ def run(
             seed=seed,
         )
         sweep.validate(registry)
+        _check_available(registry, [*method_names, baseline] if methods is not None else [baseline], device)
         previous = None
 
     if target_rse <= 0 or target_rse >= 1:
@@ -190,6 +205,8 @@ def run(
         raise UsageError(f"min-time {min_time} must be at least 0 seconds")
     if timeout <= 0:
         raise UsageError(f"timeout {timeout} must be positive")
+    if budget is not None and budget <= 0:
+        raise UsageError(f"budget {budget} must be positive (seconds of sampling per measurement at most)")
     if cool_to is not None and not 0 < cool_to < 100:
         raise UsageError(f"cool-to {cool_to} must be a temperature in deg C between 0 and 100")
     on_gpu = device.startswith("cuda")
@@ -235,6 +252,20 @@ def run(
         raise typer.Exit(130)
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
+
+
+def _check_available(registry: Any, names: list[str], device: str) -> None:
+    """Methods asked for by name must run here; a sweep of rows that all say 'unavailable' helps no one."""
+    from .core.errors import UsageError
+
+    missing = {}
+    for name in dict.fromkeys(names):
+        availability = registry.get(name).availability(device_kind(device))
+        if not availability.available:
+            missing[name] = availability.reason
+    if missing:
+        why = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
+        raise UsageError(f"unavailable on {device}: {why} (see `tbench list --device {device}`)")
 
 
 def _run_uuid(key: str) -> str:
@@ -341,6 +372,7 @@ def show(
 
     store = Store(db, create=False)
     run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
+    asked = baseline
     baseline = baseline or (run_row.sweep or {}).get("baseline")
     device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
     started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
@@ -352,6 +384,9 @@ def show(
     if df.empty:
         out.print("This run has no measurements yet.")
         return
+    measured = sorted(set(df["method"]))
+    if asked is not None and asked not in measured:
+        fail(f"baseline '{asked}' is not a method of run {run_row.id}; its methods: {', '.join(measured)}")
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
     if markdown:
