@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .core.device import device_kind
 from .core.folding import FoldingError, parse_dims
@@ -45,7 +46,7 @@ DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQ
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]tbench: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]tbench: error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -222,7 +223,7 @@ def run(
                          "fill one run")
     runner = Runner(store, registry, options, console=err, show_progress=not quiet)
     if previous is not None:
-        err.print(f"Resuming run {previous.id} on {store.url}")
+        err.print(f"Resuming run {previous.id} on {store.url}", markup=False, highlight=False)
         outcome = runner.run(sweep, resume_run_id=previous.id, devices=device_list, shard=part)
     else:
         info = provenance.collect(device, sweep.as_dict())
@@ -235,7 +236,7 @@ def run(
             if Sweep.from_dict(joined.sweep) != sweep:
                 raise UsageError(f"run key '{run_key}' names run {run_id}, whose sweep differs from this one")
             if not created:
-                err.print(f"Joining run {run_id} ({run_key}) on {store.url}")
+                err.print(f"Joining run {run_id} ({run_key}) on {store.url}", markup=False, highlight=False)
             outcome = runner.run(sweep, resume_run_id=run_id, devices=device_list, shard=part)
         else:
             outcome = runner.run(sweep, info=info, devices=device_list, shard=part)
@@ -244,7 +245,8 @@ def run(
     out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
                         peaks=(run_row.environment or {}).get("peaks"), wide=out.width >= 150))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
-    err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'}; stored in {store.url}")
+    err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'}; stored in {store.url}",
+              markup=False, highlight=False)
     if outcome.status == "partial":
         err.print("The run still lacks configurations of other shards; it is finished when every shard has run.")
     if outcome.status == "interrupted":
@@ -319,7 +321,7 @@ def list_methods(
 
     registry = load_registry()
     device = device or _default_device()
-    table = Table(title=f"tbench methods (availability on {device})", header_style="bold")
+    table = Table(title=Text(f"tbench methods (availability on {device})"), header_style="bold")
     for column in ("method", "family", "available", "provenance / reason", "supports"):
         table.add_column(column)
     for method in registry:
@@ -333,7 +335,7 @@ def list_methods(
                     len(method.head_dims) < 6 else "any D" if method.head_dims is None else "D<=256",
                     f"m=1..{method.max_order}" if method.is_tensorized else ""]
         # reasons carry brackets (pip extras such as 'tbench[xformers]') that Rich would read as markup
-        table.add_row(method.name, method.family, mark, escape(detail), " ".join(s for s in supports if s))
+        table.add_row(Text(method.name), method.family, mark, escape(detail), " ".join(s for s in supports if s))
     out.print(table)
     for problem in registry.plugin_errors:
         err.print(f"[yellow]plugin not loaded:[/yellow] {escape(problem.entry_point)}: {escape(problem.message)}")
@@ -346,12 +348,13 @@ def runs(db: DbOption = None) -> None:
     from .results.store import Store
 
     store = Store(db, create=False)
-    table = Table(title=f"runs in {store.url}", header_style="bold")
+    table = Table(title=Text(f"runs in {store.url}"), header_style="bold")
     for column in ("id", "started (UTC)", "status", "device", "ok / all", "command"):
         table.add_column(column)
     for r in store.runs():
-        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M}", r.status, r.gpu_name or r.device,
-                      f"{r.ok} / {r.measurements}", r.command)
+        # everything read from the store is shown as written, never read as console markup
+        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M}", Text(r.status), Text(r.gpu_name or r.device),
+                      f"{r.ok} / {r.measurements}", Text(r.command))
     out.print(table)
 
 
@@ -376,10 +379,11 @@ def show(
     baseline = baseline or (run_row.sweep or {}).get("baseline")
     device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
     started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
-    out.print(f"[bold]Run {run_row.id}[/bold] ({run_row.status}) on {device}, started {started} UTC\n"
-              f"  {run_row.command}\n  torch {run_row.torch_version}, triton {run_row.triton_version}, "
-              f"CUDA {run_row.cuda}, driver {run_row.driver}, tbench {run_row.tbench_version} "
-              f"({run_row.git_commit or 'no git commit'})", highlight=False)
+    out.print(f"[bold]Run {run_row.id}[/bold] ({escape(run_row.status)}) on {escape(device)}, started {started} UTC\n"
+              f"  {escape(run_row.command)}\n  " + escape(
+                  f"torch {run_row.torch_version}, triton {run_row.triton_version}, CUDA {run_row.cuda}, "
+                  f"driver {run_row.driver}, tbench {run_row.tbench_version} "
+                  f"({run_row.git_commit or 'no git commit'})"), highlight=False)
     df = store.measurements([run_row.id])
     if df.empty:
         out.print("This run has no measurements yet.")
@@ -510,7 +514,7 @@ def gate(
     if json_out:
         _write_text(json_out, json.dumps(gate_json(report), indent=1) + "\n")
     style = "bold green" if report.passed else "bold red"
-    err.print(f"[{style}]{summary_line(report)}[/{style}]", highlight=False)
+    err.print(f"[{style}]{escape(summary_line(report))}[/{style}]", highlight=False)
     for v in report.failures:
         err.print(f"  {v.verdict} {v.key}: {v.reason}", highlight=False, markup=False)
     if not report.passed:
@@ -546,7 +550,7 @@ def baseline_save(
     path = save_baseline(baseline_from_run(run, name, saved_by), resolve_dir(baselines_dir), force)
     ok = sum(m.status == "ok" for m in run.measurements)
     err.print(f"Saved run {rid} ({ok} ok of {len(run.measurements)} configurations, "
-              f"{run.gpu_name or 'CPU'}) as baseline '{name}': {path}", highlight=False)
+              f"{run.gpu_name or 'CPU'}) as baseline '{name}': {path}", highlight=False, markup=False)
 
 
 @app.command("export")
@@ -571,13 +575,13 @@ def export_runs(
         bundle = export_bundle(store, ids)
         write_bundle(bundle, out_file)
         count = sum(len(r.measurements) for r in bundle.runs)
-        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}")
+        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}", markup=False)
     elif fmt == "pytest-benchmark":
         if len(ids) != 1:
             raise UsageError("--format pytest-benchmark holds one run per file; export one run at a time")
         data = export_pytest_benchmark(store, ids[0])
         write_json(data, out_file)
-        err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}")
+        err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}", markup=False)
     else:
         raise UsageError(f"format '{fmt}' unknown; allowed: bundle, pytest-benchmark")
 
@@ -615,9 +619,9 @@ def import_files(
     store = Store(db)
     result = import_runs(store, runs)
     for uuid, rid in result.imported:
-        err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False)
+        err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False, markup=False)
     for uuid in result.skipped:
-        err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False)
+        err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False, markup=False)
     err.print(f"{len(result.imported)} run(s) imported, {len(result.skipped)} already present")
 
 

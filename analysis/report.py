@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
 
@@ -78,27 +79,28 @@ def _shape_title(shape: tuple) -> str:
 def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
               wide: bool = False) -> Table:
     """One row per configuration. `wide` adds the share of the device's measured peaks."""
-    table = Table(title=title, show_lines=False, header_style="bold", caption=(
+    # Method names, messages and titles come from the store or from imported files: they are
+    # shown as written (Text), never read as console markup.
+    table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
         f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
-        "err: relative L2 deviation from exact attention" if baseline else None))
+        "err: relative L2 deviation from exact attention") if baseline else None)
     for name in HEADERS:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
-        table.add_column(label, justify="left" if name in ("method", "dims", "status") else "right",
+        table.add_column(Text(label), justify="left" if name in ("method", "dims", "status") else "right",
                          no_wrap=name in ("N", "ms"))
     rows = formatted_rows(df, baseline, peaks, wide)
     many_shapes = len({r["shape"] for r in rows}) > 1
     previous = None
     for r in rows:
         if many_shapes and r["shape"] != previous:
-            table.add_row(f"[bold]{_shape_title(r['shape'])}[/bold]", *[""] * (len(HEADERS) - 1))
+            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(HEADERS) - 1))
             previous = r["shape"]
-        style = STATUS_STYLE.get(r["status"], "")
-        status = f"[{style}]{r['status']}[/{style}]"
+        status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         if r["status"] == "ok" and r["throttled"]:
-            status += " [yellow](clocks limited)[/yellow]"
+            status.append(" (clocks limited)", style="yellow")
         elif r["status"] != "ok" and r["message"]:
-            status += f": {r['message'][:70]}"
-        table.add_row(*[status if h == "status" else r[h] for h in HEADERS])
+            status.append(f": {r['message'][:70]}")
+        table.add_row(*[status if h == "status" else Text(r[h]) for h in HEADERS])
     return table
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..core import cost
@@ -111,12 +112,12 @@ class Runner:
                 groups = group_by_shape(cases)
                 if self.options.isolate:
                     self._run_isolated(groups, devices or [sweep.device], emit,
-                                       lambda text: progress.update(task, description=text))
+                                       lambda text: progress.update(task, description=escape(text)))
                 else:
                     for group in groups:
                         measure_group(group, self.registry, self.options.settings, emit,
                                       beacon=lambda case, step: progress.update(
-                                          task, description=f"{case.label()}: {step}"))
+                                          task, description=escape(f"{case.label()}: {step}")))
         except KeyboardInterrupt:
             outcome.status = "interrupted"
         except WorkerStartError as exc:

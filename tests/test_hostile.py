@@ -1,0 +1,132 @@
+"""A store nothing breaks: hostile text, signals, bad input, read-only and foreign files, busy machines."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
+from tbench.results.bundle import export_bundle, write_bundle
+from tbench.results.store import Store
+
+SMALL = ["--device", "cpu", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--budget", "0.3",
+         "--min-samples", "3", "--quiet"]
+MARKUP = "[/oops]"
+
+
+def _one_line_error(result, needle: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# --- text from the store is printed as written ---------------------------------------------------------
+
+
+def _markup_bundle(tmp_path: Path) -> Path:
+    """A bundle whose command, method, message and GPU name are console markup."""
+    store = Store(str(tmp_path / "src.db"))
+    run_id = store.start_run(RunInfo(command=MARKUP, device="cpu", gpu_name="[bold]gpu[/bold]",
+                                     sweep={"baseline": MARKUP}))
+    for method, status in ((MARKUP, "ok"), ("[red]x", "error")):
+        case = Case(method=method, family="exact", seq_len=128, batch=1, heads=2, kv_heads=1, head_dim=32,
+                    dtype="fp32", causal=True, device="cpu", timing="cpu")
+        timing = Timing(1.0, 0.98, 1.02, 1.0, 0.01, 0.97, [1.0 + 0.001 * i for i in range(-5, 6)], 0.002) \
+            if status == "ok" else None
+        store.record(run_id, MeasurementRecord(case, status, message="[/broken] [link=x]" if status != "ok" else "",
+                                               timing=timing, flops=1e9))
+    store.finish_run(run_id, "finished")
+    path = tmp_path / "markup.json"
+    write_bundle(export_bundle(store, [run_id]), path)
+    store.close()
+    return path
+
+
+def test_markup_from_an_imported_bundle_is_printed_literally(tmp_path, cli_env):
+    db = str(tmp_path / "m.db")
+    imported = run_cli(["import", str(_markup_bundle(tmp_path)), "--db", db], cli_env)
+    assert imported.returncode == 0, imported.stderr
+    listed = run_cli(["runs", "--db", db], cli_env)
+    assert listed.returncode == 0, listed.stderr
+    assert MARKUP in listed.stdout and "[bold]gpu[/bold]" in listed.stdout
+    shown = run_cli(["show", "--db", db], cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count(MARKUP) >= 2  # the command line and the method
+    assert "[red]x" in shown.stdout and "[/broken] [link=x]" in shown.stdout
+    assert f"x{MARKUP}" in shown.stdout  # the speedup column is named after the baseline
+    gated = run_cli(["gate", "--baseline", "1", "--candidate", "1", "--db", db], cli_env)
+    assert gated.returncode == 0, gated.stderr
+    assert MARKUP in gated.stdout and "Traceback" not in gated.stderr
+
+
+def test_pytest_benchmark_ids_keep_their_brackets(tmp_path, cli_env):
+    session = {
+        "machine_info": {"node": "ci", "python_version": "3.11", "system": "Linux"},
+        "benchmarks": [{"name": "test_attn[causal-4096]", "fullname": "t.py::test_attn[causal-4096]",
+                        "stats": {"min": 0.001, "max": 0.003, "mean": 0.002, "stddev": 0.0005, "rounds": 3,
+                                  "median": 0.002, "data": [0.001, 0.002, 0.003]}}],
+        "datetime": "2024-05-01T10:00:00", "version": "4.0.0",
+    }
+    path = tmp_path / "pb.json"
+    path.write_text(json.dumps(session))
+    db = str(tmp_path / "p.db")
+    assert run_cli(["import", str(path), "--db", db], cli_env).returncode == 0
+    shown = run_cli(["show", "--db", db], cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert "test_attn[causal-4096]" in shown.stdout
+
+
+def test_markup_in_bad_input_is_printed_literally(tmp_path, cli_env):
+    _one_line_error(run_cli(["run", "--lengths", MARKUP, "--db", str(tmp_path / "e.db")], cli_env),
+                    f"length '{MARKUP}' is not a number")
+
+
+# --- bad input that used to pass --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "--lengths", ""], "lengths '' is empty"),
+    (["run", "--methods", ""], "methods '' is empty"),
+    (["run", "--methods", " , "], "methods ' , ' is empty"),
+    (["run", "--budget", "-1"], "budget -1.0 must be positive"),
+    (["run", "--budget", "0"], "budget 0.0 must be positive"),
+    (["run", "--lengths", "128", "--orders", "99", "--methods", "tensorized-ref"],
+     "orders: m=99 is too high; allowed: 1..7"),
+    (["run", "--lengths", "128,4096", "--orders", "2,8", "--methods", "tensorized-ref"],
+     "orders: m=8 is too high; allowed: 1..7"),
+    (["run", "--methods", "tensorized,sdpa-math"], "unavailable on cpu: tensorized: needs a CUDA GPU"),
+    (["run", "--methods", "sdpa-math", "--baseline", "flash2"], "unavailable on cpu: flash2:"),
+])
+def test_bad_run_input_is_one_line_and_exit_2(args, needle, tmp_path, cli_env):
+    env = {k: v for k, v in cli_env.items() if k != "TRITON_INTERPRET"}
+    _one_line_error(run_cli([*args, "--device", "cpu", "--db", str(tmp_path / "e.db")], env), needle)
+
+
+def test_orders_up_to_the_limit_are_accepted(tmp_path, cli_env):
+    result = run_cli(["run", "--lengths", "8", "--orders", "3", "--methods", "tensorized-ref", *SMALL,
+                      "--no-check", "--db", str(tmp_path / "o.db")], cli_env)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "o.db") as con:
+        assert con.execute("select dims from measurements").fetchall() == [("2x2x2",)]
+
+
+def test_show_unknown_baseline_names_the_methods(tmp_path, cli_env):
+    db = str(tmp_path / "s.db")
+    made = run_cli(["run", "--lengths", "64", "--methods", "sdpa-math,full", *SMALL, "--db", db], cli_env)
+    assert made.returncode == 0, made.stderr
+    _one_line_error(run_cli(["show", "--baseline", "nosuch", "--db", db], cli_env),
+                    "baseline 'nosuch' is not a method of run 1; its methods: full, sdpa-math")
+    shown = run_cli(["show", "--baseline", "full", "--db", db], cli_env)
+    assert shown.returncode == 0 and "1.00x" in shown.stdout
+
+
+def test_version(cli_env):
+    from tbench import __version__
+
+    result = run_cli(["--version"], cli_env)
+    assert result.returncode == 0 and result.stdout.strip() == f"tbench {__version__}"
