@@ -250,8 +250,9 @@ def run(
     if outcome.status == "partial":
         err.print("The run still lacks configurations of other shards; it is finished when every shard has run.")
     if outcome.status == "interrupted":
-        err.print(f"Interrupted. Continue with: tbench run --resume {outcome.run_id}")
-        raise typer.Exit(130)
+        how = f" ({outcome.message})" if outcome.message else ""
+        err.print(f"Interrupted{how}. Continue with: tbench run --resume {outcome.run_id}")
+        raise typer.Exit(128 + (outcome.signal or 2))  # the shell's code for death by that signal
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
 

@@ -22,6 +22,7 @@ from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
 from .shard import shard_cases
+from .signals import Stopped, signal_name, stop_on_signals
 from .worker import Worker, WorkerEvent
 
 
@@ -44,6 +45,7 @@ class RunOutcome:
     status: str  # finished | partial | interrupted | failed
     counts: Counter = field(default_factory=Counter)
     message: str = ""
+    signal: int | None = None  # the termination signal that interrupted the run, if any
 
 
 def group_by_shape(cases: list[Case]) -> list[list[Case]]:
@@ -102,32 +104,38 @@ class Runner:
             outcome.counts[rec.status] += 1
             progress.advance(task)
 
-        try:
-            with progress:
-                task = progress.add_task("starting", total=len(cases))
-                if self.options.peaks and cases:
-                    progress.update(task, description="measuring device peaks")
-                    self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
-                                                  inputs=INPUT_DISTRIBUTION)
-                groups = group_by_shape(cases)
-                if self.options.isolate:
-                    self._run_isolated(groups, devices or [sweep.device], emit,
-                                       lambda text: progress.update(task, description=escape(text)))
-                else:
-                    for group in groups:
-                        measure_group(group, self.registry, self.options.settings, emit,
-                                      beacon=lambda case, step: progress.update(
-                                          task, description=escape(f"{case.label()}: {step}")))
-        except KeyboardInterrupt:
-            outcome.status = "interrupted"
-        except WorkerStartError as exc:
-            outcome.status = "failed"
-            outcome.message = str(exc)
-        finally:
-            self._drop_worker(kill=False)
-            if outcome.status == "finished" and not self._complete(sweep, run_id):
-                outcome.status = "partial"  # other shards of this sweep still have to report
-            self.store.finish_run(run_id, outcome.status)
+        # installed around the clean-up too: a repeated signal must not cut it short
+        with stop_on_signals():
+            try:
+                with progress:
+                    task = progress.add_task("starting", total=len(cases))
+                    if self.options.peaks and cases:
+                        progress.update(task, description="measuring device peaks")
+                        self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
+                                                      inputs=INPUT_DISTRIBUTION)
+                    groups = group_by_shape(cases)
+                    if self.options.isolate:
+                        self._run_isolated(groups, devices or [sweep.device], emit,
+                                           lambda text: progress.update(task, description=escape(text)))
+                    else:
+                        for group in groups:
+                            measure_group(group, self.registry, self.options.settings, emit,
+                                          beacon=lambda case, step: progress.update(
+                                              task, description=escape(f"{case.label()}: {step}")))
+            except Stopped as exc:
+                outcome.status = "interrupted"
+                outcome.signal = exc.signum
+                outcome.message = f"stopped by {signal_name(exc.signum)}"
+            except KeyboardInterrupt:
+                outcome.status = "interrupted"
+            except WorkerStartError as exc:
+                outcome.status = "failed"
+                outcome.message = str(exc)
+            finally:
+                self._drop_worker(kill=False)
+                if outcome.status == "finished" and not self._complete(sweep, run_id):
+                    outcome.status = "partial"  # other shards of this sweep still have to report
+                self.store.finish_run(run_id, outcome.status)
         return outcome
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -166,7 +174,11 @@ class Runner:
         self._drop_worker(kill=False)
         for slot in slots:
             if slot.worker is not None:
-                slot.worker.stop()
+                # a worker still measuring (the run was interrupted) reads no "stop" until its group ends
+                if slot.busy:
+                    slot.worker.kill()
+                else:
+                    slot.worker.stop()
                 slot.worker = None
 
     def _run_isolated(self, groups: list[list[Case]], devices: list[str], emit: Callable[[MeasurementRecord], None],

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +134,45 @@ def test_version(cli_env):
 
     result = run_cli(["--version"], cli_env)
     assert result.returncode == 0 and result.stdout.strip() == f"tbench {__version__}"
+
+
+# --- SIGTERM and SIGHUP end a run like Ctrl-C -----------------------------------------------------------
+
+
+def _committed_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute("select count(*) from measurements").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_termination_signal_interrupts_the_run_cleanly(signum, tmp_path, cli_env):
+    db = tmp_path / "sig.db"
+    exe = Path(sys.executable).parent / "tbench"
+    # two shapes, each sampled for 2 s at least: the signal lands while the second is measured
+    args = ["run", "--lengths", "128,256", "--methods", "full,sdpa-math", "--device", "cpu", "--heads", "2",
+            "--kv-heads", "1", "--head-dim", "32", "--min-time", "2", "--budget", "3", "--quiet", "--db", str(db)]
+    proc = subprocess.Popen([str(exe), *args], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while _committed_rows(db) < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no row was committed"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "tbench run --resume 1" in stderr
+    assert "run 1 (interrupted)" in stdout  # the partial table
+    with sqlite3.connect(db) as con:
+        assert con.execute("select status from runs").fetchall() == [("interrupted",)]
+        kept = con.execute("select count(*) from measurements").fetchone()[0]
+    assert 1 <= kept < 4
+    resumed = run_cli(["run", "--resume", "1", "--quiet", "--db", str(db)], cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("select status from runs").fetchall() == [("finished",)]
+        assert con.execute("select count(*) from measurements where status = 'ok'").fetchone()[0] == 4
