@@ -348,7 +348,7 @@ def runs(db: DbOption = None) -> None:
     """Past runs in the store."""
     from .results.store import Store
 
-    store = Store(db, create=False)
+    store = Store(db, readonly=True)
     table = Table(title=Text(f"runs in {store.url}"), header_style="bold")
     for column in ("id", "started (UTC)", "status", "device", "ok / all", "command"):
         table.add_column(column)
@@ -374,7 +374,7 @@ def show(
     from .analysis.report import run_markdown, run_table
     from .results.store import Store
 
-    store = Store(db, create=False)
+    store = Store(db, readonly=True)
     run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
     asked = baseline
     baseline = baseline or (run_row.sweep or {}).get("baseline")
@@ -546,7 +546,7 @@ def baseline_save(
     from .results.store import Store
 
     check_name(name)
-    rid, run = run_as_model(Store(db, create=False), None if run_id == "latest" else _parse_run_id(run_id))
+    rid, run = run_as_model(Store(db, readonly=True), None if run_id == "latest" else _parse_run_id(run_id))
     saved_by = shlex.join(["tbench", *sys.argv[1:]])
     path = save_baseline(baseline_from_run(run, name, saved_by), resolve_dir(baselines_dir), force)
     ok = sum(m.status == "ok" for m in run.measurements)
@@ -570,7 +570,7 @@ def export_runs(
     from .results.pytest_benchmark import export_pytest_benchmark
     from .results.store import Store
 
-    store = Store(db, create=False)
+    store = Store(db, readonly=True)
     ids = [store.get_run(None if r == "latest" else _parse_run_id(r)).id for r in run_ids]
     if fmt == "bundle":
         bundle = export_bundle(store, ids)

@@ -8,14 +8,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pandas as pd
 from sqlalchemy import Engine, and_, create_engine, func, inspect, select
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
+from ..results.store import readonly_sqlite_url
 
 CPU_LABEL = "CPU"
 
@@ -67,11 +68,7 @@ def readonly_url(url: str) -> str:
         raise DashboardError(f"'{url}' is not a valid SQLAlchemy URL") from None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return parsed.render_as_string(hide_password=False)
-    database = parsed.database
-    if not database.startswith("file:"):
-        database = f"file:{quote(str(Path(database).expanduser().resolve()))}"
-    query = {**parsed.query, "mode": "ro", "uri": "true"}
-    return URL.create(parsed.drivername, database=database, query=query).render_as_string(hide_password=False)
+    return readonly_sqlite_url(parsed).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -176,3 +177,103 @@ def test_termination_signal_interrupts_the_run_cleanly(signum, tmp_path, cli_env
     with sqlite3.connect(db) as con:
         assert con.execute("select status from runs").fetchall() == [("finished",)]
         assert con.execute("select count(*) from measurements where status = 'ok'").fetchone()[0] == 4
+
+
+# --- read-only commands never change the file; run refuses foreign databases --------------------------
+
+
+def _snapshot(path: Path) -> tuple[bytes, int, list[str]]:
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(p.name for p in path.parent.iterdir())
+
+
+def _rollback_journal_store(tmp_path: Path) -> Path:
+    """A tbench store in SQLite's default rollback-journal mode, as a copy from elsewhere may be."""
+    path = tmp_path / "ro" / "store.db"
+    path.parent.mkdir()
+    Store(str(tmp_path / "src.db")).close()
+    src = sqlite3.connect(tmp_path / "src.db")
+    dst = sqlite3.connect(path)
+    src.backup(dst)
+    src.close()
+    dst.execute("PRAGMA journal_mode=DELETE")
+    dst.close()
+    return path
+
+
+def test_readonly_store_cannot_write(tmp_path):
+    path = _rollback_journal_store(tmp_path)
+    before = _snapshot(path)
+    store = Store(str(path), readonly=True)
+    assert store.runs() == []
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
+        store.start_run(RunInfo(command="x", device="cpu"))
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"), store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE intruder (x)")
+    store.close()
+    assert _snapshot(path) == before
+    # the writable store on the same file does write (the check above can fail)
+    writable = Store(str(path))
+    writable.start_run(RunInfo(command="x", device="cpu"))
+    writable.close()
+    assert _snapshot(path)[0] != before[0]
+
+
+def test_read_commands_leave_the_file_byte_identical(tmp_path, cli_env):
+    db = tmp_path / "made.db"
+    made = run_cli(["run", "--lengths", "64", "--methods", "sdpa-math,full", *SMALL, "--db", str(db)], cli_env)
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "ro" / "store.db"
+    path.parent.mkdir()
+    with sqlite3.connect(db) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA journal_mode=DELETE")
+    before = _snapshot(path)
+    time.sleep(0.05)  # so that a write would show in the mtime
+    for args in (["runs"], ["show"], ["show", "1", "--baseline", "full"], ["export", "1", "--out",
+                 str(tmp_path / "b.json")], ["gate", "--baseline", "1", "--candidate", "1"]):
+        result = run_cli([*args, "--db", str(path)], cli_env)
+        assert result.returncode == 0, (args, result.stderr)
+    assert _snapshot(path) == before  # same bytes, same mtime, no -wal or -shm beside it
+
+
+@pytest.mark.parametrize("content", ["empty", "foreign"])
+def test_read_commands_do_not_touch_empty_or_foreign_files(content, tmp_path, cli_env):
+    path = tmp_path / "ro" / "other.db"
+    path.parent.mkdir()
+    path.touch()
+    if content == "foreign":
+        with sqlite3.connect(path) as con:
+            con.execute("CREATE TABLE people (name TEXT)")
+            con.execute("INSERT INTO people VALUES ('ada')")
+    before = _snapshot(path)
+    for args in (["runs"], ["show"]):
+        _one_line_error(run_cli([*args, "--db", str(path)], cli_env), "is not a tbench database")
+    assert _snapshot(path) == before
+
+
+def test_run_refuses_a_foreign_sqlite_file(tmp_path, cli_env):
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE people (name TEXT)")
+    before = _snapshot(path)
+    for args in (["run", "--lengths", "64", "--methods", "full", *SMALL], ["db", "upgrade"]):
+        _one_line_error(run_cli([*args, "--db", str(path)], cli_env),
+                        "is not a tbench database (it holds other tables: people)")
+    assert _snapshot(path) == before
+    with sqlite3.connect(path) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["people"]
+
+
+def test_read_only_media_are_opened_immutable(tmp_path, monkeypatch):
+    """Without write access to the file or its folder SQLite cannot make a WAL reader's shared
+    memory file; such a store is opened immutable (root ignores permissions, so access is faked)."""
+    Store(str(tmp_path / "s.db")).close()
+    import tbench.results.store as store_module
+
+    real_access = os.access
+    monkeypatch.setattr(store_module.os, "access", lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    store = Store(str(tmp_path / "s.db"), readonly=True)
+    assert store.engine.url.query.get("immutable") == "1" and store.engine.url.query.get("mode") == "ro"
+    assert store.runs() == []
+    store.close()
