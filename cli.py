@@ -407,12 +407,13 @@ def show(
 def dashboard(
     db: DbOption = None,
     port: Annotated[int | None, typer.Option(help="Port [default: a free one]", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit leaderboard dashboard on the store (read-only)."""
     from .dashboard.launch import launch
     from .results.store import resolve_url
 
-    raise typer.Exit(launch(resolve_url(db), port))
+    raise typer.Exit(launch(resolve_url(db), port, host=host))
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -277,3 +278,32 @@ def test_read_only_media_are_opened_immutable(tmp_path, monkeypatch):
     assert store.engine.url.query.get("immutable") == "1" and store.engine.url.query.get("mode") == "ro"
     assert store.runs() == []
     store.close()
+
+
+# --- dashboard address ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("port", "needle"), [("99999", "port 99999 is out of range; allowed: 1..65535"),
+                                              ("0", "port 0 is out of range; allowed: 1..65535"),
+                                              ("-5", "port -5 is out of range")])
+def test_dashboard_bad_port_is_one_line(port, needle, tmp_path, cli_env):
+    _one_line_error(run_cli(["dashboard", "--port", port, "--db", str(tmp_path / "d.db")], cli_env, timeout=60),
+                    needle)
+
+
+def test_dashboard_port_in_use_is_one_line(tmp_path, cli_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _one_line_error(run_cli(["dashboard", "--port", str(port), "--db", str(tmp_path / "d.db")], cli_env,
+                                timeout=60), f"port {port} is in use on 127.0.0.1")
+
+
+def test_dashboard_listens_on_localhost_unless_told():
+    from tbench.dashboard.launch import streamlit_command
+
+    local = streamlit_command("sqlite:////tmp/x.db", 8765)
+    assert local[local.index("--server.address") + 1] == "127.0.0.1"
+    everywhere = streamlit_command("sqlite:////tmp/x.db", 8765, host="0.0.0.0")
+    assert everywhere[everywhere.index("--server.address") + 1] == "0.0.0.0"
