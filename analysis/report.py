@@ -43,6 +43,13 @@ STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red"
 HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
 
+def _flags(state: object) -> list[str]:
+    """'busy' and 'noisy' marks a run put on rows it could not measure cleanly."""
+    if not isinstance(state, dict):
+        return []
+    return [flag for flag in ("busy", "noisy") if state.get(flag)]
+
+
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, ordered by shape, length, family, method and order."""
     df = with_speedups(df, baseline)
@@ -62,6 +69,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
         rows.append({
             "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
             "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
+            "flags": _flags(row.device_state),
             "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
@@ -98,6 +106,8 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
         status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         if r["status"] == "ok" and r["throttled"]:
             status.append(" (clocks limited)", style="yellow")
+        if r["status"] == "ok" and r["flags"]:
+            status.append(f" ({', '.join(r['flags'])})", style="yellow")
         elif r["status"] != "ok" and r["message"]:
             status.append(f": {r['message'][:70]}")
         table.add_row(*[status if h == "status" else Text(r[h]) for h in HEADERS])
@@ -114,6 +124,7 @@ def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = No
                   "|" + "|".join("---:" if h not in ("method", "dims", "status") else "---" for h in HEADERS) + "|"]
         for r in (r for r in rows if r["shape"] == shape):
             status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
+            status += f" ({', '.join(r['flags'])})" if r["status"] == "ok" and r["flags"] else ""
             if r["status"] != "ok" and r["message"]:
                 status += ": " + r["message"].replace("|", "/")
             lines.append("| " + " | ".join(status if h == "status" else r[h] for h in HEADERS) + " |")

@@ -18,6 +18,7 @@ from ..core.records import MeasurementRecord, RunInfo, utcnow
 from ..core.sweep import Sweep
 from ..methods.registry import Registry
 from ..results.store import Store
+from . import busy
 from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
@@ -37,6 +38,7 @@ class RunOptions:
     case_timeout_s: float = 300.0  # silence from a worker longer than this is a hang
     plugins: bool = True
     peaks: bool = True
+    watch_load: bool = True  # warn about, and flag rows measured on, a busy machine or noisy timings
 
 
 @dataclass
@@ -99,7 +101,12 @@ class Runner:
             disable=not self.show_progress, transient=False,
         )
 
+        watch = _LoadWatch(self.console, self.options.settings.policy.target_rse) \
+            if self.options.watch_load and cases else None
+
         def emit(rec: MeasurementRecord) -> None:
+            if watch is not None:
+                watch.check(rec)
             self.store.record(run_id, rec)
             outcome.counts[rec.status] += 1
             progress.advance(task)
@@ -133,6 +140,8 @@ class Runner:
                 outcome.message = str(exc)
             finally:
                 self._drop_worker(kill=False)
+                if watch is not None:
+                    watch.summary()
                 if outcome.status == "finished" and not self._complete(sweep, run_id):
                     outcome.status = "partial"  # other shards of this sweep still have to report
                 self.store.finish_run(run_id, outcome.status)
@@ -262,6 +271,38 @@ class Runner:
             # leave the rest unmeasured for `--resume` once the cause is fixed
             raise WorkerStartError(f"the measurement worker could not start: {message}")
         emit(failure_record(culprit, status, message, self.registry))
+
+
+class _LoadWatch:
+    """Warns once up front if the machine is busy, once at the first busy or noisy row, and at the
+    end with the number of rows flagged; the flags themselves go into the rows."""
+
+    def __init__(self, console: Console, target_rse: float) -> None:
+        self.console = console
+        self.target_rse = target_rse
+        self.load, others = busy.probe_host()
+        self.flagged: Counter = Counter()
+        if self.load.busy(others):
+            assert others is not None
+            self._warn(f"the machine is busy before the run: {self.load.describe(others)}; timings will be "
+                       "slower and noisier than on an idle machine")
+
+    def _warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+
+    def check(self, rec: MeasurementRecord) -> None:
+        others = self.load.others() if rec.status == "ok" else None
+        for warning in busy.flag(rec, self.load, others, self.target_rse):
+            kind = warning.split(":")[0].split(" ")[0]  # machine / GPU / noisy
+            if not self.flagged[kind]:
+                self._warn(f"{rec.case.label()}: {warning}; such rows are flagged")
+            self.flagged[kind] += 1
+
+    def summary(self) -> None:
+        if self.flagged:
+            parts = ", ".join(f"{n} {dict(machine='on a busy machine', GPU='on a shared GPU').get(k, k)}"
+                              for k, n in self.flagged.items())
+            self._warn(f"rows flagged: {parts}; measure again on an idle machine to trust them")
 
 
 @dataclass

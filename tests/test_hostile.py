@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -307,3 +308,87 @@ def test_dashboard_listens_on_localhost_unless_told():
     assert local[local.index("--server.address") + 1] == "127.0.0.1"
     everywhere = streamlit_command("sqlite:////tmp/x.db", 8765, host="0.0.0.0")
     assert everywhere[everywhere.index("--server.address") + 1] == "0.0.0.0"
+
+
+# --- busy machines and noisy measurements are flagged ---------------------------------------------------
+
+
+def _record(samples: list[float]) -> MeasurementRecord:
+    from tbench.harness.timing import summarize
+
+    case = Case(method="full", family="exact", seq_len=128, batch=1, heads=2, kv_heads=1, head_dim=32,
+                dtype="fp32", causal=True, device="cpu", timing="cpu")
+    return MeasurementRecord(case, "ok", timing=summarize(samples))
+
+
+def test_noisy_and_busy_records_are_flagged():
+    from tbench.harness import busy
+
+    steady = _record([1.0 + 0.001 * (i % 5) for i in range(50)])
+    assert busy.flag(steady, None, None, target_rse=0.005) == [] and steady.message == ""
+    assert "noisy" not in steady.device_state
+
+    wild = _record([1.0, 1.1, 30.0, 0.9, 15.0, 1.0, 2.0, 40.0, 1.2, 9.0])
+    warnings = busy.flag(wild, None, None, target_rse=0.005)
+    assert warnings and warnings[0].startswith("noisy: rse")
+    assert wild.device_state["noisy"]["p80_over_p20"] > 1.5 and "noisy" in wild.message
+
+    load = busy.HostLoad(cores=2)
+    crowded = _record([1.0 + 0.001 * (i % 5) for i in range(50)])
+    assert busy.flag(crowded, load, 0.2, target_rse=0.005) == []  # a little background load is fine
+    assert busy.flag(crowded, load, 1.5, target_rse=0.005) == [
+        "machine busy: other processes kept 1.5 of 2 CPU cores busy"]
+    assert crowded.device_state["busy"] == {"other_cpu_cores": 1.5, "cores": 2}
+
+    shared = _record([1.0 + 0.001 * (i % 5) for i in range(50)])
+    shared.device_state["before"] = {"other_processes": 0}
+    shared.device_state["after"] = {"other_processes": 2}
+    assert busy.flag(shared, None, None, target_rse=0.005) == ["GPU shared with 2 other processes"]
+
+
+def _orphan_spinners(count: int, seconds: float) -> list[int]:
+    """Busy loops that are not this process's descendants (their parent shell exits at once)."""
+    started = subprocess.run(["sh", "-c", " ".join(
+        f"timeout {seconds} {sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!;" for _ in range(count))],
+        capture_output=True, text=True, check=True)
+    return [int(pid) for pid in started.stdout.split()]
+
+
+def _stop(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_host_load_counts_other_processes_not_our_workers():
+    from tbench.harness import busy
+
+    pids = _orphan_spinners(1, 20)
+    try:
+        load = busy.HostLoad.start()
+        time.sleep(1.0)
+        assert load.others(min_interval_s=0.0) >= 0.5  # the orphan spins on a core (shared with others)
+    finally:
+        _stop(pids)
+    # our own descendants are this run's workers, not other load
+    mine = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    before = busy._own_cpu_s()
+    mine.wait()
+    assert busy._own_cpu_s() - before >= 0.5
+
+
+def test_run_on_a_busy_machine_warns_and_flags_rows(tmp_path, cli_env):
+    db = tmp_path / "busy.db"
+    pids = _orphan_spinners(os.cpu_count() or 1, 120)
+    try:
+        result = run_cli(["run", "--lengths", "128", "--methods", "full,sdpa-math", *SMALL, "--db", str(db)], cli_env)
+    finally:
+        _stop(pids)
+    assert result.returncode == 0, result.stderr
+    assert "the machine is busy before the run" in result.stderr and "rows flagged" in result.stderr
+    with sqlite3.connect(db) as con:
+        rows = con.execute("select message, device_state from measurements").fetchall()
+    assert rows and all("machine busy" in message for message, _ in rows)
+    assert all(json.loads(state)["busy"]["other_cpu_cores"] > 0.5 for _, state in rows)
+    shown = run_cli(["show", "--db", str(db)], cli_env)
+    assert "busy" in shown.stdout
