@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..core import cost
 from ..core.case import Case
@@ -18,7 +18,7 @@ from ..core.records import MeasurementRecord, RunInfo, utcnow
 from ..core.sweep import Sweep
 from ..methods.registry import Registry
 from ..results.store import Store
-from . import busy
+from . import busy, estimate
 from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
@@ -95,11 +95,16 @@ class Runner:
             assert info is not None
             run_id = self.store.start_run(info)
         outcome = RunOutcome(run_id, "finished")
+        # The bar advances by each configuration's estimated seconds, not by one per configuration:
+        # counted, the short configurations done first would make the ETA read seconds for hours.
+        weights = self._estimate(cases, sweep.device, len(devices or [sweep.device]))
         progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[progress.description]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[count]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
             disable=not self.show_progress, transient=False,
         )
+        measured = [0]
 
         watch = _LoadWatch(self.console, self.options.settings.policy.target_rse) \
             if self.options.watch_load and cases else None
@@ -109,13 +114,15 @@ class Runner:
                 watch.check(rec)
             self.store.record(run_id, rec)
             outcome.counts[rec.status] += 1
-            progress.advance(task)
+            measured[0] += 1
+            progress.update(task, advance=weights.get(rec.case.key, 0.0), done=measured[0])
 
         # installed around the clean-up too: a repeated signal must not cut it short
         with stop_on_signals():
             try:
                 with progress:
-                    task = progress.add_task("starting", total=len(cases))
+                    task = progress.add_task("starting", total=sum(weights.values()) or None, done=0,
+                                             count=len(cases))
                     if self.options.peaks and cases:
                         progress.update(task, description="measuring device peaks")
                         self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
@@ -148,6 +155,28 @@ class Runner:
         return outcome
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _estimate(self, cases: list[Case], device: str, devices: int) -> dict[str, float]:
+        """Seconds each case should take (roughly); says so up front when the sweep is long."""
+        if not cases:
+            return {}
+        settings = self.options.settings
+        runnable = [c for c in cases if c.method not in self.registry
+                    or self.registry.get(c.method).unsupported_reason(c) is None]
+        guess = estimate.estimate(runnable, device, settings.policy, settings.check, devices)
+        weights = {c.key: guess.seconds.get(c.key, 0.01) for c in cases}
+        if guess.total_s > 120:
+            self.console.print(f"Estimated time: ~{estimate.duration(guess.total_s)} for {len(cases)} "
+                               f"configurations (rough: {guess.rate / 1e9:.3g} GFLOP/s assumed)",
+                               markup=False, highlight=False)
+        if guess.far_beyond and runnable:
+            case, seconds = guess.longest(runnable)
+            text = (f"this sweep will take far longer than its budgets suggest ({len(cases)} configurations x "
+                    f"{settings.policy.budget_s:g} s = {estimate.duration(guess.nominal_s)}): the longest "
+                    f"configuration, {case.label()}, alone needs ~{estimate.duration(seconds)}; narrow --lengths "
+                    "or --methods to shorten it")
+            self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+        return weights
 
     def _complete(self, sweep: Sweep, run_id: int) -> bool:
         wanted = {case.key for case in sweep.cases(self.registry)}

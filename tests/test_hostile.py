@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -392,3 +393,44 @@ def test_run_on_a_busy_machine_warns_and_flags_rows(tmp_path, cli_env):
     assert all(json.loads(state)["busy"]["other_cpu_cores"] > 0.5 for _, state in rows)
     shown = run_cli(["show", "--db", str(db)], cli_env)
     assert "busy" in shown.stdout
+
+
+# --- a long sweep says so up front --------------------------------------------------------------------
+
+
+def test_estimate_grows_with_the_cost_and_calls_out_long_sweeps():
+    from tbench.harness import estimate
+    from tbench.harness.timing import TimingPolicy
+
+    def case(n: int) -> Case:
+        return Case(method="full", family="exact", seq_len=n, batch=1, heads=4, kv_heads=2, head_dim=64,
+                    dtype="fp32", causal=True, device="cpu", timing="cpu")
+
+    policy = TimingPolicy(min_time_s=0.1, budget_s=2.0)
+    rate = 1e10  # a fixed rate: no probe, no timing in this test
+    short, long = (estimate.case_seconds(case(n), rate, policy, check=True) for n in (512, 131072))
+    assert short < 2.5 and long > 3600  # three calls of ~100 s each at least, whatever the budget
+    small = estimate.Estimate({"a": short}, rate, nominal_s=2.05)
+    assert not small.far_beyond
+    big = estimate.Estimate({"a": short, "b": long}, rate, nominal_s=4.1)
+    assert big.far_beyond and big.total_s > 3600
+    assert [estimate.duration(s) for s in (45, 720, 3 * 3600, 3 * 86400)] == ["45 s", "12 min", "3.0 h", "3.0 days"]
+
+
+def test_long_cpu_sweep_warns_up_front(tmp_path, cli_env):
+    db = tmp_path / "long.db"
+    log = tmp_path / "stderr.txt"
+    exe = Path(sys.executable).parent / "tbench"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(exe), "run", "--device", "cpu", "--lengths", "4k..128k", "--methods",
+                                 "full,sdpa-math", "--db", str(db)], env=cli_env, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        deadline = time.monotonic() + 120
+        while "far longer" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    text = " ".join(log.read_text().split())
+    assert re.search(r"Estimated time: ~[\d.]+ (h|days) for 12 configurations", text), text
+    assert "far longer than its budgets suggest (12 configurations x 2 s" in text
+    assert "full N=131072" in text
