@@ -280,6 +280,14 @@ def test_read_only_media_are_opened_immutable(tmp_path, monkeypatch):
     assert store.engine.url.query.get("immutable") == "1" and store.engine.url.query.get("mode") == "ro"
     assert store.runs() == []
     store.close()
+    # the dashboard opens such a store the same way, and reads it
+    from tbench.dashboard import data
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert "immutable=1" in data.readonly_url(url)
+    assert data.probe(url, data.open_readonly(url)).kind == "empty"
+    monkeypatch.undo()
+    assert "immutable" not in data.readonly_url(url)  # a writable store is read with locking, as usual
 
 
 # --- dashboard address ------------------------------------------------------------------------------------
