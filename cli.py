@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .core.device import device_kind
 from .core.folding import FoldingError
@@ -39,12 +41,26 @@ err = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"tbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit",
+                                                callback=_print_version, is_eager=True)] = False) -> None:
+    """Benchmark long-sequence attention kernels: tensorized attention against exact attention."""
+
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path [default: $TBENCH_DB or "
                                               "./tbench.db]", show_default=False)]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]tbench: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]tbench: error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -154,16 +170,21 @@ def run(
         methods=methods, baseline=baseline, dims=dims, device=device, devices=devices, timing=timing,
         target_rse=target_rse, min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
         timeout=timeout, check=check, isolate=isolate, seed=seed, shard=shard, run_key=run_key)
+    started = time.monotonic()
     registry = load_registry()
-    store = Store(db)
     previous = None
     if resume is not None:
+        store = Store(db)
         previous = store.get_run(None if resume == "latest" else _parse_run_id(resume))
     plan = plan_run(request, registry, resumed=Sweep.from_dict(previous.sweep) if previous else None)
     sweep = plan.sweep
+    if previous is None:
+        _check_available(registry, [*sweep.methods, sweep.baseline] if methods is not None else [sweep.baseline],
+                         sweep.device)
+        store = Store(db)  # only once the request is known to be good: a refused run leaves no file behind
     runner = Runner(store, registry, plan.options, console=err, show_progress=not quiet)
     if previous is not None:
-        err.print(f"Resuming run {previous.id} on {store.url}")
+        err.print(f"Resuming run {previous.id} on {store.url}", markup=False, highlight=False)
         outcome = runner.run(sweep, resume_run_id=previous.id, devices=plan.devices, shard=plan.shard)
     else:
         info = provenance.collect(sweep.device, sweep.as_dict())
@@ -176,7 +197,7 @@ def run(
             if Sweep.from_dict(joined.sweep) != sweep:
                 raise UsageError(f"run key '{run_key}' names run {run_id}, whose sweep differs from this one")
             if not created:
-                err.print(f"Joining run {run_id} ({run_key}) on {store.url}")
+                err.print(f"Joining run {run_id} ({run_key}) on {store.url}", markup=False, highlight=False)
             outcome = runner.run(sweep, resume_run_id=run_id, devices=plan.devices, shard=plan.shard)
         else:
             outcome = runner.run(sweep, info=info, devices=plan.devices, shard=plan.shard)
@@ -185,14 +206,36 @@ def run(
     out.print(run_table(df, sweep.baseline, title=f"run {outcome.run_id} ({outcome.status})",
                         peaks=(run_row.environment or {}).get("peaks"), wide=out.width >= 150))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
-    err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'}; stored in {store.url}")
+    took = _duration(time.monotonic() - started)
+    err.print(f"Run {outcome.run_id} {outcome.status}: {counts or 'nothing to measure'} in {took}; stored in "
+              f"{store.url}", markup=False, highlight=False)
     if outcome.status == "partial":
         err.print("The run still lacks configurations of other shards; it is finished when every shard has run.")
     if outcome.status == "interrupted":
-        err.print(f"Interrupted. Continue with: tbench run --resume {outcome.run_id}")
-        raise typer.Exit(130)
+        how = f" ({outcome.message})" if outcome.message else ""
+        err.print(f"Interrupted{how}. Continue with: tbench run --resume {outcome.run_id}")
+        raise typer.Exit(128 + (outcome.signal or 2))  # the shell's code for death by that signal
     if outcome.status == "failed":
         fail(f"{outcome.message}; fix it, then continue with: tbench run --resume {outcome.run_id}", code=1)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def _check_available(registry: Any, names: list[str], device: str) -> None:
+    """Methods asked for by name must run here; a sweep of rows that all say 'unavailable' helps no one."""
+    from .core.errors import UsageError
+
+    missing = {}
+    for name in dict.fromkeys(names):
+        availability = registry.get(name).availability(device_kind(device))
+        if not availability.available:
+            missing[name] = availability.reason
+    if missing:
+        why = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
+        raise UsageError(f"unavailable on {device}: {why} (see `tbench list --device {device}`)")
 
 
 def _parse_run_id(text: str) -> int:
@@ -217,7 +260,7 @@ def list_methods(
 
     registry = load_registry()
     device = device or _default_device()
-    table = Table(title=f"tbench methods (availability on {device})", header_style="bold")
+    table = Table(title=Text(f"tbench methods (availability on {device})"), header_style="bold")
     for column in ("method", "family", "available", "provenance / reason", "supports"):
         table.add_column(column)
     for method in registry:
@@ -231,7 +274,7 @@ def list_methods(
                     len(method.head_dims) < 6 else "any D" if method.head_dims is None else "D<=256",
                     f"m=1..{method.max_order}" if method.is_tensorized else ""]
         # reasons carry brackets (pip extras such as 'tbench[xformers]') that Rich would read as markup
-        table.add_row(method.name, method.family, mark, escape(detail), " ".join(s for s in supports if s))
+        table.add_row(Text(method.name), method.family, mark, escape(detail), " ".join(s for s in supports if s))
     out.print(table)
     for problem in registry.plugin_errors:
         err.print(f"[yellow]plugin not loaded:[/yellow] {escape(problem.entry_point)}: {escape(problem.message)}")
@@ -243,13 +286,14 @@ def runs(db: DbOption = None) -> None:
     """Past runs in the store."""
     from .results.store import Store
 
-    store = Store(db, create=False)
-    table = Table(title=f"runs in {store.url}", header_style="bold")
+    store = Store(db, readonly=True)
+    table = Table(title=Text(f"runs in {store.url}"), header_style="bold")
     for column in ("id", "started (UTC)", "status", "device", "ok / all", "command"):
         table.add_column(column)
     for r in store.runs():
-        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M}", r.status, r.gpu_name or r.device,
-                      f"{r.ok} / {r.measurements}", r.command)
+        # everything read from the store is shown as written, never read as console markup
+        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M}", Text(r.status), Text(r.gpu_name or r.device),
+                      f"{r.ok} / {r.measurements}", Text(r.command))
     out.print(table)
 
 
@@ -269,21 +313,25 @@ def show(
     from .analysis.speedup import pick_baseline
     from .results.store import Store
 
-    store = Store(db, create=False)
+    store = Store(db, readonly=True)
     run_row = store.get_run(None if run_id in (None, "latest") else _parse_run_id(run_id))
-    requested = baseline
-    baseline = requested or (run_row.sweep or {}).get("baseline")
+    asked = baseline
+    baseline = asked or (run_row.sweep or {}).get("baseline")
     device = run_row.gpu_name or f"CPU ({(run_row.environment or {}).get('cpu', '?')})"
     started = f"{run_row.started_at:%Y-%m-%d %H:%M}"
-    out.print(f"[bold]Run {run_row.id}[/bold] ({run_row.status}) on {device}, started {started} UTC\n"
-              f"  {run_row.command}\n  torch {run_row.torch_version}, triton {run_row.triton_version}, "
-              f"CUDA {run_row.cuda}, driver {run_row.driver}, tbench {run_row.tbench_version} "
-              f"({run_row.git_commit or 'no git commit'})", highlight=False)
+    out.print(f"[bold]Run {run_row.id}[/bold] ({escape(run_row.status)}) on {escape(device)}, started {started} UTC\n"
+              f"  {escape(run_row.command)}\n  " + escape(
+                  f"torch {run_row.torch_version}, triton {run_row.triton_version}, CUDA {run_row.cuda}, "
+                  f"driver {run_row.driver}, tbench {run_row.tbench_version} "
+                  f"({run_row.git_commit or 'no git commit'})"), highlight=False)
     df = store.measurements([run_row.id])
     if df.empty:
         out.print("This run has no measurements yet.")
         return
-    if requested is None:  # the run's baseline failed everywhere: the next in the preference order
+    measured = sorted(set(df["method"]))
+    if asked is not None and asked not in measured:
+        fail(f"baseline '{asked}' is not a method of run {run_row.id}; its methods: {', '.join(measured)}")
+    if asked is None:  # the run's baseline failed everywhere: the next in the preference order
         baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
@@ -300,12 +348,13 @@ def show(
 def dashboard(
     db: DbOption = None,
     port: Annotated[int | None, typer.Option(help="Port [default: a free one]", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
 ) -> None:
     """Start the Streamlit leaderboard dashboard on the store (read-only)."""
     from .dashboard.launch import launch
     from .results.url import DatabaseUrl
 
-    raise typer.Exit(launch(DatabaseUrl.resolve(db), port))
+    raise typer.Exit(launch(DatabaseUrl.resolve(db), port, host=host))
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)
@@ -412,7 +461,7 @@ def gate(
     if json_out:
         _write_text(json_out, json.dumps(gate_json(report), indent=1) + "\n")
     style = "bold green" if report.passed else "bold red"
-    err.print(f"[{style}]{summary_line(report)}[/{style}]", highlight=False)
+    err.print(f"[{style}]{escape(summary_line(report))}[/{style}]", highlight=False)
     for v in report.failures:
         err.print(f"  {v.verdict} {v.key}: {v.reason}", highlight=False, markup=False)
     if not report.passed:
@@ -443,12 +492,12 @@ def baseline_save(
     from .results.store import Store
 
     check_name(name)
-    rid, run = run_as_model(Store(db, create=False), None if run_id == "latest" else _parse_run_id(run_id))
+    rid, run = run_as_model(Store(db, readonly=True), None if run_id == "latest" else _parse_run_id(run_id))
     saved_by = shlex.join(["tbench", *sys.argv[1:]])
     path = save_baseline(baseline_from_run(run, name, saved_by), resolve_dir(baselines_dir), force)
     ok = sum(m.status == "ok" for m in run.measurements)
     err.print(f"Saved run {rid} ({ok} ok of {len(run.measurements)} configurations, "
-              f"{run.gpu_name or 'CPU'}) as baseline '{name}': {path}", highlight=False)
+              f"{run.gpu_name or 'CPU'}) as baseline '{name}': {path}", highlight=False, markup=False)
 
 
 @app.command("export")
@@ -468,19 +517,19 @@ def export_runs(
     from .results.pytest_benchmark import export_pytest_benchmark
     from .results.store import Store
 
-    store = Store(db, create=False)
+    store = Store(db, readonly=True)
     ids = [store.get_run(None if r == "latest" else _parse_run_id(r)).id for r in run_ids]
     if fmt == "bundle":
         bundle = export_bundle(store, ids)
         write_bundle(bundle, out_file)
         count = sum(len(r.measurements) for r in bundle.runs)
-        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}")
+        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}", markup=False)
     elif fmt == "pytest-benchmark":
         if len(ids) != 1:
             raise UsageError("--format pytest-benchmark holds one run per file; export one run at a time")
         data = export_pytest_benchmark(store, ids[0])
         write_json(data, out_file)
-        err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}")
+        err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}", markup=False)
     else:
         raise UsageError(f"format '{fmt}' unknown; allowed: bundle, pytest-benchmark")
 
@@ -519,9 +568,9 @@ def import_files(
     store = Store(db)
     result = import_runs(store, runs)
     for uuid, rid in result.imported:
-        err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False)
+        err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False, markup=False)
     for uuid in result.skipped:
-        err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False)
+        err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False, markup=False)
     err.print(f"{len(result.imported)} run(s) imported, {len(result.skipped)} already present")
 
 

@@ -190,7 +190,7 @@ def run_as_model(store: Store, run_id: int | None) -> tuple[int, RunModel]:
 def load_side(spec: str, db: str | None, directory: Path) -> Side:
     """A run id or 'latest' (in --db), a bundle or baseline file, or the name of a committed baseline."""
     if spec == "latest" or spec.isdigit():
-        run_id, run = run_as_model(Store(db, create=False), None if spec == "latest" else int(spec))
+        run_id, run = run_as_model(Store(db, readonly=True), None if spec == "latest" else int(spec))
         return _side_from_run(run, f"run {run_id}")
     path = Path(spec)
     if path.is_file():

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from .gate import GateReport, device_label
 
@@ -50,17 +51,17 @@ HEADERS = ["verdict", "configuration", "baseline ms", "candidate ms", "ratio", "
 
 def gate_table(report: GateReport, *, show_same: bool = True) -> Table:
     s = report.settings
-    table = Table(title=f"gate: {report.candidate.label} against {report.baseline.label} "
-                        f"({device_label(report.candidate.gpu_name)}; threshold {s.threshold:.0%}, "
-                        f"min Δ {s.min_delta_us:g} us, alpha {s.alpha:g} Holm, run noise {s.run_noise:.0%})",
+    # labels, keys and reasons come from stores and files: shown as written, never as console markup
+    table = Table(title=Text(f"gate: {report.candidate.label} against {report.baseline.label} "
+                             f"({device_label(report.candidate.gpu_name)}; threshold {s.threshold:.0%}, "
+                             f"min Δ {s.min_delta_us:g} us, alpha {s.alpha:g} Holm, run noise {s.run_noise:.0%})"),
                   header_style="bold")
     for h in HEADERS:
         table.add_column(h, justify="right" if h in ("baseline ms", "candidate ms", "ratio", "Δ us", "p") else "left")
     for v, row in zip(report.verdicts, _rows(report), strict=True):
         if not show_same and v.verdict in ("SAME", "SKIP"):
             continue
-        style = STYLE[v.verdict]
-        table.add_row(f"[{style}]{row[0]}[/{style}]", *row[1:])
+        table.add_row(Text(row[0], style=STYLE[v.verdict]), *(Text(cell) for cell in row[1:]))
     return table
 
 

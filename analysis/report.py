@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from ..core.case import TIMED_STATUSES
 from .speedup import with_speedup
@@ -31,6 +32,13 @@ STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red"
 HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
 
+def _flags(state: object) -> list[str]:
+    """'busy' and 'noisy' marks a run put on rows it could not measure cleanly."""
+    if not isinstance(state, dict):
+        return []
+    return [flag for flag in ("busy", "noisy") if state.get(flag)]
+
+
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, ordered by shape, length, family, method and order."""
     df = with_speedup(df, baseline)
@@ -50,6 +58,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
         rows.append({
             "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
             "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
+            "flags": _flags(row.device_state),
             "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
@@ -67,27 +76,30 @@ def _shape_title(shape: tuple) -> str:
 def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
               wide: bool = False) -> Table:
     """One row per configuration. `wide` adds the share of the device's measured peaks."""
-    table = Table(title=title, show_lines=False, header_style="bold", caption=(
+    # Method names, messages and titles come from the store or from imported files: they are
+    # shown as written (Text), never read as console markup.
+    table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
         f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
-        "err: relative L2 deviation from exact attention" if baseline else None))
+        "err: relative L2 deviation from exact attention") if baseline else None)
     for name in HEADERS:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
-        table.add_column(label, justify="left" if name in ("method", "dims", "status") else "right",
+        table.add_column(Text(label), justify="left" if name in ("method", "dims", "status") else "right",
                          no_wrap=name in ("N", "ms"))
     rows = formatted_rows(df, baseline, peaks, wide)
     many_shapes = len({r["shape"] for r in rows}) > 1
     previous = None
     for r in rows:
         if many_shapes and r["shape"] != previous:
-            table.add_row(f"[bold]{_shape_title(r['shape'])}[/bold]", *[""] * (len(HEADERS) - 1))
+            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(HEADERS) - 1))
             previous = r["shape"]
-        style = STATUS_STYLE.get(r["status"], "")
-        status = f"[{style}]{r['status']}[/{style}]"
+        status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         if r["status"] == "ok" and r["throttled"]:
-            status += " [yellow](clocks limited)[/yellow]"
+            status.append(" (clocks limited)", style="yellow")
+        if r["status"] == "ok" and r["flags"]:
+            status.append(f" ({', '.join(r['flags'])})", style="yellow")
         elif r["status"] != "ok" and r["message"]:
-            status += f": {r['message'][:70]}"
-        table.add_row(*[status if h == "status" else r[h] for h in HEADERS])
+            status.append(f": {r['message'][:70]}")
+        table.add_row(*[status if h == "status" else Text(r[h]) for h in HEADERS])
     return table
 
 
@@ -101,6 +113,7 @@ def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = No
                   "|" + "|".join("---:" if h not in ("method", "dims", "status") else "---" for h in HEADERS) + "|"]
         for r in (r for r in rows if r["shape"] == shape):
             status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
+            status += f" ({', '.join(r['flags'])})" if r["status"] == "ok" and r["flags"] else ""
             if r["status"] != "ok" and r["message"]:
                 status += ": " + r["message"].replace("|", "/")
             lines.append("| " + " | ".join(status if h == "status" else r[h] for h in HEADERS) + " |")

@@ -16,6 +16,7 @@ from .folding import FoldingError, resolve_dims
 
 class MethodInfo(Protocol):
     family: Family
+    max_order: int
 
     @property
     def is_tensorized(self) -> bool: ...
@@ -95,8 +96,11 @@ def parse_dtypes(text: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def parse_names(text: str) -> list[str]:
-    return list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+def parse_names(text: str, what: str = "methods") -> list[str]:
+    names = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if not names:
+        raise UsageError(f"{what} '{text}' is empty; give names such as sdpa-math,tensorized (see `tbench list`)")
+    return names
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,24 @@ class Sweep:
                     resolve_dims(n, len(self.dims), self.dims)
                 except FoldingError as exc:
                     raise UsageError(str(exc)) from None
+        else:
+            self._validate_orders(registry)
+
+    def _validate_orders(self, registry: Catalog) -> None:
+        """Auto dims fold N into m axes of at least 2 only while m <= ceil(log2 N); beyond that
+        axes of size 1 appear, and the case is no longer an order-m tensor."""
+        tensorized = [registry.get(name) for name in self.methods if registry.get(name).is_tensorized]
+        if not tensorized:
+            return
+        shortest = min(self.lengths)
+        by_length = max(1, math.ceil(math.log2(shortest)))
+        by_method = min(m.max_order for m in tensorized)
+        highest = min(by_length, by_method)
+        for m in self.orders:
+            if m > highest:
+                raise UsageError(f"orders: m={m} is too high; allowed: 1..{highest} (N={shortest} folds into at "
+                                 f"most {by_length} axes of size >= 2; the tensorized methods support m <= "
+                                 f"{by_method})")
 
     def cases(self, registry: Catalog) -> list[Case]:
         """All configurations, shortest sequences first, so a sweep shows results early."""

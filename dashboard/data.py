@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pandas as pd
 from sqlalchemy import Engine, and_, create_engine, func, inspect, select
@@ -24,6 +24,7 @@ from ..analysis.speedup import with_speedup
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
 from ..core.case import TIMED_STATUSES
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
+from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
 
 CPU_LABEL = "CPU"
@@ -83,11 +84,7 @@ def readonly_url(url: str | DatabaseUrl) -> URL:
     db = database(url)
     if db.sqlite_file is None:
         return db.url
-    database_name = str(db.url.database)
-    if not database_name.startswith("file:"):
-        database_name = f"file:{quote(str(Path(database_name).expanduser().resolve()))}"
-    query = {**db.url.query, "mode": "ro", "uri": "true"}
-    return URL.create(db.url.drivername, database=database_name, query=query)
+    return readonly_sqlite_url(db.url)
 
 
 def sqlite_path(url: str | DatabaseUrl) -> Path | None:

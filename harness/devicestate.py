@@ -52,6 +52,9 @@ class DeviceMonitor:
             "throttle_reasons": lambda: int(nvml.nvmlDeviceGetCurrentClocksEventReasons(h))
             if hasattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons")
             else int(nvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)),
+            # this process holds a context on the GPU; any further one is someone else's (counted,
+            # not matched by pid: in a container NVML may report the host's pids)
+            "other_processes": lambda: max(0, len(nvml.nvmlDeviceGetComputeRunningProcesses(h)) - 1),
         }
         for key, read in readers.items():
             try:

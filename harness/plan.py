@@ -181,14 +181,14 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
     mode = request.timing or TIMING_MODES[kind][0]
     if mode not in TIMING_MODES[kind]:
         raise UsageError(f"timing '{mode}' not possible on {device}; allowed: {', '.join(TIMING_MODES[kind])}")
-    if request.methods:
+    if request.methods is not None:  # given but empty is an error, not the default set
         methods = parse_names(request.methods)
     else:
         methods = [m.name for m in registry if m.availability(kind).available]  # type: ignore[attr-defined]
     if not methods:
         raise UsageError("no method is available on this device; see `tbench list`")
     sweep = Sweep(
-        lengths=parse_lengths(request.lengths or values.lengths),
+        lengths=parse_lengths(values.lengths if request.lengths is None else request.lengths),
         methods=methods,
         orders=parse_ints(request.orders or values.orders, "orders"),
         batches=parse_ints(request.batch or values.batch, "batch"),
@@ -216,6 +216,8 @@ def _policy(request: RunRequest, values: PresetValues) -> TimingPolicy:
         raise UsageError(f"min-samples {min_samples} must be at least 1")
     if request.min_time is not None and request.min_time < 0:
         raise UsageError(f"min-time {request.min_time} must be at least 0 seconds")
+    if request.budget is not None and request.budget <= 0:
+        raise UsageError(f"budget {request.budget} must be positive (seconds of sampling per measurement at most)")
     if request.cool_to is not None and not 0 < request.cool_to < 100:
         raise UsageError(f"cool-to {request.cool_to} must be a temperature in deg C between 0 and 100")
     policy = TimingPolicy(target_rse=target_rse, min_samples=min_samples,

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..core import cost
 from ..core.case import Case
@@ -17,10 +18,12 @@ from ..core.records import MeasurementRecord, RunInfo, utcnow
 from ..core.sweep import Sweep
 from ..methods.registry import Registry
 from ..results.store import Store
+from . import busy, estimate
 from .correctness import INPUT_DISTRIBUTION
 from .measure import MeasureSettings, measure_group
 from .peaks import measure_peaks
 from .shard import shard_cases
+from .signals import Stopped, signal_name, stop_on_signals
 from .worker import Worker, WorkerEvent
 
 
@@ -35,6 +38,7 @@ class RunOptions:
     case_timeout_s: float = 300.0  # silence from a worker longer than this is a hang
     plugins: bool = True
     peaks: bool = True
+    watch_load: bool = True  # warn about, and flag rows measured on, a busy machine or noisy timings
 
 
 @dataclass
@@ -43,6 +47,7 @@ class RunOutcome:
     status: str  # finished | partial | interrupted | failed
     counts: Counter = field(default_factory=Counter)
     message: str = ""
+    signal: int | None = None  # the termination signal that interrupted the run, if any
 
 
 def group_by_shape(cases: list[Case]) -> list[list[Case]]:
@@ -90,46 +95,88 @@ class Runner:
             assert info is not None
             run_id = self.store.start_run(info)
         outcome = RunOutcome(run_id, "finished")
+        # The bar advances by each configuration's estimated seconds, not by one per configuration:
+        # counted, the short configurations done first would make the ETA read seconds for hours.
+        weights = self._estimate(cases, sweep.device, len(devices or [sweep.device]))
         progress = Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[progress.description]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[count]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
             disable=not self.show_progress, transient=False,
         )
+        measured = [0]
+
+        watch = _LoadWatch(self.console, self.options.settings.policy.target_rse) \
+            if self.options.watch_load and cases else None
 
         def emit(rec: MeasurementRecord) -> None:
+            if watch is not None:
+                watch.check(rec)
             self.store.record(run_id, rec)
             outcome.counts[rec.status] += 1
-            progress.advance(task)
+            measured[0] += 1
+            progress.update(task, advance=weights.get(rec.case.key, 0.0), done=measured[0])
 
-        try:
-            with progress:
-                task = progress.add_task("starting", total=len(cases))
-                if self.options.peaks and cases:
-                    progress.update(task, description="measuring device peaks")
-                    self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
-                                                  inputs=INPUT_DISTRIBUTION)
-                groups = group_by_shape(cases)
-                if self.options.isolate:
-                    self._run_isolated(groups, devices or [sweep.device], emit,
-                                       lambda text: progress.update(task, description=text))
-                else:
-                    for group in groups:
-                        measure_group(group, self.registry, self.options.settings, emit,
-                                      beacon=lambda case, step: progress.update(
-                                          task, description=f"{case.label()}: {step}"))
-        except KeyboardInterrupt:
-            outcome.status = "interrupted"
-        except WorkerStartError as exc:
-            outcome.status = "failed"
-            outcome.message = str(exc)
-        finally:
-            self._drop_worker(kill=False)
-            if outcome.status == "finished" and not self._complete(sweep, run_id):
-                outcome.status = "partial"  # other shards of this sweep still have to report
-            self.store.finish_run(run_id, outcome.status)
+        # installed around the clean-up too: a repeated signal must not cut it short
+        with stop_on_signals():
+            try:
+                with progress:
+                    task = progress.add_task("starting", total=sum(weights.values()) or None, done=0,
+                                             count=len(cases))
+                    if self.options.peaks and cases:
+                        progress.update(task, description="measuring device peaks")
+                        self.store.update_environment(run_id, peaks=self._peaks((devices or [sweep.device])[0]),
+                                                      inputs=INPUT_DISTRIBUTION)
+                    groups = group_by_shape(cases)
+                    if self.options.isolate:
+                        self._run_isolated(groups, devices or [sweep.device], emit,
+                                           lambda text: progress.update(task, description=escape(text)))
+                    else:
+                        for group in groups:
+                            measure_group(group, self.registry, self.options.settings, emit,
+                                          beacon=lambda case, step: progress.update(
+                                              task, description=escape(f"{case.label()}: {step}")))
+            except Stopped as exc:
+                outcome.status = "interrupted"
+                outcome.signal = exc.signum
+                outcome.message = f"stopped by {signal_name(exc.signum)}"
+            except KeyboardInterrupt:
+                outcome.status = "interrupted"
+            except WorkerStartError as exc:
+                outcome.status = "failed"
+                outcome.message = str(exc)
+            finally:
+                self._drop_worker(kill=False)
+                if watch is not None:
+                    watch.summary()
+                if outcome.status == "finished" and not self._complete(sweep, run_id):
+                    outcome.status = "partial"  # other shards of this sweep still have to report
+                self.store.finish_run(run_id, outcome.status)
         return outcome
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _estimate(self, cases: list[Case], device: str, devices: int) -> dict[str, float]:
+        """Seconds each case should take (roughly); says so up front when the sweep is long."""
+        if not cases:
+            return {}
+        settings = self.options.settings
+        runnable = [c for c in cases if c.method not in self.registry
+                    or self.registry.get(c.method).unsupported_reason(c) is None]
+        guess = estimate.estimate(runnable, device, settings.policy, settings.check, devices)
+        weights = {c.key: guess.seconds.get(c.key, 0.01) for c in cases}
+        if guess.total_s > 120:
+            self.console.print(f"Estimated time: ~{estimate.duration(guess.total_s)} for {len(cases)} "
+                               f"configurations (rough: {guess.rate / 1e9:.3g} GFLOP/s assumed)",
+                               markup=False, highlight=False)
+        if guess.far_beyond and runnable:
+            case, seconds = guess.longest(runnable)
+            text = (f"this sweep will take far longer than its budgets suggest ({len(cases)} configurations x "
+                    f"{settings.policy.budget_s:g} s = {estimate.duration(guess.nominal_s)}): the longest "
+                    f"configuration, {case.label()}, alone needs ~{estimate.duration(seconds)}; narrow --lengths "
+                    "or --methods to shorten it")
+            self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+        return weights
 
     def _complete(self, sweep: Sweep, run_id: int) -> bool:
         wanted = {case.key for case in sweep.cases(self.registry)}
@@ -165,7 +212,11 @@ class Runner:
         self._drop_worker(kill=False)
         for slot in slots:
             if slot.worker is not None:
-                slot.worker.stop()
+                # a worker still measuring (the run was interrupted) reads no "stop" until its group ends
+                if slot.busy:
+                    slot.worker.kill()
+                else:
+                    slot.worker.stop()
                 slot.worker = None
 
     def _run_isolated(self, groups: list[list[Case]], devices: list[str], emit: Callable[[MeasurementRecord], None],
@@ -249,6 +300,38 @@ class Runner:
             # leave the rest unmeasured for `--resume` once the cause is fixed
             raise WorkerStartError(f"the measurement worker could not start: {message}")
         emit(failure_record(culprit, status, message, self.registry))
+
+
+class _LoadWatch:
+    """Warns once up front if the machine is busy, once at the first busy or noisy row, and at the
+    end with the number of rows flagged; the flags themselves go into the rows."""
+
+    def __init__(self, console: Console, target_rse: float) -> None:
+        self.console = console
+        self.target_rse = target_rse
+        self.load, others = busy.probe_host()
+        self.flagged: Counter = Counter()
+        if self.load.busy(others):
+            assert others is not None
+            self._warn(f"the machine is busy before the run: {self.load.describe(others)}; timings will be "
+                       "slower and noisier than on an idle machine")
+
+    def _warn(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+
+    def check(self, rec: MeasurementRecord) -> None:
+        others = self.load.others() if rec.status == "ok" else None
+        for warning in busy.flag(rec, self.load, others, self.target_rse):
+            kind = warning.split(":")[0].split(" ")[0]  # machine / GPU / noisy
+            if not self.flagged[kind]:
+                self._warn(f"{rec.case.label()}: {warning}; such rows are flagged")
+            self.flagged[kind] += 1
+
+    def summary(self) -> None:
+        if self.flagged:
+            parts = ", ".join(f"{n} {dict(machine='on a busy machine', GPU='on a shared GPU').get(k, k)}"
+                              for k, n in self.flagged.items())
+            self._warn(f"rows flagged: {parts}; measure again on an idle machine to trust them")
 
 
 @dataclass

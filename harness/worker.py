@@ -21,6 +21,7 @@ from typing import Any
 from ..core.case import Case
 from ..core.records import MeasurementRecord
 from .measure import MeasureSettings, measure_group
+from .signals import ignore_stop_signals
 
 # Errors after which the CUDA context cannot be trusted: the worker must be replaced.
 POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",
@@ -28,8 +29,15 @@ POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 
 
 def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
-    # The parent handles Ctrl-C; a worker must not die half-way through a message on SIGINT.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent handles Ctrl-C, SIGTERM and SIGHUP; a worker must not die half-way through a message.
+    ignore_stop_signals()
+    try:
+        _serve(conn, settings, plugins, device)
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        return  # the parent is gone or stopped listening: nothing left to report to
+
+
+def _serve(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
     from ..methods.catalog import load_registry
     from .peaks import measure_peaks
     from .timing import spin_up

@@ -53,6 +53,33 @@ def needs_work(conn: Connection) -> bool:
     return current_revisions(conn) != head_revisions()
 
 
+def check_readable(conn: Connection, *, where: str) -> None:
+    """For read-only opens, which cannot migrate: a database made before migrations at a schema
+    this tbench reads as is can be read; any other one not at head is refused with the fix."""
+    current = current_revisions(conn)
+    heads = head_revisions()
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    for rev in current:
+        if rev not in known:
+            raise MigrationRefused(
+                f"database '{where}' has schema revision {rev}, newer than this tbench supports "
+                f"({', '.join(sorted(heads))}); upgrade tbench to read it"
+            )
+    if not current:
+        version = _legacy_schema_version(conn)
+        if version is None:
+            raise MigrationRefused(f"'{where}' is not a tbench database (no schema version)")
+        if version not in BASELINE_REVISIONS:
+            raise MigrationRefused(
+                f"database '{where}' has schema version {version}, newer than this tbench "
+                f"supports ({SCHEMA_VERSION}); upgrade tbench to read it"
+            )
+        if {BASELINE_REVISIONS[version]} == heads:
+            return
+    raise MigrationRefused(f"database '{where}' has an older schema; migrate it with `tbench db upgrade --db ...` "
+                           "(this command only reads)")
+
+
 def lock(conn: Connection) -> None:
     """Serialise migrations between processes that open the same database at once, so that
     only the first creates the tables and the rest find them made."""

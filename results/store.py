@@ -7,15 +7,20 @@ nothing already measured.
 from __future__ import annotations
 
 import math
+import os
 import random
+import sqlite3
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote, unquote
 
 import pandas as pd
 from sqlalchemy import Engine, Integer, create_engine, event, func, select
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -66,34 +71,47 @@ class RunSummary:
 
 
 class Store:
-    def __init__(self, url: str | DatabaseUrl | None = None, *, create: bool = True) -> None:
+    """`readonly` opens the store so that nothing can be written (SQLite: a read-only URI, no WAL
+    switch, no migration), for commands that only read; it implies `create=False`."""
+
+    def __init__(self, url: str | DatabaseUrl | None = None, *, create: bool = True, readonly: bool = False) -> None:
         try:
             # str() of the URL hides its password: every message below can show it
             self.url = url if isinstance(url, DatabaseUrl) else DatabaseUrl.resolve(url)
         except DatabaseUrlError as exc:
             raise StoreError(str(exc)) from None
-        self.engine = self._connect(self.url, create)
+        self.readonly = readonly
+        create = create and not readonly
+        self.engine = self._connect(self.url, create, readonly)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._prepare_schema(create)
 
     # --- opening ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _connect(url: DatabaseUrl, create: bool) -> Engine:
-        path = url.sqlite_file
-        if path is not None:
+    def _connect(url: DatabaseUrl, create: bool, readonly: bool = False) -> Engine:
+        parsed = url.url
+        options: dict = {}
+        if url.sqlite_file is not None:
+            path = sqlite_file_path(str(parsed.database))
             if not create and not path.exists():
                 raise StoreError(f"database file '{path}' does not exist; create one with `tbench run`")
             if path.exists() and path.is_dir():
                 raise StoreError(f"database path '{path}' is a directory, not a SQLite file")
             if not path.parent.exists():
                 raise StoreError(f"cannot create database '{path}': folder '{path.parent}' does not exist")
+            if readonly:
+                parsed = readonly_sqlite_url(parsed)
+            elif path.exists():
+                refuse_foreign_sqlite(path)
+        elif readonly and parsed.get_backend_name() == "postgresql":
+            options["execution_options"] = {"postgresql_readonly": True}
         try:
-            engine = create_engine(url.url)
+            engine = create_engine(parsed, **options)
         except (NoSuchModuleError, ImportError, ArgumentError) as exc:
             raise StoreError(f"database URL '{url}' needs a driver that is not installed: {exc}") from None
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_readonly_pragmas if readonly else _sqlite_pragmas)
         return engine
 
     def _prepare_schema(self, create: bool) -> None:
@@ -113,6 +131,9 @@ class Store:
         # Look first without taking a lock: nearly every open finds the schema at head.
         with self.engine.connect() as conn:
             stale = migrate.needs_work(conn)
+            if stale and self.readonly:
+                migrate.check_readable(conn, where=self.url)
+                stale = False
         if stale:
             with self.engine.begin() as conn:
                 migrate.lock(conn)
@@ -248,6 +269,57 @@ class Store:
                 rows.append(data)
         columns = [c.key for c in Measurement.__table__.columns] + ["gpu_name", "run_uuid"]
         return pd.DataFrame(rows, columns=columns)
+
+
+def sqlite_file_path(database: str) -> Path:
+    """The file named by a SQLite URL's database part (a path, or a `file:` URI)."""
+    if database.startswith("file:"):
+        return Path(unquote(database[len("file:"):].split("?")[0]))
+    return Path(database).expanduser()
+
+
+def readonly_sqlite_url(parsed: URL) -> URL:
+    """The same SQLite file opened read-only: a `mode=ro` URI, which can neither write nor create
+    the file. On read-only media (the file or its folder not writable) SQLite could not make the
+    shared-memory file a WAL database needs even for reading, so the file is opened `immutable`."""
+    path = sqlite_file_path(parsed.database or "")
+    query = {**parsed.query, "mode": "ro", "uri": "true"}
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        query["immutable"] = "1"
+    database = f"file:{quote(str(path.resolve()))}"
+    return URL.create(parsed.drivername, database=database, query=query)
+
+
+# tbench's own tables; a SQLite file holding any other is someone else's database
+TBENCH_TABLES = frozenset({"runs", "measurements", Meta.__tablename__, "alembic_version"})
+
+
+def refuse_foreign_sqlite(path: Path) -> None:
+    """Refuse, before anything is written (not even the switch to WAL), a SQLite file that holds
+    tables other than tbench's, or that is not a SQLite database at all."""
+    if path.stat().st_size == 0:
+        return  # an empty file is an empty database
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open database '{path}': {exc}") from None
+    foreign = sorted(n for n in names - TBENCH_TABLES if not n.startswith("sqlite_"))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise StoreError(f"'{path}' is not a tbench database (it holds other tables: {shown}); "
+                         "give a new file or a tbench store with --db")
+
+
+def _sqlite_readonly_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # No journal-mode switch: a reader must leave the file exactly as it found it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
