@@ -190,7 +190,7 @@ def _warm_up(
     if settings.check:
         beacon(case, "check")
         result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
-                       seed=settings.seed + 7919)
+                       seed=settings.seed + 7919, tolerance=method.tolerance, reference=method.reference)
         rec.check_error = result.error
         rec.fidelity_rel_l2 = result.fidelity_rel_l2
         rec.fidelity_max_abs = result.fidelity_max_abs

@@ -58,6 +58,14 @@ class Method:
     # Builds the call for one case before it is warmed up, checked or timed: what a real caller
     # makes once per shape and reuses (a FlexAttention block mask, a compiled function).
     bind: Callable[[Case], Call] | None = None
+    # Relative L2 error allowed against the method's own float64 definition, when the dtype's
+    # default (harness/correctness.py) does not fit, e.g. for INT8 arithmetic.
+    tolerance: float | None = None
+    # The method's own float64 definition, for families whose operator is not fixed by the family
+    # alone (linear: which recurrence, which gates): (q, k, v, case) -> float64 (B, H, N, D).
+    reference: Call | None = None
+    # A further one-line reason a case cannot run, decided when it runs (e.g. by what build is installed).
+    unsupported: Callable[[Case], str | None] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -87,6 +95,8 @@ class Method:
             return f"head dim {case.head_dim} unsupported; supported: {allowed}"
         if self.is_tensorized and case.order is not None and not 1 <= case.order <= self.max_order:
             return f"order m={case.order} unsupported; supported: 1..{self.max_order}"
+        if self.unsupported is not None:
+            return self.unsupported(case)
         return None
 
     def prepared(
