@@ -219,7 +219,7 @@ def test_linear_adapters_pass_their_own_gate_and_a_wrong_operator_fails(monkeypa
                   reference=method.reference)
     assert wrong.passed == (name == "linear-attn")
     # the gates are the same operator every time they are made
-    gates = [op for op in OPERATORS if op.name == name][0].gates
+    gates = next(op for op in OPERATORS if op.name == name).gates
     first, again = gates(case), gates(case)
     for a, b in ((first.g, again.g), (first.beta, again.beta)):
         assert (a is None and b is None) or torch.equal(a, b)
@@ -329,3 +329,25 @@ def test_choose_backends_skips_refusing_backends_and_keeps_the_fastest():
     assert chosen == (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
     out = tensorized_attention_sdpa(q, k, v, case.dims, True, backends=chosen)
     assert torch.allclose(out, tensorized_attention_sdpa(q, k, v, case.dims, True), atol=1e-5)
+
+
+# --- on a GPU: the real packages --------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["flash3", "tensorized-sdpa", *(op.name for op in OPERATORS), "sliding-window",
+                                  "sage"])
+def test_each_new_method_passes_its_gate_on_the_gpu(name):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    method = load_registry(plugins=False).get(name)
+    availability = method.availability("cuda")
+    if not availability.available:
+        pytest.skip(availability.reason)
+    order, dims = (2, (32, 64)) if method.family is Family.TENSORIZED else (None, None)
+    case = Case(name, method.family, 2048, 1, 8, 2, 128, "bf16", True, "cuda", order=order, dims=dims)
+    call = method.bound(case)
+    result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case, seed=5,
+                   tolerance=method.tolerance, reference=method.reference)
+    assert result.passed and result.error is not None, result.message
+    assert method.provenance(case)
