@@ -13,8 +13,8 @@ from .tensorized import tensorized_ref, tensorized_sdpa, tensorized_triton
 
 BUILTIN_METHODS: tuple[Method, ...] = (
     tensorized_triton,
-    tensorized_sdpa,
     tensorized_ref,
+    tensorized_sdpa,
     full,
     flash2,
     sdpa_cudnn,
