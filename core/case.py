@@ -17,8 +17,21 @@ from .folding import format_dims
 class Family(StrEnum):
     """What operator a method computes, which decides its reference and its cost model."""
 
-    EXACT = "exact"
-    TENSORIZED = "tensorized"
+    EXACT = "exact"  # softmax attention over all (allowed) keys
+    TENSORIZED = "tensorized"  # the multi-hop operator of docs/spec-tensorized-attention.md
+    LINEAR = "linear"  # linear-attention recurrences (a state of K x V per head), gated or not
+    SPARSE = "sparse"  # softmax attention over a fixed subset of keys (e.g. a causal window)
+    APPROXIMATE = "approximate"  # exact attention's operator, computed with lossy arithmetic (e.g. INT8)
+
+
+# The sliding-window method's window: the last W keys up to and including the query itself.
+SLIDING_WINDOW = 4096
+
+
+def sliding_window(seq_len: int) -> int:
+    """Window of the `sliding-window` method at length N: min(4096, N / 8), at least 1, so that
+    it is a true window (a fraction of N) at every length the harness runs, the CPU's too."""
+    return max(1, min(SLIDING_WINDOW, seq_len // 8))
 
 
 class DType(StrEnum):

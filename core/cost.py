@@ -1,14 +1,27 @@
 """Flops and minimum bytes of each operator (docs/spec-tensorized-attention.md, "Cost"), so TFLOP/s
 and TB/s figures are honest: only the work on the N real tokens counts. Masked work is not counted
 as done, and neither is work on the padding a tensorized method adds to fold N into the product P
-of its dims (for N = 5000 folded as 64 x 128, P = 8192: counting P would overstate the rate 1.64x)."""
+of its dims (for N = 5000 folded as 64 x 128, P = 8192: counting P would overstate the rate 1.64x).
+
+Conventions, per family (B batch, H query heads, H_kv key/value heads, N length, D head dim):
+- exact and approximate: 4*B*H*N^2*D (QK^T and PV), times (N+1)/(2N) when causal. Approximate
+  methods compute the same operator, so they are credited the same work whatever their arithmetic.
+- tensorized: the same per hop, over the (query, key) pairs of real tokens in each slice.
+- sparse (a causal window of W keys): 4*B*H*D times the number of (query, key) pairs inside the
+  window, sum over t of min(t+1, W).
+- linear: the recurrent form, 4*B*H*N*D^2: per token and head, the state update k v^T and the
+  read-out q^T S, each 2*D^2. Chunked kernels do somewhat more; gates and normalisation are not
+  counted.
+Minimum bytes: each input read once and the output written once; for linear methods the gates
+are not counted (they are small next to q, k and v, or, for GLA, of the size of k).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-from .case import Case, Family
+from .case import Case, Family, sliding_window
 
 
 def causal_fraction(n: int) -> float:
@@ -39,13 +52,26 @@ def hop_pairs(n: int, dims: Sequence[int], axis: int, causal: bool) -> int:
     return total
 
 
+def window_pairs(n: int, window: int, causal: bool = True) -> int:
+    """(query, key) pairs inside a window of `window` keys ending at the query (causal), or
+    centred on it with `window` keys either side (non-causal)."""
+    w = min(window, n)
+    if causal:
+        return w * (w + 1) // 2 + (n - w) * w
+    return sum(min(n - 1, t + window) - max(0, t - window) + 1 for t in range(n))
+
+
 def flops(case: Case) -> float:
     b, h, d = case.batch, case.heads, case.head_dim
+    n = case.seq_len
     if case.family is Family.TENSORIZED:
         assert case.dims is not None
         pairs = sum(hop_pairs(case.seq_len, case.dims, axis, case.causal) for axis in range(len(case.dims)))
         return 4.0 * b * h * d * pairs
-    n = case.seq_len
+    if case.family is Family.LINEAR:
+        return 4.0 * b * h * n * d * d
+    if case.family is Family.SPARSE:
+        return 4.0 * b * h * d * window_pairs(n, sliding_window(n), case.causal)
     return 4.0 * b * h * n * n * d * (causal_fraction(n) if case.causal else 1.0)
 
 

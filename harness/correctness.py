@@ -2,8 +2,11 @@
 
 Before a method is timed, it runs once on fresh inputs (their own seed, drawn anew for every
 measurement and recorded with it, so nothing cached from the timed inputs can pass and no bug can
-hide behind one lucky draw) and its output is compared with its own definition in float64: exact
-attention for exact methods, the tensorized spec for tensorized ones. Every (batch, head) pair is
+hide behind one lucky draw) and its output is compared with its own definition in float64, chosen
+by the method's family: exact attention for exact methods (and for approximate ones, within the tolerance they declare);
+the tensorized spec for tensorized ones; exact attention restricted to the method's causal window
+for sparse ones; the method's own float64 recurrence (kernels/linear_reference.py, with its
+gates) for linear ones. Every (batch, head) pair is
 checked; when the float64 evaluation of the whole output is cheap enough it is compared whole,
 else on rows spread over the whole sequence: the first and the last, one drawn at random in each of
 `ROWS` equal strata, and, for tensorized methods, the rows at the edges of every fold (where a
@@ -17,6 +20,12 @@ against float64 that is what rounding alone costs; a method may be `LOW_PRECISIO
 worse than that, and never needs to beat the dtype's floor. A method may declare its own tolerance
 (`Method.tolerance`). The error is the worst relative L2 error over the (batch, head) pairs, so a
 bug in one head is not diluted by the others.
+
+A linear method's recurrence cannot be evaluated in the case's dtype the way it runs, so linear
+methods have no calibrated tolerance: they get `LINEAR_TOLERANCE` unless they declare their own.
+Causal linear outputs depend only on earlier tokens, so past `MAX_RECURRENT_LENGTH` the recurrence
+is evaluated on that prefix alone and the rows checked are drawn from it.
+
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.case import Case, DType
+from ..core.case import Case, DType, Family, sliding_window
 from ..core.folding import padded_length
 from ..kernels.reference import (
     exact_attention_f64,
@@ -54,6 +63,15 @@ ROWS = 64
 WHOLE_OUTPUT_WORK = 2**28
 # Score elements of one chunk of heads in the reference evaluations (memory bound).
 _CHUNK_ELEMENTS = 2**26
+
+# The float64 recurrences of the linear family loop over tokens; beyond this length they are too slow
+# (a few seconds on a GPU at 8k), and the check says it was not evaluated.
+MAX_RECURRENT_LENGTH = 8192
+# Linear methods' tolerance unless they declare one: chunked kernels reorder the recurrence's sums,
+# and the recurrence cannot be run in the dtype to calibrate against (see the module's docstring).
+LINEAR_TOLERANCE: dict[DType, float] = {DType.FP32: 1e-4, DType.FP16: 1e-2, DType.BF16: 2e-2}
+
+Definition = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Case], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -126,8 +144,19 @@ def _definition(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, r
         if rows is None:
             return tensorized_attention_f64(q, k, v, case.dims, case.causal, case.softmax_scale, dtype=dtype)
         return tensorized_rows_f64(q, k, v, case.dims, case.causal, case.softmax_scale, rows, dtype=dtype)
+    if case.family is Family.SPARSE:
+        return exact_attention_f64(q, k, v, case.causal, case.softmax_scale, rows=rows, dtype=dtype,
+                                   window=sliding_window(case.seq_len))
     # One hop over the whole (padded) sequence is exact attention: padded keys never count.
     return exact_attention_f64(q, k, v, case.causal, case.softmax_scale, rows=rows, dtype=dtype)
+
+
+def _differs_from_exact(case: Case) -> bool:
+    """Whether the method's definition is another operator than exact attention (so fidelity needs
+    exact attention evaluated on its own)."""
+    if case.is_tensorized:
+        return case.dims is not None and len(case.dims) > 1
+    return case.family in (Family.SPARSE, Family.LINEAR)
 
 
 def _by_head_chunks(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], q: torch.Tensor,
@@ -148,8 +177,12 @@ def check(
     seed: int,
     tolerance: Callable[[Case], float] | None = None,
     rows: int = ROWS,
+    reference: Definition | None = None,
 ) -> CheckResult:
-    """Run `call` on fresh inputs and compare its output, every (batch, head), with float64."""
+    """Run `call` on fresh inputs and compare its output, every (batch, head), with float64.
+
+    `reference` is the method's own float64 definition, which the linear family needs:
+    (q, k, v, case) -> (B, H, N, D)."""
     q, k, v = make_inputs(case, seed)
     with torch.no_grad():
         out = call(q, k, v)
@@ -166,13 +199,16 @@ def check(
     per_head = n_rows * (padded_length(case.dims) if case.is_tensorized and case.dims else case.seq_len)
     details.update(rows="all" if whole else n_rows)
 
-    def reference(dtype: torch.dtype) -> torch.Tensor:
+    if case.family is Family.LINEAR:
+        return _check_linear(out, q, k, v, case, seed, rows, tolerance, reference, details)
+
+    def reference_in(dtype: torch.dtype) -> torch.Tensor:
         return _by_head_chunks(lambda a, b, c: _definition(a, b, c, case, picked, dtype), q, k, v, case, per_head)
 
     with torch.no_grad():
-        definition = reference(torch.float64)
-        plain = reference(torch_dtype(case)).to(torch.float64)
-        if case.is_tensorized and case.dims is not None and len(case.dims) > 1:
+        definition = reference_in(torch.float64)
+        plain = reference_in(torch_dtype(case)).to(torch.float64)
+        if _differs_from_exact(case):
             exact = _by_head_chunks(
                 lambda a, b, c: exact_attention_f64(a, b, c, case.causal, case.softmax_scale, rows=picked),
                 q, k, v, case, n_rows * case.seq_len)
@@ -180,21 +216,55 @@ def check(
             exact = definition
         got = (out if picked is None else out[:, :, picked]).to(torch.float64)
 
-    fidelity = float((got - exact).norm() / exact.norm().clamp_min(1e-300))
-    max_abs = float((got - exact).abs().max())
-    per_pair = _rel_l2_per_pair(got, definition)
-    error = float(per_pair.max())
-    worst_b, worst_h = divmod(int(per_pair.argmax()), case.heads)
     plain_error = float(_rel_l2_per_pair(plain, definition).max())
     if tolerance is not None:
         limit, source = float(tolerance(case)), "declared by the method"
     else:
         limit, source = default_tolerance(case.dtype, plain_error), "calibrated"
-    details.update(tolerance=limit, tolerance_source=source, plain_error=plain_error,
-                   worst_pair=[worst_b, worst_h])
+    details.update(plain_error=plain_error)
+    return _verdict(got, definition, exact, case, seed, limit, source, details,
+                    f"; a plain {case.dtype} evaluation errs by {plain_error:.2g}")
+
+
+def _verdict(got: torch.Tensor, definition: torch.Tensor, exact: torch.Tensor, case: Case, seed: int, limit: float,
+             source: str, details: dict, why: str = "") -> CheckResult:
+    """Pass or fail on the worst (batch, head) pair; fidelity over all of them."""
+    fidelity = float((got - exact).norm() / exact.norm().clamp_min(1e-300))
+    max_abs = float((got - exact).abs().max())
+    per_pair = _rel_l2_per_pair(got, definition)
+    error = float(per_pair.max())
+    worst_b, worst_h = divmod(int(per_pair.argmax()), case.heads)
+    details.update(tolerance=limit, tolerance_source=source, worst_pair=[worst_b, worst_h])
     if not (math.isfinite(error) and error <= limit):
         return CheckResult(False, error, fidelity, max_abs,
                            f"relative L2 error {error:.3g} (batch {worst_b}, head {worst_h}) vs its float64 "
-                           f"definition exceeds the {case.dtype} tolerance {limit:.3g} ({source}; a plain "
-                           f"{case.dtype} evaluation errs by {plain_error:.2g}; check seed {seed})", details)
+                           f"definition exceeds the {case.dtype} tolerance {limit:.3g} ({source}{why}; "
+                           f"check seed {seed})", details)
     return CheckResult(True, error, fidelity, max_abs, "", details)
+
+
+def _check_linear(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, seed: int,
+                  rows: int, tolerance: Callable[[Case], float] | None, reference: Definition | None,
+                  details: dict) -> CheckResult:
+    """A linear method against its own float64 recurrence, every (batch, head), on sampled rows."""
+    picked = check_rows(case, seed, rows).to(q.device)
+    details.update(rows=len(picked))
+    with torch.no_grad():
+        got = out[:, :, picked].to(torch.float64)
+        exact = _by_head_chunks(
+            lambda a, b, c: exact_attention_f64(a, b, c, case.causal, case.softmax_scale, rows=picked),
+            q, k, v, case, len(picked) * case.seq_len)
+        if reference is None:
+            return CheckResult(False, None, float("nan"), float("nan"),
+                               "linear method without a float64 definition (Method.reference)", details)
+        if case.seq_len > MAX_RECURRENT_LENGTH:
+            fidelity = float((got - exact).norm() / exact.norm().clamp_min(1e-300))
+            return CheckResult(True, None, fidelity, float((got - exact).abs().max()),
+                               f"correctness not evaluated: a sequence longer than {MAX_RECURRENT_LENGTH} is too "
+                               "long for the float64 recurrence", details)
+        definition = reference(q, k, v, case)[:, :, picked].to(torch.float64)
+    if tolerance is not None:
+        limit, source = float(tolerance(case)), "declared by the method"
+    else:
+        limit, source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
+    return _verdict(got, definition, exact, case, seed, limit, source, details)

@@ -193,7 +193,7 @@ def _warm_up(
         beacon(case, "check")
         check_seed = settings.check_seed if settings.check_seed is not None else new_seed()
         result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
-                       seed=check_seed, tolerance=method.tolerance)
+                       seed=check_seed, tolerance=method.tolerance, reference=method.reference)
         rec.device_state["check"] = result.details
         rec.check_error = result.error
         rec.fidelity_rel_l2 = result.fidelity_rel_l2

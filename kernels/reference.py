@@ -121,9 +121,10 @@ def exact_attention_f64(
     scale: float | None = None,
     rows: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Ordinary softmax attention in float64 (or `dtype`), optionally only for the query positions
-    in `rows`."""
+    in `rows`; with a `window`, each query sees only the last `window` keys up to itself (causal only)."""
     heads, n, d = q.shape[1], q.shape[2], q.shape[3]
     scale = d**-0.5 if scale is None else scale
     rows = torch.arange(n, device=q.device) if rows is None else rows.to(q.device)
@@ -135,6 +136,10 @@ def exact_attention_f64(
     allowed = keys[None, :] <= rows[:, None] if causal else torch.ones(
         len(rows), n, dtype=torch.bool, device=q.device
     )
+    if window is not None:
+        if not causal:
+            raise ValueError("a sliding window is defined here for causal attention only")
+        allowed = allowed & (keys[None, :] > rows[:, None] - window)
     return _masked_softmax_attend(scores, allowed.expand(scores.shape), vs)
 
 

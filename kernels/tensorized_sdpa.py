@@ -8,15 +8,20 @@ sequence. No permute copies are made; SDPA backends that need another layout cop
 With GQA, hop 1 lets SDPA pair the H query heads with the H_kv key/value heads itself
 (`enable_gqa`) whenever the slices can be its batch axis (B = 1, or m = 1); later hops need K
 repeated to H heads, which costs one copy of K.
+
+Each hop can run under its own SDPA backend (`backends`), and `choose_backends` picks, hop by hop,
+the fastest of some candidates by timing them on the hop's real views.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.folding import hop_axes
 
@@ -77,7 +82,12 @@ def tensorized_attention_sdpa(
     dims: Sequence[int],
     causal: bool,
     scale: float | None = None,
+    backends: Sequence[SDPBackend | None] | None = None,
+    on_hop: Callable[[int, Callable[[SDPBackend | None], torch.Tensor]], SDPBackend | None] | None = None,
 ) -> torch.Tensor:
+    """The operator, one SDPA call per hop. `backends[t]` is hop t's SDPA backend (None: SDPA's own
+    dispatch); `on_hop(t, run)`, when given, decides hop t's backend instead, `run(backend)` giving
+    the hop's output under a backend."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     dims = tuple(dims)
@@ -112,9 +122,54 @@ def tensorized_attention_sdpa(
             views = [_slices_view(t, dims, axis) for t in (q, k, value)]
         else:
             views = [_hop_view(t, dims, axis) for t in (q, k_all, value)]
-        out = F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=native)
+
+        def run(backend: SDPBackend | None, views: list = views, mask: torch.Tensor | None = mask,
+                native: bool = native) -> torch.Tensor:
+            with _under(backend):
+                return F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale,
+                                                      enable_gqa=native)
+
+        backend = backends[hop] if backends is not None else None
+        if on_hop is not None:
+            backend = on_hop(hop, run)
+        out = run(backend)
         value = _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
         if mask is not None:
             # A padded query whose slice has no valid key must give 0, not NaN (spec, "Masks").
             value = value.masked_fill(~valid.view(1, 1, total, 1), 0)
     return value[:, :, :n]
+
+
+def _under(backend: SDPBackend | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if backend is None else sdpa_kernel([backend])
+
+
+def choose_backends(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dims: Sequence[int],
+    causal: bool,
+    scale: float | None,
+    candidates: Sequence[SDPBackend],
+    seconds: Callable[[Callable[[], torch.Tensor]], float],
+) -> tuple[SDPBackend | None, ...]:
+    """For each hop in turn, the candidate backend that `seconds` finds fastest on that hop's views
+    (the later hops get the chosen backend's output as their value); None for a hop that no
+    candidate accepts (SDPA's own dispatch then)."""
+    chosen: list[SDPBackend | None] = []
+
+    def pick(hop: int, run: Callable[[SDPBackend | None], torch.Tensor]) -> SDPBackend | None:
+        best, best_s = None, math.inf
+        for backend in candidates:
+            try:
+                took = seconds(lambda backend=backend: run(backend))
+            except RuntimeError:  # the backend does not take this shape, dtype or layout
+                continue
+            if took < best_s:
+                best, best_s = backend, took
+        chosen.append(best)
+        return best
+
+    tensorized_attention_sdpa(q, k, v, dims, causal, scale, on_hop=pick)
+    return tuple(chosen)

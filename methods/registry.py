@@ -60,8 +60,13 @@ class Method:
     bind: Callable[[Case], Call] | None = None
     # Relative L2 error the correctness gate allows this method against its float64 definition;
     # None: the gate's calibrated tolerance (harness/correctness.py). For a method that is
-    # knowingly less precise than plain evaluation in its dtype (e.g. an fp8 inner product).
+    # knowingly less precise than plain evaluation in its dtype (e.g. INT8 or fp8 inner products).
     tolerance: Callable[[Case], float] | None = None
+    # The method's own float64 definition, for families whose operator is not fixed by the family
+    # alone (linear: which recurrence, which gates): (q, k, v, case) -> float64 (B, H, N, D).
+    reference: Call | None = None
+    # A further one-line reason a case cannot run, decided when it runs (e.g. by what build is installed).
+    unsupported: Callable[[Case], str | None] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -91,6 +96,8 @@ class Method:
             return f"head dim {case.head_dim} unsupported; supported: {allowed}"
         if self.is_tensorized and case.order is not None and not 1 <= case.order <= self.max_order:
             return f"order m={case.order} unsupported; supported: 1..{self.max_order}"
+        if self.unsupported is not None:
+            return self.unsupported(case)
         return None
 
     def prepared(
