@@ -172,7 +172,7 @@ def test_aa_of_two_identical_runs_passes_with_default_settings(work_runs):
 
 def test_unchecked_candidate_fails_the_gate_unless_allowed(work_runs):
     db, env = work_runs
-    result = run_cli([*WORK_RUN[:3], "test-slow", *WORK_RUN[4:], "--no-check", "--db", str(db)], env)
+    result = run_cli([*WORK_RUN[:4], "test-slow", *WORK_RUN[5:], "--no-check", "--db", str(db)], env)
     assert result.returncode == 0, result.stderr
     refused = run_cli(["gate", "--baseline", "1", "--candidate", "4", "--db", str(db), "--allow-missing"], env)
     assert refused.returncode == 1 and "unchecked" in refused.stderr, (refused.stdout, refused.stderr)

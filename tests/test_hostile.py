@@ -284,10 +284,10 @@ def test_read_only_media_are_opened_immutable(tmp_path, monkeypatch):
     from tbench.dashboard import data
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert "immutable=1" in data.readonly_url(url)
+    assert "immutable=1" in str(data.readonly_url(url))
     assert data.probe(url, data.open_readonly(url)).kind == "empty"
     monkeypatch.undo()
-    assert "immutable" not in data.readonly_url(url)  # a writable store is read with locking, as usual
+    assert "immutable" not in str(data.readonly_url(url))  # a writable store is read with locking, as usual
 
 
 # --- dashboard address ------------------------------------------------------------------------------------
