@@ -116,6 +116,7 @@ KERNEL_CASES = [
     Case(23, 4, False, dims=(2, 3, 2, 2), heads=4, kv_heads=1),
     # bf16, batch > 1 and strided rows
     Case(60, 2, True, BF16, heads=4, kv_heads=2, batch=2, layout="bnhd"),
+    Case(50, 3, False, BF16, heads=4, kv_heads=2),
     # slices longer than the packed kernel's (blocked kernels: several key and query blocks, causal
     # block bounds), and one longer than the forward's packed kernel (its flash kernel saves the
     # log-sum-exp)
