@@ -67,6 +67,33 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _measure(n: int, orders: list[int]) -> list[Row]:
+    q, k, v = _inputs(n)
+    rows: list[Row] = []
+
+    def cudnn() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    if n <= 32768:  # exact attention's backward at 128k takes seconds per rep
+        rows.append(Row(n, 0, "", "sdpa", _time(cudnn, q, k, v, False), _time(cudnn, q, k, v, True), 0.0, None))
+    for m in orders:
+        dims = auto_dims(n, m)
+
+        def triton_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_train(q, k, v, dims, True)
+
+        def sdpa_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_sdpa(q, k, v, dims, True)
+
+        grad = torch.randn_like(q)
+        error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), _grads(sdpa_fn, q, k, v, grad),
+                                                strict=True))
+        for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-sdpa", sdpa_fn, None)):
+            rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
+                            0.0, err))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16k,32k,64k,128k")
@@ -75,22 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[Row] = []
     for n in parse_lengths(args.lengths):
-        q, k, v = _inputs(n)
-        cudnn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
-        if n <= 32768:  # exact attention's backward at 128k takes seconds per rep
-            rows.append(Row(n, 0, "", "sdpa", _time(cudnn, q, k, v, False), _time(cudnn, q, k, v, True), 0.0, None))
-        for m in parse_ints(args.orders, "orders"):
-            dims = auto_dims(n, m)
-            triton_fn = lambda dims=dims: tensorized_attention_train(q, k, v, dims, True)  # noqa: E731
-            sdpa_fn = lambda dims=dims: tensorized_attention_sdpa(q, k, v, dims, True)  # noqa: E731
-            grad = torch.randn_like(q)
-            ours = _grads(triton_fn, q, k, v, grad)
-            theirs = _grads(sdpa_fn, q, k, v, grad)
-            error = max(_rel(a, b) for a, b in zip(ours, theirs, strict=True))
-            for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-sdpa", sdpa_fn, None)):
-                rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
-                                0.0, err))
-        del q, k, v
+        rows += _measure(n, parse_ints(args.orders, "orders"))
         torch.cuda.empty_cache()
     for row in rows:
         row.ratio = row.fwd_bwd_ms / row.fwd_ms
