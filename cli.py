@@ -178,6 +178,9 @@ def run(
         previous = store.get_run(None if resume == "latest" else _parse_run_id(resume))
     plan = plan_run(request, registry, resumed=Sweep.from_dict(previous.sweep) if previous else None)
     sweep = plan.sweep
+    if plan.left_out:  # never drop a method silently
+        err.print(f"Preset {plan.preset} measures {', '.join(sweep.methods)}; also available here: "
+                  f"{', '.join(plan.left_out)} (add them with --methods)", markup=False, highlight=False)
     if previous is None:
         _check_available(registry, [*sweep.methods, sweep.baseline] if methods is not None else [sweep.baseline],
                          sweep.device)

@@ -160,6 +160,22 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+class _Phases:
+    """Seconds spent in each step before the timed rounds (the warm-up holds compilation and
+    autotuning), kept with the row as device_state["phases_s"]: where a sweep's time goes."""
+
+    def __init__(self, state: dict) -> None:
+        self.spent: dict[str, float] = state.setdefault("phases_s", {})
+        self.current: str | None = None
+        self.since = time.perf_counter()
+
+    def enter(self, name: str | None) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.spent[self.current] = round(self.spent.get(self.current, 0.0) + now - self.since, 3)
+        self.current, self.since = name, now
+
+
 def _warm_up(
     case: Case,
     method: Method,
@@ -170,7 +186,13 @@ def _warm_up(
     beacon: Beacon,
 ) -> _Active | None:
     """Prepare, warm up, check and size one case. Returns None if the record is already final."""
-    beacon(case, "warm-up")
+    phases = _Phases(rec.device_state)
+
+    def step(name: str) -> None:
+        phases.enter(name)
+        beacon(case, name)
+
+    step("warm-up")
     q, k, v = method.prepared(*inputs, case)
     call = method.bound(case)
 
@@ -190,7 +212,7 @@ def _warm_up(
         fastest = min(fastest, time.perf_counter() - start)
 
     if settings.check:
-        beacon(case, "check")
+        step("check")
         check_seed = settings.check_seed if settings.check_seed is not None else new_seed()
         result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
                        seed=check_seed, tolerance=method.tolerance, reference=method.reference)
@@ -199,6 +221,7 @@ def _warm_up(
         rec.fidelity_rel_l2 = result.fidelity_rel_l2
         rec.fidelity_max_abs = result.fidelity_max_abs
         if not result.passed:
+            phases.enter(None)
             rec.status, rec.message = "wrong", result.message
             rec.finished_at = utcnow()
             return None
@@ -210,11 +233,12 @@ def _warm_up(
     # what ran may only be known now (e.g. the configs an autotuner chose during the warm-up)
     with contextlib.suppress(Exception):  # else keep the description taken before the warm-up
         rec.provenance = method.provenance(case)
-    beacon(case, "memory")
+    step("memory")
     peak = measure_peak(fn, case.device)
     rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes
-    beacon(case, "graph capture" if timer.mode == "graph" else "timing")
+    step("graph capture" if timer.mode == "graph" else "timing")
     timed = timer.prepare(fn)
+    phases.enter(None)
     return _Active(case, method, timed, Sampling(settings.policy, []), rec, fastest)
 
 
@@ -311,6 +335,8 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 rec.device_state["stop"] = entry.sampling.stop_reason
                 # where each burst's samples start: the gate compares burst medians, not samples
                 rec.device_state["burst_starts"] = list(entry.sampling.burst_starts)
+                rec.device_state.setdefault("phases_s", {})["sampling"] = round(
+                    sum(end - start for start, end in entry.spans), 3)
                 during = clock_summary(trace.between(entry.spans))
                 if during is not None:
                     rec.device_state["sm_clock_mhz_during_samples"] = during

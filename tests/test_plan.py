@@ -3,15 +3,19 @@ scripts plan through the same code."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import pytest
 from conftest import run_cli
 
+from tbench.core.case import Family
 from tbench.core.errors import UsageError
 from tbench.core.sweep import Sweep
-from tbench.harness.plan import PRESETS, Preset, RunRequest, parse_preset, plan_run, run_uuid
+from tbench.harness.plan import HEADLINE_METHODS, PRESETS, Preset, RunRequest, parse_preset, plan_run, run_uuid
+from tbench.harness.timing import TimingPolicy
 from tbench.methods.catalog import load_registry
+from tbench.methods.registry import Registry, always_available
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def test_quick_is_short_and_explicit_options_win(registry):
     assert quick.sweep.lengths == [4096, 8192, 16384]
     headline = PRESETS[Preset.HEADLINE]
     assert quick.policy.min_time_s < headline.min_time_s and quick.policy.min_samples < headline.min_samples
-    assert quick.policy.held_back_min_time_s < headline.held_back_min_time_s == 3.0
+    assert quick.policy.held_back_min_time_s < headline.held_back_min_time_s
     asked = plan_run(RunRequest(preset=Preset.CPU, heads="8", kv_heads="8", lengths="64", causal=False,
                                 min_time=0.5, budget=3.0, orders="2", timing="cpu"), registry, gpus=0)
     assert (asked.sweep.heads, asked.sweep.kv_heads, asked.sweep.lengths) == ([8], [8], [64])
@@ -112,3 +116,29 @@ def test_cli_cpu_preset_with_overrides(tmp_path, cli_env):
     assert result.returncode == 0, result.stderr
     sweep = sqlite3.connect(db).execute("select sweep from runs").fetchone()[0]
     assert '"heads": [2]' in sweep and '"dtypes": ["fp32"]' in sweep and '"baseline": "sdpa-math"' in sweep
+
+
+def _everything_available() -> Registry:
+    """The built-in methods, each declared available (as on a GPU machine with every package)."""
+    registry = Registry()
+    for item in load_registry(plugins=False):
+        registry.add(dataclasses.replace(item, availability=always_available("test")))
+    return registry
+
+
+def test_headline_measures_its_methods_and_names_the_ones_it_leaves_out():
+    registry = _everything_available()
+    plan = plan_run(RunRequest(), registry, gpus=1)
+    assert plan.preset is Preset.HEADLINE
+    assert plan.sweep.methods == [name for name in registry.names() if name in HEADLINE_METHODS]
+    # one method of each family at least, the strongest exact kernels and the PyTorch compositions
+    families = {registry.get(name).family for name in plan.sweep.methods}
+    assert families == {f.value for f in Family}
+    assert {"flash3", "sdpa-cudnn", "tensorized", "tensorized-sdpa"} <= set(plan.sweep.methods)
+    # nothing available is dropped silently: every other method is named
+    assert set(plan.left_out) == set(registry.names()) - set(plan.sweep.methods)
+    assert {"full", "sdpa-math", "flex"} <= set(plan.left_out)
+    assert plan.policy.clock_settle_max_s < TimingPolicy.clock_settle_max_s
+    # asked-for methods are measured as asked, and nothing is reported left out
+    asked = plan_run(RunRequest(methods="full,tensorized"), registry, gpus=1)
+    assert asked.sweep.methods == ["full", "tensorized"] and asked.left_out == ()

@@ -204,3 +204,24 @@ def test_swinging_clocks_need_more_bursts_than_independent_samples_suggest():
     for _ in range(50):
         unbursted.add(1.0 + 0.002 * rng.standard_normal(), 0.001)
     assert unbursted.done  # without burst marks, only the per-sample rule applies
+
+
+def test_each_row_says_where_its_time_went():
+    from tbench.core.case import Case
+    from tbench.harness.measure import MeasureSettings, measure_group
+    from tbench.methods.catalog import load_registry
+
+    registry = load_registry(plugins=False)
+    cases = [Case(name, registry.get(name).family, 256, 1, 2, 1, 16, "fp32", True, "cpu",
+                  **({"order": 2, "dims": (16, 16)} if name == "tensorized-ref" else {}), timing="cpu")
+             for name in ("sdpa-math", "tensorized-ref")]
+    records = []
+    start = time.perf_counter()
+    measure_group(cases, registry, MeasureSettings(policy=TimingPolicy.quick()), records.append)
+    wall = time.perf_counter() - start
+    assert [r.status for r in records] == ["ok", "ok"]
+    for rec in records:
+        phases = rec.device_state["phases_s"]
+        assert {"warm-up", "check", "memory", "timing", "sampling"} <= set(phases)
+        assert all(0 <= s for s in phases.values())
+    assert sum(sum(r.device_state["phases_s"].values()) for r in records) <= wall

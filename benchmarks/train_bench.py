@@ -1,0 +1,118 @@
+"""GPU benchmark of a training step's attention: forward, and forward + backward, of the Triton
+tensorized kernel (kernels/tensorized_autograd.py) against the SDPA composition under autograd
+(kernels/tensorized_sdpa.py) and cuDNN SDPA.
+
+For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims): checks the
+Triton gradients against the composition's (relative L2 of dQ, dK, dV), then times with
+triton.testing.do_bench (median, L2 flushed before every rep). Prints one line per configuration.
+
+    python3 benchmarks/train_bench.py [--lengths 16k,32k,128k] [--orders 2,3] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from tbench.core.folding import auto_dims, format_dims
+from tbench.core.sweep import parse_ints, parse_lengths
+from tbench.kernels.tensorized_autograd import tensorized_attention_train
+from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+
+B, H, H_KV, D = 1, 32, 8, 128
+
+
+@dataclass
+class Row:
+    n: int
+    m: int
+    dims: str
+    method: str
+    fwd_ms: float
+    fwd_bwd_ms: float
+    ratio: float  # fwd_bwd / fwd
+    grad_rel_l2: float | None  # worst of dQ, dK, dV against the composition's
+
+
+def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    make = lambda h: torch.randn(B, h, n, D, device="cuda", dtype=torch.bfloat16).requires_grad_()  # noqa: E731
+    return make(H), make(H_KV), make(H_KV)
+
+
+def _time(fn: Callable[[], torch.Tensor], q, k, v, backward: bool) -> float:
+    grad = torch.randn_like(q)
+
+    def step() -> None:
+        out = fn()
+        if backward:
+            torch.autograd.grad(out, (q, k, v), grad)
+
+    if not backward:
+        with torch.no_grad():
+            return float(triton.testing.do_bench(step, return_mode="median"))
+    return float(triton.testing.do_bench(step, return_mode="median"))
+
+
+def _grads(fn: Callable[[], torch.Tensor], q, k, v, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return torch.autograd.grad(fn(), (q, k, v), grad)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _measure(n: int, orders: list[int]) -> list[Row]:
+    q, k, v = _inputs(n)
+    rows: list[Row] = []
+
+    def cudnn() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    if n <= 32768:  # exact attention's backward at 128k takes seconds per rep
+        rows.append(Row(n, 0, "", "sdpa", _time(cudnn, q, k, v, False), _time(cudnn, q, k, v, True), 0.0, None))
+    for m in orders:
+        dims = auto_dims(n, m)
+
+        def triton_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_train(q, k, v, dims, True)
+
+        def sdpa_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_sdpa(q, k, v, dims, True)
+
+        grad = torch.randn_like(q)
+        error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), _grads(sdpa_fn, q, k, v, grad),
+                                                strict=True))
+        for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-sdpa", sdpa_fn, None)):
+            rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
+                            0.0, err))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="16k,32k,64k,128k")
+    parser.add_argument("--orders", default="2,3")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows: list[Row] = []
+    for n in parse_lengths(args.lengths):
+        rows += _measure(n, parse_ints(args.orders, "orders"))
+        torch.cuda.empty_cache()
+    for row in rows:
+        row.ratio = row.fwd_bwd_ms / row.fwd_ms
+        err = f"{row.grad_rel_l2:.2e}" if row.grad_rel_l2 is not None else "-"
+        print(f"N={row.n:>6} m={row.m} {row.dims:>9} {row.method:<16} fwd {row.fwd_ms:8.3f} ms  "
+              f"fwd+bwd {row.fwd_bwd_ms:8.3f} ms  x{row.ratio:4.2f}  grad err {err}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
