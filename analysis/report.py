@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.case import TIMED_STATUSES
+from .families import sort_by_family
 from .speedup import with_speedup
 
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
@@ -29,7 +30,8 @@ def _num(x: object, fmt: str) -> str:
 STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red", "timeout": "red",
                 "unsupported": "yellow", "skipped": "yellow", "unchecked": "bold yellow"}
 
-HEADERS = ["N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
+TEXT_COLUMNS = ("family", "method", "dims", "status")
+HEADERS = ["family", "N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
 
 def _flags(state: object) -> list[str]:
@@ -40,10 +42,9 @@ def _flags(state: object) -> list[str]:
 
 
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
-    """Rows as display strings, ordered by shape, length, family, method and order."""
-    df = with_speedup(df, baseline)
-    order = [*SHAPE_COLUMNS[1:], "seq_len", "family", "method", "order_m"]
-    df = df.sort_values(order, na_position="first", kind="stable")
+    """Rows as display strings, grouped by shape, then by family (in FAMILY_ORDER), then ordered by
+    length, method and order."""
+    df = sort_by_family(with_speedup(df, baseline), first=SHAPE_COLUMNS[1:], then=["seq_len", "method", "order_m"])
     rows = []
     for row in df.itertuples(index=False):
         status = str(row.status)
@@ -59,7 +60,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
             "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
             "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
             "flags": _flags(row.device_state),
-            "N": str(row.seq_len), "method": str(row.method),
+            "family": str(row.family), "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
             "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
@@ -83,15 +84,21 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
         "err: relative L2 deviation from exact attention") if baseline else None)
     for name in HEADERS:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
-        table.add_column(Text(label), justify="left" if name in ("method", "dims", "status") else "right",
+        table.add_column(Text(label), justify="left" if name in TEXT_COLUMNS else "right",
                          no_wrap=name in ("N", "ms"))
     rows = formatted_rows(df, baseline, peaks, wide)
     many_shapes = len({r["shape"] for r in rows}) > 1
-    previous = None
+    previous, family = None, None
     for r in rows:
         if many_shapes and r["shape"] != previous:
+            if previous is not None:
+                table.add_section()
             table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(HEADERS) - 1))
-            previous = r["shape"]
+            previous, family = r["shape"], r["family"]
+        elif r["family"] != family:
+            if family is not None:
+                table.add_section()  # a rule between families
+            family = r["family"]
         status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         if r["status"] == "ok" and r["throttled"]:
             status.append(" (clocks limited)", style="yellow")
@@ -110,7 +117,7 @@ def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = No
     lines = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
-                  "|" + "|".join("---:" if h not in ("method", "dims", "status") else "---" for h in HEADERS) + "|"]
+                  "|" + "|".join("---:" if h not in TEXT_COLUMNS else "---" for h in HEADERS) + "|"]
         for r in (r for r in rows if r["shape"] == shape):
             status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
             status += f" ({', '.join(r['flags'])})" if r["status"] == "ok" and r["flags"] else ""

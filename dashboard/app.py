@@ -18,7 +18,7 @@ from tbench.dashboard import data
 from tbench.dashboard.compare import compare_runs
 from tbench.results.url import masked
 
-VIEWS = ("Leaderboard", "Speedup curves", "Time and memory", "Crossover", "Order m", "Compare runs",
+VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "Compare runs",
          "Run details")
 DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
@@ -210,6 +210,31 @@ def time_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     return _layout(fig, "median time (ms, log scale)")
 
 
+def family_colours(families: Sequence[str]) -> dict[str, str]:
+    """One fixed colour per family, so a family keeps its colour whichever families are shown."""
+    known = [*data.FAMILY_ORDER, *sorted(set(families) - set(data.FAMILY_ORDER))]
+    return {family: qualitative.Set1[i % len(qualitative.Set1)] for i, family in enumerate(known)}
+
+
+def frontier_figure(best: pd.DataFrame) -> go.Figure:
+    """Time against N, one line per family through its best method at each length (data.family_best)."""
+    fig = go.Figure()
+    colours = family_colours(list(best["family"].unique()))
+    for family in dict.fromkeys(best["family"]):
+        rows = best[best["family"] == family].sort_values("seq_len")
+        labels = [f"{series}" + ("" if status == "ok" else f" ({data.UNCHECKED_TEXT})")
+                  for series, status in zip(rows["series"], rows["status"], strict=True)]
+        fig.add_trace(go.Scatter(
+            x=rows["seq_len"], y=rows["median_ms"], mode="lines+markers", name=family, legendgroup=family,
+            line={"color": colours[family]}, customdata=labels,
+            marker={"symbol": ["circle" if s == "ok" else "circle-open" for s in rows["status"]], "size": 9},
+            hovertemplate=f"{family}: %{{customdata}}<br>N=%{{x}}<br>%{{y:.4g}} ms<extra></extra>"))
+    _length_axis(fig, best["seq_len"])
+    _layout(fig, "median time of the family's best method (ms, log scale)")
+    fig.update_layout(legend_title_text="family")
+    return fig
+
+
 def memory_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     points = points.assign(peak_mib=points["peak_bytes"].astype(float) / 2**20)
     fig = go.Figure()
@@ -313,6 +338,19 @@ def leaderboard_view(df: pd.DataFrame, baseline: str | None, colours: dict[str, 
     st.plotly_chart(ranking_figure(table, colours), key="ranking")
 
 
+def families_view(df: pd.DataFrame, baseline: str | None) -> None:
+    st.subheader("Best method of each family")
+    best = data.family_best(df, baseline)
+    if best.empty:
+        st.info("No method has a timed measurement on this GPU and shape.")
+        return
+    st.caption("At each length, the fastest configuration of each family (ok or unchecked rows, by median "
+               "time). The frontier: one line per family through those times, log-log; hover a point for "
+               "the method. An open marker is a time measured without the correctness gate.")
+    st.plotly_chart(frontier_figure(best), key="frontier")
+    st.dataframe(data.format_family_best(best, baseline), hide_index=True, width="stretch")
+
+
 def speedup_view(points: pd.DataFrame, baseline: str | None, colours: dict[str, str]) -> None:
     st.subheader("Speedup against sequence length")
     if baseline is None:
@@ -366,7 +404,7 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
         st.plotly_chart(order_figure(rows, "fidelity_rel_l2", "fidelity: rel. L2 deviation from exact (log)"),
                         key="order_fidelity")
     shown = pd.DataFrame({
-        "method": rows["method"], "N": rows["seq_len"].map(data.format_length),
+        "method": rows["method"], "family": rows["family"], "N": rows["seq_len"].map(data.format_length),
         "m": rows["order_m"].astype(int), "dims": rows["dims"],
         "status": [data.status_text(s, t) for s, t in zip(rows["status"], rows["throttled"], strict=True)],
         "median ms": [data.fmt_number(v, ".4g") if s in data.TIMED_STATUSES else data.status_text(s)
@@ -402,7 +440,8 @@ def compare_view(url: str, runs: pd.DataFrame) -> None:
                "show it (one-sided p < 0.01 from block medians, allowing 2% run-to-run drift per run); "
                "UNSURE when the median moved but the samples do not show it; otherwise SAME.")
     shown = pd.DataFrame({
-        "method": table["method"], "m": [("" if pd.isna(m) else str(int(m))) for m in table["order_m"]],
+        "method": table["method"], "family": table["family"],
+        "m": [("" if pd.isna(m) else str(int(m))) for m in table["order_m"]],
         "dims": table["dims"].fillna(""), "N": table["seq_len"].map(data.format_length),
         "shape": [f"{d} {'causal' if c else 'full'} B{b} H{h} KV{k} D{hd}" for d, c, b, h, k, hd in
                   zip(table["dtype"], table["causal"], table["batch"], table["heads"], table["kv_heads"],
@@ -530,6 +569,8 @@ def main(db_url: str) -> None:
     colours = colour_map(points["series"].unique())
     if view == "Leaderboard":
         leaderboard_view(df, baseline, colours)
+    elif view == "Families":
+        families_view(df, baseline)
     elif view == "Speedup curves":
         speedup_view(points, baseline, colours)
     elif view == "Time and memory":

@@ -21,7 +21,7 @@ def compare_runs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Configurations of two runs matched on config_key: ratio of medians (after / before) and the
     verdict. A configuration missing on one side, or not ok on both, gets its status change as the
     verdict instead (e.g. 'ok → oom', 'only before')."""
-    keep = ["config_key", "method", "seq_len", "order_m", "dims", "dtype", "causal", "batch", "heads",
+    keep = ["config_key", "method", "family", "seq_len", "order_m", "dims", "dtype", "causal", "batch", "heads",
             "kv_heads", "head_dim"]
     merged = before.merge(after, on="config_key", how="outer", suffixes=("_before", "_after"), indicator=True)
     records = []

@@ -15,6 +15,8 @@ from sqlalchemy import Engine, and_, create_engine, func, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
+from ..analysis.families import FAMILY_ORDER as FAMILY_ORDER
+from ..analysis.families import sort_by_family
 from ..analysis.speedup import BaselineChoice as BaselineChoice
 from ..analysis.speedup import baseline_candidates as baseline_candidates
 from ..analysis.speedup import ok_methods as ok_methods
@@ -377,6 +379,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
         records.append({
             "rank": "" if pd.isna(row.rank) else f"#{row.rank}",
             "method": row.method,
+            "family": row.family,
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)),
             "dims": row.dims or "",
             "status": status_text(row.status, row.throttled),
@@ -393,7 +396,47 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
             "message": row.message or "",
             "run": int(row.run_id),
         })
-    columns = ["rank", "method", "m", "dims", "status", *LEADERBOARD_METRICS, "provenance", "message", "run"]
+    columns = ["rank", "method", "family", "m", "dims", "status", *LEADERBOARD_METRICS, "provenance", "message",
+               "run"]
+    return pd.DataFrame(records, columns=columns)
+
+
+# --- families -------------------------------------------------------------------------------------
+
+
+def family_best(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """The best method of each family at each length: of the family's timed rows (ok or unchecked)
+    at that length, the one with the lowest median; a tie goes to the method and order listed first.
+    Families in FAMILY_ORDER, then by length. A family with no timed row at a length has no row
+    there. Speedups over `baseline` as everywhere else (analysis.speedup)."""
+    rows = with_speedup(df, baseline)
+    rows = rows[rows["status"].isin(TIMED_STATUSES) & rows["median_ms"].notna()]
+    rows = rows.sort_values(["median_ms", "method", "order_m"], na_position="last", kind="stable")
+    best = rows.drop_duplicates(["family", "seq_len"])
+    best = sort_by_family(best, then=["seq_len"]).reset_index(drop=True)
+    return best.assign(series=[series_label(m, o) for m, o in zip(best["method"], best["order_m"], strict=True)])
+
+
+def format_family_best(table: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """family_best as text cells, one row per family and length."""
+    records = []
+    for row in table.itertuples(index=False):
+        speedup = "no baseline" if pd.isna(row.speedup) else fmt_number(row.speedup, ".2f") + "×"
+        records.append({
+            "family": row.family,
+            "N": format_length(int(row.seq_len)),
+            "best method": row.method,
+            "m": "" if pd.isna(row.order_m) else str(int(row.order_m)),
+            "dims": row.dims or "",
+            "status": status_text(row.status, row.throttled),
+            "median ms": fmt_number(row.median_ms, ".4g"),
+            "p20–p80 ms": f"{fmt_number(row.p20_ms, '.4g')}–{fmt_number(row.p80_ms, '.4g')}",
+            "speedup": speedup,
+            "fidelity (rel L2)": fmt_number(row.fidelity_rel_l2, ".2e"),
+            "run": int(row.run_id),
+        })
+    columns = ["family", "N", "best method", "m", "dims", "status", "median ms", "p20–p80 ms", "speedup",
+               "fidelity (rel L2)", "run"]
     return pd.DataFrame(records, columns=columns)
 
 

@@ -58,8 +58,8 @@ def _dims(n: int, order: int) -> tuple[int, ...]:
 
 
 def _record(shape: data.Shape, device: str, method: str, n: int, status: str, median: float | None = None,
-            order: int | None = None) -> MeasurementRecord:
-    family = "tensorized" if method.startswith("tensorized") else "exact"
+            order: int | None = None, family: str | None = None) -> MeasurementRecord:
+    family = family or ("tensorized" if method.startswith("tensorized") else "exact")
     case = Case(method, family, n, shape.batch, shape.heads, shape.kv_heads, shape.head_dim, shape.dtype,
                 shape.causal, device, order=order, dims=_dims(n, order) if order else None, timing=shape.timing)
     if status != "ok":
@@ -157,6 +157,7 @@ def test_leaderboard_defaults_to_the_most_measured_gpu_and_flash2(store_url):
     assert list(board["rank"]) == ["#1", "#2", "#3", "#4", ""]
     assert list(board["speedup"][:4]) == ["16.00×", "4.00×", "1.00× (baseline)", "0.83×"]
     assert board.loc[4, "median ms"] == "OOM"
+    assert list(board["family"]) == ["tensorized", "tensorized", "exact", "exact", "exact"]
     assert len(at.get("plotly_chart")) == 1
     params = at.query_params
     assert (params["gpu"], params["shape"], params["baseline"], params["n"]) == (
@@ -254,10 +255,46 @@ def test_order_view_lists_tensorized_rows(store_url):
     rows = table(at)
     assert set(zip(rows["method"], rows["m"], strict=True)) == {("tensorized", 2), ("tensorized", 3),
                                                                 ("tensorized-ref", 2), ("tensorized-ref", 3)}
+    assert set(rows["family"]) == {"tensorized"}
     wrong = rows[(rows["method"] == "tensorized-ref") & (rows["m"] == 2)].iloc[0]
     assert wrong["status"] == "WRONG" and wrong["median ms"] == "WRONG"
     at4k = rows[(rows["method"] == "tensorized") & (rows["N"] == "4k")].set_index("m")
     assert list(at4k["speedup vs flash2"]) == ["2.00×", "8.00×"]
+
+
+def test_families_view_shows_each_familys_best_and_the_frontier(tmp_path):
+    path = tmp_path / "families.db"
+    store = Store(str(path))
+    run = store.start_run(_gpu_info("tbench run --lengths 1k,2k"))
+    for method, family, order, times in (
+            ("flash2", "exact", None, {1024: 1.0, 2048: 4.0}), ("full", "exact", None, {1024: 0.9, 2048: None}),
+            ("tensorized", "tensorized", 2, {1024: 2.0, 2048: 3.0}),
+            ("tensorized", "tensorized", 3, {1024: 0.5, 2048: 6.0}),
+            ("simple-gla", "linear", None, {1024: 0.3, 2048: 0.6}), ("gla", "linear", None, {1024: 0.4})):
+        for n, median in times.items():
+            store.record(run, _record(GPU_SHAPE, "cuda", method, n, "ok" if median else "oom", median, order,
+                                      family))
+    store.finish_run(run, "finished")
+    store.close()
+
+    at = app(f"sqlite:///{path}", view="Families")
+    assert not at.exception
+    assert at.radio(key="view").value == "Families"
+    assert "Best method of each family" in [h.value for h in at.subheader]
+    best = table(at)
+    assert list(zip(best["family"], best["N"], best["best method"], best["m"], strict=True)) == [
+        ("exact", "1k", "full", ""), ("exact", "2k", "flash2", ""), ("tensorized", "1k", "tensorized", "3"),
+        ("tensorized", "2k", "tensorized", "2"), ("linear", "1k", "simple-gla", ""), ("linear", "2k", "simple-gla", "")]
+    assert list(best["speedup"]) == ["1.11×", "1.00×", "2.00×", "1.33×", "3.33×", "6.67×"]
+    [spec] = plotly_specs(at)
+    lines = {trace["name"]: trace for trace in spec["data"]}
+    assert list(lines) == ["exact", "tensorized", "linear"]  # one line per family
+    assert values(lines["tensorized"]["x"]) == [1024, 2048]
+    assert values(lines["tensorized"]["y"]) == pytest.approx([0.5, 3.0])
+    # each point's hover names the method behind it
+    assert lines["tensorized"]["customdata"] == ["tensorized m=3", "tensorized m=2"]
+    assert lines["exact"]["customdata"] == ["full", "flash2"]
+    assert spec["layout"]["xaxis"]["type"] == "log" and spec["layout"]["yaxis"]["type"] == "log"
 
 
 def test_compare_runs(store_url):
@@ -266,6 +303,8 @@ def test_compare_runs(store_url):
     rows = table(at).set_index(["method", "m", "N"])
     assert rows.loc[("flash2", "", "1k"), "verdict"] == "SLOWER"
     assert rows.loc[("flash2", "", "1k"), "ratio"] == "1.200"
+    assert rows.loc[("tensorized", "2", "1k"), "family"] == "tensorized"
+    assert rows.loc[("flash2", "", "1k"), "family"] == "exact"
     assert rows.loc[("tensorized", "2", "1k"), "verdict"] == "SAME"
     assert rows.loc[("tensorized", "3", "1k"), "verdict"] == "FASTER"
     assert rows.loc[("full", "", "4k"), "verdict"] == "oom (both)"
@@ -409,7 +448,7 @@ def test_views_render_on_100k_measurements(tmp_path):
     assert _fill_big_store(path) >= 100_000
     url = f"sqlite:///{path}"
     app(url)  # imports and first-use costs are paid once per server, not per view
-    for view, params in (("Leaderboard", {}), ("Speedup curves", {}), ("Time and memory", {}),
+    for view, params in (("Leaderboard", {}), ("Families", {}), ("Speedup curves", {}), ("Time and memory", {}),
                          ("Crossover", {}), ("Order m", {}), ("Compare runs", {"before": "1", "after": "2"}),
                          ("Run details", {})):
         st.cache_data.clear()  # every view starts from the database, not from the cache

@@ -173,6 +173,19 @@ def test_a_linked_view_opens_with_its_chart(server, page):
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 8
 
 
+def test_the_families_view_draws_the_frontier(server, page):
+    page.goto(f"{server}/?view=Families")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Best method of each family" in page.locator('[data-testid="stMain"]').inner_text()
+    legend = page.locator(".js-plotly-plot .legend").first.text_content() or ""
+    assert "exact" in legend and "tensorized" in legend
+    # one line per family: the store holds exact and tensorized methods
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() == 2
+    assert "tensorized-ref" in page.locator('[data-testid="stDataFrame"] table').first.inner_text()
+
+
 @pytest.mark.skipif(not os.environ.get(SCREENSHOT_DB_ENV), reason=f"${SCREENSHOT_DB_ENV} names no store to show")
 def test_screenshot_of_a_given_store(page, tmp_path):
     page.set_viewport_size({"width": 1500, "height": 1400})  # the table and the chart below it

@@ -62,7 +62,7 @@ def rows(*specs: tuple) -> pd.DataFrame:
     """(method, family, order_m, seq_len, status, median_ms) tuples as a slice DataFrame."""
     records = []
     for i, (method, family, order, n, status, median) in enumerate(specs):
-        ok = status == "ok"
+        ok = status in data.TIMED_STATUSES  # timed rows carry times, failed ones none
         records.append({
             "id": i + 1, "run_id": 1, "config_key": f"{method}|N{n}|m{order}", "method": method, "family": family,
             "seq_len": n, "order_m": order, "dims": "" if order is None else f"{order}x?", "status": status,
@@ -191,6 +191,55 @@ def test_length_and_shape_texts():
     assert data.gpu_label(None) == "CPU" and data.gpu_label("NVIDIA H100") == "NVIDIA H100"
 
 
+# --- families -------------------------------------------------------------------------------------
+
+
+FAMILY_ROWS = (
+    ("flash2", "exact", None, 1024, "ok", 4.0), ("flash2", "exact", None, 2048, "ok", 16.0),
+    ("full", "exact", None, 1024, "ok", 3.0), ("full", "exact", None, 2048, "oom", None),
+    ("tensorized", "tensorized", 2, 1024, "ok", 2.0), ("tensorized", "tensorized", 3, 1024, "ok", 1.0),
+    ("tensorized", "tensorized", 3, 2048, "wrong", None),
+    ("simple-gla", "linear", None, 1024, "ok", 0.5), ("simple-gla", "linear", None, 2048, "error", None),
+    ("retention", "linear", None, 2048, "ok", 7.0), ("gla", "linear", None, 2048, "ok", 7.0),  # a tie
+    ("sliding-window", "sparse", None, 2048, "unchecked", 3.0),
+    ("mystery", "from-elsewhere", None, 1024, "ok", 9.0),
+)
+
+
+def test_family_best_is_the_fastest_timed_row_of_each_family_at_each_length():
+    best = data.family_best(rows(*FAMILY_ROWS), "flash2")
+    # families in FAMILY_ORDER (one this version does not know comes last), then by length
+    assert list(zip(best["family"], best["seq_len"], best["series"], strict=True)) == [
+        ("exact", 1024, "full"), ("exact", 2048, "flash2"),  # full ran out of memory at 2k
+        ("tensorized", 1024, "tensorized m=3"),  # no timed tensorized row at 2k: no row there
+        ("linear", 1024, "simple-gla"), ("linear", 2048, "gla"),  # a tie goes to the method named first
+        ("sparse", 2048, "sliding-window"),  # unchecked rows are timed rows
+        ("from-elsewhere", 1024, "mystery"),
+    ]
+    # speedups are analysis.speedup's: flash2's median over the row's, on the same length
+    assert list(best["speedup"]) == pytest.approx([4 / 3, 1.0, 4.0, 8.0, 16 / 7, 16 / 3, 4 / 9])
+    assert data.family_best(rows(("full", "exact", None, 1024, "oom", None))).empty
+
+
+def test_family_best_as_text():
+    best = data.family_best(rows(*FAMILY_ROWS), "flash2")
+    shown = data.format_family_best(best, "flash2").set_index(["family", "N"])
+    assert shown.loc[("exact", "1k"), "best method"] == "full"
+    assert shown.loc[("exact", "1k"), "speedup"] == "1.33×"
+    assert shown.loc[("tensorized", "1k"), ["best method", "m", "median ms"]].tolist() == ["tensorized", "3", "1"]
+    assert shown.loc[("sparse", "2k"), "status"] == data.UNCHECKED_TEXT
+    without = data.format_family_best(data.family_best(rows(*FAMILY_ROWS), None), None)
+    assert set(without["speedup"]) == {"no baseline"}
+
+
+def test_leaderboard_names_each_method_family():
+    shown = data.format_leaderboard(data.leaderboard(rows(*FAMILY_ROWS), 2048, "flash2"), "flash2")
+    assert list(shown.columns[:3]) == ["rank", "method", "family"]
+    assert dict(zip(shown["method"], shown["family"], strict=True)) == {
+        "sliding-window": "sparse", "gla": "linear", "retention": "linear", "flash2": "exact", "full": "exact",
+        "tensorized": "tensorized", "simple-gla": "linear"}
+
+
 # --- the comparison rule --------------------------------------------------------------------------
 
 
@@ -246,6 +295,7 @@ def test_compare_runs_matches_configurations():
     assert table.loc["e|1", "verdict"] == "only before"
     assert table.loc["f|1", "verdict"] == "only after"
     assert table.loc["f|1", "method"] == "f"
+    assert set(table["family"]) == {"exact"}
 
 
 # --- the store, read-only -------------------------------------------------------------------------

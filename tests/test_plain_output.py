@@ -56,11 +56,13 @@ def test_show_rows_are_whole(piped_env, store_path):
     assert "…" not in result.stdout
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.stdout.splitlines()
             if line.startswith("│")]
-    by_method = {(r[1], r[2]): r for r in rows}
+    # columns: family, N, method, m, dims, status, ms, spread, TFLOP/s, TB/s, mem, speedup, err
+    by_method = {(r[2], r[3]): r for r in rows}
     assert set(by_method) == {("sdpa-math", ""), ("full", ""), ("tensorized-ref", "2"), ("tensorized-ref", "3")}
-    assert by_method[("tensorized-ref", "3")][3] == "8x8x8" and by_method[("tensorized-ref", "3")][5] == "0.25"
-    assert by_method[("tensorized-ref", "3")][10] == "8.00x" and by_method[("full", "")][10] == "2.00x"
-    assert by_method[("full", "")][6] == "-1.0/+1.0%"
+    assert by_method[("tensorized-ref", "3")][4] == "8x8x8" and by_method[("tensorized-ref", "3")][6] == "0.25"
+    assert by_method[("tensorized-ref", "3")][11] == "8.00x" and by_method[("full", "")][11] == "2.00x"
+    assert by_method[("full", "")][7] == "-1.0/+1.0%"
+    assert by_method[("tensorized-ref", "3")][0] == "tensorized" and by_method[("full", "")][0] == "exact"
 
 
 def test_gate_table_names_each_configuration(piped_env, store_path):

@@ -61,14 +61,17 @@ def terminal(df: pd.DataFrame, baseline: str) -> dict[tuple, float | None]:
 
 def markdown(df: pd.DataFrame, baseline: str) -> dict[tuple, float | None]:
     found: dict[tuple, float | None] = {}
-    heads = None
+    heads, headers = None, []
     for line in run_markdown(df, baseline).splitlines():
         title = re.match(r"^\*\*B=\d+ H=(\d+) ", line)
+        cells = [c.strip() for c in line.strip("|").split("|")]
         if title:
             heads = int(title.group(1))
-        elif line.startswith("| ") and not line.startswith("| N |"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            found[(heads, int(cells[0]), cells[1], cells[2])] = _value(cells[10])
+        elif line.startswith("| family |"):
+            headers = cells
+        elif line.startswith("| "):
+            row = dict(zip(headers, cells, strict=True))
+            found[(heads, int(row["N"]), row["method"], row["m"])] = _value(row[f"x{baseline}"])
     return found
 
 
