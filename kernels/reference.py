@@ -79,6 +79,23 @@ def _hop_f64(
     return out.reshape(moved_shape).movedim(-2, tensor_axis)
 
 
+def _folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (K and V expanded to the query heads) right-padded to the product of the dims and
+    folded to (B, H, *dims, D) in `dtype`, with the position of every coordinate."""
+    batch, heads, n, d = q.shape
+    total = padded_length(dims)
+    if total < n:
+        raise ValueError(f"dims {dims} hold {total} positions, fewer than N={n}")
+
+    def fold(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, total - n))
+        return x.reshape(batch, heads, *dims, d)
+
+    position = torch.arange(total, device=q.device).reshape(dims)
+    return fold(q), fold(_expand_kv(k, heads)), fold(_expand_kv(v, heads)), position
+
+
 def tensorized_attention_f64(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -91,23 +108,11 @@ def tensorized_attention_f64(
     """docs/spec-tensorized-attention.md evaluated in float64 (or `dtype`); returns (B, H, N, D) in it."""
     batch, heads, n, d = q.shape
     dims = tuple(dims)
+    qf, kf, vf, position = _folded(q, k, v, dims, dtype)
     total = padded_length(dims)
-    if total < n:
-        raise ValueError(f"dims {dims} hold {total} positions, fewer than N={n}")
     scale = d**-0.5 if scale is None else scale
-    m = len(dims)
 
-    def fold(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(dtype)
-        x = torch.nn.functional.pad(x, (0, 0, 0, total - n))
-        return x.reshape(x.shape[0], x.shape[1], *dims, d)
-
-    qf = fold(q)
-    kf = fold(_expand_kv(k, heads))
-    vf = fold(_expand_kv(v, heads))
-    position = torch.arange(total, device=q.device).reshape(dims)
-
-    for axis in hop_axes(m):
+    for axis in hop_axes(len(dims)):
         vf = _hop_f64(qf, kf, vf, position, axis, n, causal, scale)
 
     return vf.reshape(batch, heads, total, d)[:, :, :n]
@@ -161,20 +166,11 @@ def tensorized_rows_f64(
     (x_0, x_1, c_2, ...), and so on. So the hop over axis a is needed only on the positions whose
     coordinates after a are p's: at most the padded length P of query-key pairs per hop and row,
     instead of P times the slice length for the whole tensor."""
-    batch, heads, n, d = q.shape
+    n, d = q.shape[2], q.shape[3]
     dims = tuple(dims)
-    total = padded_length(dims)
-    if total < n:
-        raise ValueError(f"dims {dims} hold {total} positions, fewer than N={n}")
+    qf, kf, vf, position = _folded(q, k, v, dims, dtype)
     scale = d**-0.5 if scale is None else scale
     m = len(dims)
-
-    def fold(x: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.pad(x.to(dtype), (0, 0, 0, total - n))
-        return x.reshape(batch, heads, *dims, d)
-
-    qf, kf, vf = fold(q), fold(_expand_kv(k, heads)), fold(_expand_kv(v, heads))
-    position = torch.arange(total, device=q.device).reshape(dims)
     outputs = []
     for p in rows.tolist():
         coords = _unravel(int(p), dims)
