@@ -116,9 +116,11 @@ def _packed_hop_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
+    lse_ptr, stride_lb, stride_lh,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ROWS: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr,  # the latter only sizes the grid
+    STORE_LSE: tl.constexpr = False,
 ):
     # One tile = ROWS // BLOCK_L whole slices of BLOCK_L (>= L) coordinates each; scores between
     # different slices of the tile are masked out.
@@ -167,6 +169,10 @@ def _packed_hop_kernel(
         out = acc / denom[:, None]
         tl.store(o_ptr + b * stride_ob + h * stride_oh + pos[:, None] * stride_on + offs_d[None, :],
                  _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
+        if STORE_LSE:
+            # log2 of the softmax denominator in scaled log2 units: what the backward needs to
+            # recompute the weights as exp2(s * qk_scale - lse)
+            tl.store(lse_ptr + b * stride_lb + h * stride_lh + pos, row_max + tl.log2(denom), mask=row_ok)
 
 
 @triton.jit
@@ -219,9 +225,11 @@ def _flash_hop_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
+    lse_ptr, stride_lb, stride_lh,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, DESC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    STORE_LSE: tl.constexpr = False,
 ):
     """One program per (slice, query block). With DESC, q/k/v/o are TMA tensor descriptors over
     the tensors viewed as (B * heads, A, L, C * D) (see `_hop_descriptors`): the copy engine does
@@ -286,6 +294,8 @@ def _flash_hop_kernel(
         else:
             tl.store(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
                      _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
+        if STORE_LSE:
+            tl.store(lse_ptr + b * stride_lb + h * stride_lh + pos_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,8 +482,11 @@ _chosen: dict[tuple, triton.Config] = {}
 def _launch_hop(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
+    lse: torch.Tensor | None = None,
 ) -> None:
-    """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used."""
+    """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used.
+    `lse`, a contiguous (B, H, N) float32 tensor if given, receives each row's log-sum-exp of its
+    scaled scores in log2 units (the training forward saves it for the backward)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     length = dims[axis]
@@ -485,6 +498,7 @@ def _launch_hop(
         k.stride(0), k.stride(1), k.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
+        out if lse is None else lse, 0 if lse is None else lse.stride(0), 0 if lse is None else lse.stride(1),
         batch, kv_heads, heads // kv_heads, heads // value.shape[1], n, length, inner, num_slices,
         scale * _LOG2E,
     )
@@ -494,7 +508,8 @@ def _launch_hop(
         block_l = max(16, triton.next_power_of_2(length))
         sms = _sm_count(q.device)
         tuner, raw = _packed_tuned, _packed_hop_kernel
-        consts = {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision}
+        consts = {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision,
+                  "STORE_LSE": lse is not None}
 
         def grid(meta: dict) -> tuple[int]:
             tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * heads
@@ -504,7 +519,8 @@ def _launch_hop(
         descs = _hop_descriptors((q, k, value, out), dims, axis)
         if descs is not None:
             args = (*descs, *args[4:])
-        consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "DESC": descs is not None}
+        consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "DESC": descs is not None,
+                  "STORE_LSE": lse is not None}
 
         def grid(meta: dict) -> tuple[int]:
             return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)

@@ -1,0 +1,62 @@
+"""Tensorized attention as a differentiable PyTorch op: the Triton forward of
+kernels/tensorized_triton.py, saving what kernels/tensorized_backward.py needs, wrapped in a
+torch.autograd.Function.
+
+Saved between the passes: every hop's output in the input dtype (the last is the result) and
+every hop's per-row log-sum-exp in float32; q, k, v are held by reference, not copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .tensorized_backward import SavedForward, backward_from_saved, forward_with_saved
+from .tensorized_triton import unsupported_reason
+
+
+def _row_major(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class TensorizedAttentionFunction(torch.autograd.Function):
+    """Tensorized attention with the Triton forward and backward, for torch.autograd."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
+                causal: bool, scale: float) -> torch.Tensor:
+        saved = forward_with_saved(q, k, v, dims, causal, scale)
+        ctx.save_for_backward(q, k, v, *saved.outputs, *saved.lses)
+        ctx.dims, ctx.causal, ctx.scale = dims, causal, scale
+        return saved.outputs[-1]
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, *rest = ctx.saved_tensors
+        m = len(ctx.dims)
+        saved = SavedForward(tuple(rest[:m]), tuple(rest[m:]))
+        dq, dk, dv = backward_from_saved(d_out, q, k, v, saved, ctx.dims, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def tensorized_attention_train(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dims: Sequence[int],
+    causal: bool,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Tensorized attention over `dims` (prod >= N) with a backward: (B, H, N, D) in q's dtype that
+    torch.autograd differentiates with respect to q, k and v. Raises ValueError (see
+    tensorized_triton.unsupported_reason) for configurations the kernels lack."""
+    reason = unsupported_reason(q, k, v, dims, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    dims = tuple(int(x) for x in dims)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
+    q, k, v = _row_major(q), _row_major(k), _row_major(v)
+    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale)

@@ -1,0 +1,208 @@
+"""Gradients of tensorized attention: the Triton backward and autograd through the SDPA composition,
+against float64 autograd of the spec (kernels/reference.py).
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors, so the shapes are tiny; every
+order m = 2, 3, 4, GQA and MHA, causal and not, and N not a product of the dims all appear, and the
+errors are checked head by head. With a GPU, the tests marked gpu compare long sequences with the
+float32 SDPA composition.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # must precede the kernel modules' import, which defines the kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tbench.core.folding import resolve_dims
+from tbench.kernels import tensorized_backward as tb
+from tbench.kernels.reference import tensorized_attention_f64
+from tbench.kernels.tensorized_autograd import tensorized_attention_train
+from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F32, BF16 = torch.float32, torch.bfloat16
+# fp32 kernels land near 5e-7 of the float64 gradients; bf16 rounds operands and intermediates
+TOLERANCE = {F32: 1e-5, BF16: 2e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    m: int
+    causal: bool
+    dtype: torch.dtype = F32
+    dims: tuple[int, ...] | None = None
+    heads: int = 2
+    kv_heads: int = 2
+    head_dim: int = 32
+    batch: int = 1
+    layout: str = "bhnd"  # "bnhd": q, k, v are transposed views of (B, N, H, D) tensors
+
+    def __str__(self) -> str:
+        dims = "x".join(map(str, self.resolved_dims))
+        dtype = str(self.dtype).removeprefix("torch.")
+        mask = "causal" if self.causal else "full"
+        return (f"N{self.n}-{dims}-{mask}-{dtype}-B{self.batch}H{self.heads}kv{self.kv_heads}"
+                f"-D{self.head_dim}-{self.layout}")
+
+    @property
+    def resolved_dims(self) -> tuple[int, ...]:
+        return resolve_dims(self.n, self.m, self.dims)
+
+
+def _inputs(case: Case) -> tuple[torch.Tensor, ...]:
+    """q, k, v and the output's gradient, standard normal, in float32 on the CPU."""
+    gen = torch.Generator().manual_seed(zlib.crc32(str(case).encode()))
+
+    def draw(heads: int) -> torch.Tensor:
+        return torch.randn(case.batch, heads, case.n, case.head_dim, generator=gen)
+
+    return draw(case.heads), draw(case.kv_heads), draw(case.kv_heads), draw(case.heads)
+
+
+def _leaf(x: torch.Tensor, case: Case, dtype: torch.dtype, device: str) -> torch.Tensor:
+    if case.layout == "bnhd":
+        x = x.transpose(1, 2).contiguous().to(device=device, dtype=dtype).transpose(1, 2)
+    else:
+        x = x.to(device=device, dtype=dtype).clone()
+    return x.requires_grad_()
+
+
+def _grads(fn, case: Case, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, ...]:
+    """(out, dq, dk, dv) of fn(q, k, v, dims, causal) under autograd, given the case's dO."""
+    q, k, v, d_out = _inputs(case)
+    leaves = [_leaf(x, case, dtype, device) for x in (q, k, v)]
+    out = fn(*leaves, case.resolved_dims, case.causal)
+    out.backward(d_out.to(device=device, dtype=out.dtype))
+    return (out.detach(), *(x.grad for x in leaves))
+
+
+def _worst_head_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest relative L2 error over (batch, head) pairs: one wrong head cannot hide."""
+    diff = (got.double().cpu() - ref.double().cpu()).flatten(2).norm(dim=-1)
+    return (diff / ref.double().cpu().flatten(2).norm(dim=-1)).max().item()
+
+
+def _check_against_spec(fn, case: Case, device: str = DEVICE) -> None:
+    got = _grads(fn, case, case.dtype, device)
+    ref = _grads(tensorized_attention_f64, case, torch.float64, "cpu")
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
+        assert g.dtype == case.dtype and g.shape == r.shape, f"{case}: {name} {g.dtype} {tuple(g.shape)}"
+        assert not torch.isnan(g).any(), f"{case}: NaN in {name}"
+        err = _worst_head_err(g, r)
+        assert err <= TOLERANCE[case.dtype], f"{case}: {name} relative error {err:.2e}"
+
+
+@pytest.fixture
+def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradient buffers of intermediate values start as NaN: a row a hop forgets to write shows."""
+    monkeypatch.setattr(tb, "_new_gradient_buffer", lambda like: torch.full_like(like, float("nan")))
+
+
+KERNEL_CASES = [
+    # every order, both masks, GQA and MHA; every N is padded (not a product of the dims)
+    Case(30, 2, False, heads=4, kv_heads=2),
+    Case(30, 2, True),
+    Case(50, 3, True, heads=4, kv_heads=2),
+    Case(100, 3, False, dims=(3, 5, 7)),
+    Case(23, 4, True, dims=(2, 2, 2, 3), heads=4, kv_heads=2),
+    Case(23, 4, False, dims=(2, 3, 2, 2), heads=4, kv_heads=1),
+    # bf16, batch > 1 and strided rows
+    Case(60, 2, True, BF16, heads=4, kv_heads=2, batch=2, layout="bnhd"),
+    Case(50, 3, False, BF16, heads=4, kv_heads=2),
+    # slices longer than the packed kernel's (blocked kernels: several key and query blocks, causal
+    # block bounds), and one longer than the forward's packed kernel (its flash kernel saves the
+    # log-sum-exp)
+    Case(135, 2, True, dims=(70, 2), kv_heads=1),
+    Case(129, 1, False, dims=(130,), kv_heads=1),
+]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
+def test_triton_gradients_match_float64_spec(case: Case, poisoned_gradients: None) -> None:
+    _check_against_spec(tensorized_attention_train, case)
+
+
+BLOCKED_CASES = [
+    Case(50, 3, False, heads=4, kv_heads=2),
+    Case(30, 2, True, heads=4, kv_heads=1, batch=2, layout="bnhd"),
+]
+
+
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=str)
+def test_blocked_kernels_on_short_slices(
+    case: Case, poisoned_gradients: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blocked kernels (dK/dV and dQ apart) on every hop, short and padded slices included."""
+    monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
+    _check_against_spec(tensorized_attention_train, case)
+
+
+SDPA_CASES = [
+    Case(30, 2, False, heads=4, kv_heads=2),
+    Case(50, 3, True, heads=4, kv_heads=2),  # B = 1: hop 1 uses SDPA's own GQA
+    Case(23, 4, False, dims=(2, 3, 2, 2), heads=4, kv_heads=1, batch=2),
+]
+
+
+@pytest.mark.parametrize("case", SDPA_CASES, ids=str)
+def test_sdpa_composition_gradients_match_float64_spec(case: Case) -> None:
+    _check_against_spec(tensorized_attention_sdpa, case, device="cpu")
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("fn", [tensorized_attention_f64, tensorized_attention_sdpa], ids=["reference", "sdpa"])
+def test_gradcheck_in_float64(fn, causal: bool) -> None:
+    """Finite differences agree with the analytic gradients of the float64 compositions (GQA,
+    padded: N = 5 in 2 x 3). The Triton kernels have no float64 path; they are held to these."""
+    gen = torch.Generator().manual_seed(7)
+
+    def draw(heads: int) -> torch.Tensor:
+        return torch.randn(1, heads, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    inputs = (draw(2), draw(1), draw(1))
+    assert torch.autograd.gradcheck(lambda q, k, v: fn(q, k, v, (2, 3), causal), inputs)
+
+
+def test_gradients_only_for_inputs_that_need_them() -> None:
+    """Under autograd like any op: a frozen k gets no gradient, and a second backward through
+    the same graph (retain_graph) gives the same gradients."""
+    case = Case(30, 2, True, heads=4, kv_heads=2)
+    q, k, v, d_out = _inputs(case)
+    q, v = (x.to(DEVICE).requires_grad_() for x in (q, v))
+    k = k.to(DEVICE)
+    out = tensorized_attention_train(q, k, v, case.resolved_dims, True)
+    (dq1, dv1) = torch.autograd.grad(out, (q, v), d_out.to(DEVICE), retain_graph=True)
+    (dq2, dv2) = torch.autograd.grad(out, (q, v), d_out.to(DEVICE))
+    assert k.grad is None
+    assert torch.equal(dq1, dq2) and torch.equal(dv1, dv2)
+
+
+def test_bad_input_is_refused_with_the_reason() -> None:
+    q = torch.randn(1, 3, 16, 32, device=DEVICE)
+    k = torch.randn(1, 2, 16, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="query heads 3 are not a multiple of kv heads 2"):
+        tensorized_attention_train(q, k, k, (4, 4), True)
+    with pytest.raises(ValueError, match="scale"):
+        tensorized_attention_train(k, k, k, (4, 4), True, scale=-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool) -> None:
+    """Long bf16 sequences: the kernel's gradients against autograd of the float32 composition."""
+    case = Case(8192 - 5, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
+    got = _grads(tensorized_attention_train, case, BF16, "cuda")
+    ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
+        assert not torch.isnan(g).any(), f"NaN in {name}"
+        err = _worst_head_err(g, r)
+        assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
