@@ -6,7 +6,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from ..core.case import TIMED_STATUSES
+from ..core.case import MODE_NAMES, TIMED_STATUSES
 from .speedup import with_speedup
 
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
@@ -42,7 +42,9 @@ def _flags(state: object) -> list[str]:
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, ordered by shape, length, family, method and order."""
     df = with_speedup(df, baseline)
-    order = [*SHAPE_COLUMNS[1:], "seq_len", "family", "method", "order_m"]
+    if "mode" in df:  # fwd, bwd, fwd_bwd: the order a training step runs them, not the alphabet's
+        df = df.assign(_mode=df["mode"].map({m: i for i, m in enumerate(MODE_NAMES)}))
+    order = [*SHAPE_COLUMNS[1:], "seq_len", "family", "method", "order_m", *(["_mode"] if "mode" in df else [])]
     df = df.sort_values(order, na_position="first", kind="stable")
     rows = []
     for row in df.itertuples(index=False):
@@ -61,11 +63,20 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
             "flags": _flags(row.device_state),
             "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
+            "mode": str(getattr(row, "mode", "fwd")),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
             "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
             "err": _num(row.fidelity_rel_l2, ".2e"),
         })
     return rows
+
+
+def _headers(df: pd.DataFrame) -> list[str]:
+    """HEADERS, with a mode column after dims when the rows time more than one pass."""
+    if "mode" in df and df["mode"].nunique() > 1:
+        at = HEADERS.index("dims") + 1
+        return [*HEADERS[:at], "mode", *HEADERS[at:]]
+    return HEADERS
 
 
 def _shape_title(shape: tuple) -> str:
@@ -81,16 +92,17 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
         f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
         "err: relative L2 deviation from exact attention") if baseline else None)
-    for name in HEADERS:
+    headers = _headers(df)
+    for name in headers:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
-        table.add_column(Text(label), justify="left" if name in ("method", "dims", "status") else "right",
+        table.add_column(Text(label), justify="left" if name in ("method", "dims", "mode", "status") else "right",
                          no_wrap=name in ("N", "ms"))
     rows = formatted_rows(df, baseline, peaks, wide)
     many_shapes = len({r["shape"] for r in rows}) > 1
     previous = None
     for r in rows:
         if many_shapes and r["shape"] != previous:
-            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(HEADERS) - 1))
+            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(headers) - 1))
             previous = r["shape"]
         status = Text(r["status"], style=STATUS_STYLE.get(r["status"], ""))
         if r["status"] == "ok" and r["throttled"]:
@@ -99,23 +111,25 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
             status.append(f" ({', '.join(r['flags'])})", style="yellow")
         elif r["status"] != "ok" and r["message"]:
             status.append(f": {r['message'][:70]}")
-        table.add_row(*[status if h == "status" else Text(r[h]) for h in HEADERS])
+        table.add_row(*[status if h == "status" else Text(r[h]) for h in headers])
     return table
 
 
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
     rows = formatted_rows(df, baseline, peaks, wide=True)
-    headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in HEADERS]
+    columns = _headers(df)
+    headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
     lines = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
-                  "|" + "|".join("---:" if h not in ("method", "dims", "status") else "---" for h in HEADERS) + "|"]
+                  "|" + "|".join("---:" if h not in ("method", "dims", "mode", "status") else "---"
+                                 for h in columns) + "|"]
         for r in (r for r in rows if r["shape"] == shape):
             status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
             status += f" ({', '.join(r['flags'])})" if r["status"] == "ok" and r["flags"] else ""
             if r["status"] != "ok" and r["message"]:
                 status += ": " + r["message"].replace("|", "/")
-            lines.append("| " + " | ".join(status if h == "status" else r[h] for h in HEADERS) + " |")
+            lines.append("| " + " | ".join(status if h == "status" else r[h] for h in columns) + " |")
         lines.append("")
     return "\n".join(lines)

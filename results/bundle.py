@@ -60,7 +60,7 @@ class MeasurementModel(_Strict):
     device: str = Field(max_length=16)
     device_index: int | None = None
     timing_mode: str = Field(max_length=16)
-    mode: str = Field(default="fwd", max_length=16)  # bundles from before modes timed the forward
+    mode: Literal["fwd", "bwd", "fwd_bwd"] = "fwd"  # core.case.Mode; bundles from before modes timed the forward
     status: str = Field(min_length=1, max_length=16)
     message: str = ""
     provenance: str = ""
