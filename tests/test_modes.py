@@ -208,3 +208,31 @@ def test_graph_timing_refuses_the_backward_modes(tmp_path, cli_env):
     rows = _rows(db)
     assert rows[("sdpa-math", "fwd")][0] == "ok"
     assert rows[("sdpa-math", "bwd")][0] == "unsupported" and "graph timing" in rows[("sdpa-math", "bwd")][1]
+
+
+def test_dashboard_mode_selector_defaults_to_the_forward(tmp_path):
+    from test_dashboard_app import app, table
+
+    from tbench.core.records import MeasurementRecord, RunInfo, Timing
+
+    store = Store(str(tmp_path / "d.db"))
+    run = store.start_run(RunInfo(command="tbench run --modes fwd,bwd", device="cpu"))
+    for mode, median in (("fwd", 1.0), ("bwd", 3.0)):
+        for method, factor in (("sdpa-math", 1.0), ("full", 2.0)):
+            case = Case(method, "exact", 256, 1, 2, 1, 32, "fp32", True, "cpu", timing="cpu", mode=mode)
+            ms = median * factor
+            timing = Timing(ms, ms, ms, ms, 0.0, ms, [ms] * 5)
+            store.record(run, MeasurementRecord(case, "ok", timing=timing, fidelity_rel_l2=1e-7))
+    store.finish_run(run, "finished")
+    store.close()
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    at = app(url)
+    assert not at.exception
+    assert at.selectbox(key="mode").value == "fwd" and at.selectbox(key="mode").options == ["fwd", "bwd"]
+    assert table(at).set_index("method").loc["sdpa-math", "median ms"] == "1"
+    at.selectbox(key="mode").set_value("bwd").run()
+    assert not at.exception and at.query_params["mode"] == "bwd"
+    assert "bwd" in at.selectbox(key="shape").value.label
+    assert table(at).set_index("method").loc["sdpa-math", "median ms"] == "3"
+    # a link keeps the mode
+    assert table(app(url, mode="bwd")).set_index("method").loc["full", "median ms"] == "6"
