@@ -236,3 +236,22 @@ def test_dashboard_mode_selector_defaults_to_the_forward(tmp_path):
     assert table(at).set_index("method").loc["sdpa-math", "median ms"] == "3"
     # a link keeps the mode
     assert table(app(url, mode="bwd")).set_index("method").loc["full", "median ms"] == "6"
+
+
+def test_bundles_carry_the_mode(tmp_path):
+    from tbench.core.records import MeasurementRecord, RunInfo
+    from tbench.results.bundle import export_bundle, import_runs, read_bundle, write_bundle
+
+    store = Store(str(tmp_path / "a.db"))
+    run = store.start_run(RunInfo(command="x", device="cpu"))
+    for mode in ("fwd", "fwd_bwd"):
+        store.record(run, MeasurementRecord(_case(mode), "unsupported", message="no"))
+    store.finish_run(run, "finished")
+    write_bundle(export_bundle(store, [run]), tmp_path / "b.json")
+    store.close()
+    other = Store(str(tmp_path / "c.db"))
+    import_runs(other, read_bundle(tmp_path / "b.json").runs)
+    got = other.measurements()
+    other.close()
+    assert dict(zip(got["config_key"], got["mode"], strict=True)) == {_case("fwd").key: "fwd",
+                                                                      _case("fwd_bwd").key: "fwd_bwd"}
