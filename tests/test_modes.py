@@ -255,3 +255,25 @@ def test_bundles_carry_the_mode(tmp_path):
     other.close()
     assert dict(zip(got["config_key"], got["mode"], strict=True)) == {_case("fwd").key: "fwd",
                                                                       _case("fwd_bwd").key: "fwd_bwd"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tensorized", "tensorized-sdpa", "sdpa-cudnn"])
+def test_gpu_backward_modes_with_event_timing(name):
+    from tbench.harness.measure import MeasureSettings, measure_group
+    from tbench.harness.timing import TimingPolicy
+    from tbench.methods.catalog import load_registry
+
+    registry = load_registry()
+    method = registry.get(name)
+    extra = {"order": 2, "dims": (32, 64)} if method.is_tensorized else {}
+    cases = [Case(name, method.family, 2048, 1, 8, 2, 128, "bf16", True, "cuda", mode=mode, **extra)
+             for mode in ("fwd", "bwd", "fwd_bwd")]
+    records = []
+    measure_group(cases, registry, MeasureSettings(policy=TimingPolicy.quick()), records.append)
+    by_mode = {r.case.mode: r for r in records}
+    for mode, rec in by_mode.items():
+        assert rec.status == "ok", (mode, rec.message)
+    assert set(by_mode[Mode.BWD].device_state["check"]["grad_errors"]) == {"dq", "dk", "dv"}
+    # what a training step holds is more than the forward alone
+    assert by_mode[Mode.BWD].peak_bytes > by_mode[Mode.FWD].peak_bytes
