@@ -125,6 +125,9 @@ def run(
                                                 "(one worker per GPU)", show_default=False)] = None,
     timing: Annotated[str | None, typer.Option(help="GPU: events (CUDA events, L2 flushed) or graph (CUDA graph "
                                                "replay); CPU: cpu", show_default=False)] = None,
+    modes: Annotated[str | None, typer.Option(help="Passes to time: fwd (forward), bwd (backward alone, from a "
+                                              "forward run outside the timed region), fwd_bwd (both), or a list "
+                                              "[default: fwd]", show_default=False)] = None,
     target_rse: Annotated[float | None, typer.Option("--target-rse", help="Stop sampling at this relative "
                                                      "standard error of the median [default: 0.005; quick: 0.02]",
                                                      show_default=False)] = None,
@@ -168,7 +171,7 @@ def run(
         preset=Preset.QUICK if quick else parse_preset(preset) if preset else None, lengths=lengths, orders=orders,
         batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, causal=causal,
         methods=methods, baseline=baseline, dims=dims, device=device, devices=devices, timing=timing,
-        target_rse=target_rse, min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
+        modes=modes, target_rse=target_rse, min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
         timeout=timeout, check=check, isolate=isolate, seed=seed, shard=shard, run_key=run_key)
     started = time.monotonic()
     registry = load_registry()

@@ -6,7 +6,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from ..core.case import TIMED_STATUSES
+from ..core.case import MODE_NAMES, TIMED_STATUSES
 from .families import sort_by_family
 from .speedup import with_speedup
 
@@ -30,7 +30,7 @@ def _num(x: object, fmt: str) -> str:
 STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red", "timeout": "red",
                 "unsupported": "yellow", "skipped": "yellow", "unchecked": "bold yellow"}
 
-TEXT_COLUMNS = ("family", "method", "dims", "status")
+TEXT_COLUMNS = ("family", "method", "dims", "mode", "status")
 HEADERS = ["family", "N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
 
 
@@ -43,8 +43,13 @@ def _flags(state: object) -> list[str]:
 
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, grouped by shape, then by family (in FAMILY_ORDER), then ordered by
-    length, method and order."""
-    df = sort_by_family(with_speedup(df, baseline), first=SHAPE_COLUMNS[1:], then=["seq_len", "method", "order_m"])
+    length, method, order and mode (fwd, bwd, fwd_bwd: the order a training step runs them)."""
+    df = with_speedup(df, baseline)
+    then = ["seq_len", "method", "order_m"]
+    if "mode" in df:
+        df = df.assign(_mode=df["mode"].map({m: i for i, m in enumerate(MODE_NAMES)}))
+        then.append("_mode")
+    df = sort_by_family(df, first=SHAPE_COLUMNS[1:], then=then)
     rows = []
     for row in df.itertuples(index=False):
         status = str(row.status)
@@ -62,11 +67,20 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
             "flags": _flags(row.device_state),
             "family": str(row.family), "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
+            "mode": str(getattr(row, "mode", "fwd")),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
             "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
             "err": _num(row.fidelity_rel_l2, ".2e"),
         })
     return rows
+
+
+def _headers(df: pd.DataFrame) -> list[str]:
+    """HEADERS, with a mode column after dims when the rows time more than one pass."""
+    if "mode" in df and df["mode"].nunique() > 1:
+        at = HEADERS.index("dims") + 1
+        return [*HEADERS[:at], "mode", *HEADERS[at:]]
+    return HEADERS
 
 
 def _shape_title(shape: tuple) -> str:
@@ -82,7 +96,8 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
         f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
         "err: relative L2 deviation from exact attention") if baseline else None)
-    for name in HEADERS:
+    headers = _headers(df)
+    for name in headers:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
         table.add_column(Text(label), justify="left" if name in TEXT_COLUMNS else "right",
                          no_wrap=name in ("N", "ms"))
@@ -93,7 +108,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
         if many_shapes and r["shape"] != previous:
             if previous is not None:
                 table.add_section()
-            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(HEADERS) - 1))
+            table.add_row(Text(_shape_title(r["shape"]), style="bold"), *[""] * (len(headers) - 1))
             previous, family = r["shape"], r["family"]
         elif r["family"] != family:
             if family is not None:
@@ -106,23 +121,24 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
             status.append(f" ({', '.join(r['flags'])})", style="yellow")
         elif r["status"] != "ok" and r["message"]:
             status.append(f": {r['message'][:70]}")
-        table.add_row(*[status if h == "status" else Text(r[h]) for h in HEADERS])
+        table.add_row(*[status if h == "status" else Text(r[h]) for h in headers])
     return table
 
 
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
     rows = formatted_rows(df, baseline, peaks, wide=True)
-    headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in HEADERS]
+    columns = _headers(df)
+    headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
     lines = []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
-                  "|" + "|".join("---:" if h not in TEXT_COLUMNS else "---" for h in HEADERS) + "|"]
+                  "|" + "|".join("---:" if h not in TEXT_COLUMNS else "---" for h in columns) + "|"]
         for r in (r for r in rows if r["shape"] == shape):
             status = r["status"] + (" (clocks limited)" if r["status"] == "ok" and r["throttled"] else "")
             status += f" ({', '.join(r['flags'])})" if r["status"] == "ok" and r["flags"] else ""
             if r["status"] != "ok" and r["message"]:
                 status += ": " + r["message"].replace("|", "/")
-            lines.append("| " + " | ".join(status if h == "status" else r[h] for h in HEADERS) + " |")
+            lines.append("| " + " | ".join(status if h == "status" else r[h] for h in columns) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -10,8 +10,10 @@ import pandas as pd
 from ..core.case import TIMED_STATUSES
 from ..core.sweep import BASELINE_PREFERENCE
 
-# What makes two measurements comparable: the same inputs on the same device, timed the same way.
-SHAPE_KEY = ("seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device", "timing_mode")
+# What makes two measurements comparable: the same inputs on the same device, the same pass timed
+# the same way.
+SHAPE_KEY = ("seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device", "timing_mode",
+             "mode")
 
 
 def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:

@@ -52,6 +52,19 @@ class TimingMode(StrEnum):
     CPU = "cpu"
 
 
+class Mode(StrEnum):
+    """Which pass is timed: the forward alone, the backward alone (from a forward run outside the
+    timed region), or a training step's forward and backward together."""
+
+    FWD = "fwd"
+    BWD = "bwd"
+    FWD_BWD = "fwd_bwd"
+
+    @property
+    def needs_backward(self) -> bool:
+        return self is not Mode.FWD
+
+
 class Status(StrEnum):
     """How a measurement ended. `ok` rows passed the correctness gate; `unchecked` rows were timed
     with the gate switched off (`--no-check`): ranked and plotted like `ok`, but marked, and the
@@ -68,6 +81,7 @@ class Status(StrEnum):
 
 
 DTYPE_NAMES: tuple[str, ...] = tuple(d.value for d in DType)
+MODE_NAMES: tuple[str, ...] = tuple(m.value for m in Mode)
 FAMILY_NAMES: tuple[str, ...] = tuple(f.value for f in Family)
 STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
 # Statuses that carry a timing worth ranking.
@@ -94,6 +108,7 @@ class Case:
     order: int | None = None  # tensorized methods only
     dims: tuple[int, ...] | None = None  # resolved folding dims, tensorized methods only
     timing: TimingMode = TimingMode.EVENTS
+    mode: Mode = Mode.FWD
     scale: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +116,7 @@ class Case:
         object.__setattr__(self, "family", Family(self.family))
         object.__setattr__(self, "dtype", DType(self.dtype))
         object.__setattr__(self, "timing", TimingMode(self.timing))
+        object.__setattr__(self, "mode", Mode(self.mode))
 
     @property
     def is_tensorized(self) -> bool:
@@ -126,19 +142,23 @@ class Case:
 
     @property
     def key(self) -> str:
-        """The full identity of a configuration; matched across runs by gate and resume."""
+        """The full identity of a configuration; matched across runs by gate and resume. Forward
+        cases keep the key they had before modes existed (so older stores and baselines match);
+        the other modes append theirs."""
         causal = "causal" if self.causal else "full"
         order = f"m{self.order}" if self.order is not None else "m-"
-        return (f"{self.method}|N{self.seq_len}|{order}|{self.dims_text or '-'}|B{self.batch}"
-                f"|H{self.heads}|KV{self.kv_heads}|D{self.head_dim}|{self.dtype}|{causal}|{self.timing}")
+        key = (f"{self.method}|N{self.seq_len}|{order}|{self.dims_text or '-'}|B{self.batch}"
+               f"|H{self.heads}|KV{self.kv_heads}|D{self.head_dim}|{self.dtype}|{causal}|{self.timing}")
+        return key if self.mode is Mode.FWD else f"{key}|{self.mode}"
 
     def label(self) -> str:
         order = f" m={self.order} ({self.dims_text})" if self.order is not None else ""
-        return f"{self.method}{order} N={self.seq_len}"
+        mode = "" if self.mode is Mode.FWD else f" {self.mode}"
+        return f"{self.method}{order} N={self.seq_len}{mode}"
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        for name in ("family", "dtype", "timing"):
+        for name in ("family", "dtype", "timing", "mode"):
             data[name] = str(data[name])
         data["dims"] = list(self.dims) if self.dims else None
         return data

@@ -14,6 +14,15 @@ Conventions, per family (B batch, H query heads, H_kv key/value heads, N length,
   counted.
 Minimum bytes: each input read once and the output written once; for linear methods the gates
 are not counted (they are small next to q, k and v, or, for GLA, of the size of k).
+
+Modes (the pass timed, Case.mode), by the convention FlashAttention's and tritonbench's benchmarks
+use: the backward is credited 2.5 times the forward's flops (its five matrix products against the
+forward's two; recomputing the scores is not credited), so `bwd` counts 2.5x and `fwd_bwd` 3.5x the
+forward's flops, the causal and padding discounts included. Minimum bytes of the backward of one
+attention pass: it reads q, k, v, the output o and its gradient dO, and writes dq, dk and dv (the
+per-row log-sum-exp is small and not counted). A tensorized backward is one such pass per hop,
+whose value is the previous hop's output (H heads after the first hop). `fwd_bwd` is the forward's
+bytes plus the backward's. Linear methods get the same reads and writes per pass as exact ones.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .case import Case, Family, sliding_window
+from .case import Case, Family, Mode, sliding_window
 
 
 def causal_fraction(n: int) -> float:
@@ -61,7 +70,16 @@ def window_pairs(n: int, window: int, causal: bool = True) -> int:
     return sum(min(n - 1, t + window) - max(0, t - window) + 1 for t in range(n))
 
 
+# Flops of each mode as a multiple of the forward's.
+MODE_FLOP_FACTOR: dict[Mode, float] = {Mode.FWD: 1.0, Mode.BWD: 2.5, Mode.FWD_BWD: 3.5}
+
+
 def flops(case: Case) -> float:
+    """Flops of the pass the case times (see the module's docstring for the modes)."""
+    return MODE_FLOP_FACTOR[case.mode] * forward_flops(case)
+
+
+def forward_flops(case: Case) -> float:
     b, h, d = case.batch, case.heads, case.head_dim
     n = case.seq_len
     if case.family is Family.TENSORIZED:
@@ -76,6 +94,32 @@ def flops(case: Case) -> float:
 
 
 def min_bytes(case: Case) -> float:
+    """Fewest bytes through device memory of the pass the case times, for the N real tokens."""
+    if case.mode is Mode.FWD:
+        return forward_min_bytes(case)
+    if case.mode is Mode.BWD:
+        return backward_min_bytes(case)
+    return forward_min_bytes(case) + backward_min_bytes(case)
+
+
+def backward_min_bytes(case: Case) -> float:
+    """The backward reads q, k, v, o and dO and writes dq, dk and dv, per hop for tensorized methods
+    (hop 1's value has H_kv heads, the later hops' values H)."""
+    b, h, hkv, d, es = case.batch, case.heads, case.kv_heads, case.head_dim, case.element_size
+    rows = b * case.seq_len * d * es
+
+    def one_pass(value_heads: int) -> int:
+        reads = h + hkv + value_heads + h + h  # q, k, value, output, output's gradient
+        writes = h + hkv + value_heads  # dq, dk, d(value)
+        return (reads + writes) * rows
+
+    if case.family is Family.TENSORIZED:
+        assert case.dims is not None
+        return float(one_pass(hkv) + one_pass(h) * (len(case.dims) - 1))
+    return float(one_pass(hkv))
+
+
+def forward_min_bytes(case: Case) -> float:
     """Fewest bytes through device memory: each input read once, each output written once, for the
     N real tokens. For tensorized methods the hops are separate passes (the value of hop t feeds
     hop t+1)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from .case import DTYPE_NAMES, Case, DType, Family, TimingMode
+from .case import DTYPE_NAMES, MODE_NAMES, Case, DType, Family, Mode, TimingMode
 from .errors import UsageError
 from .folding import FoldingError, resolve_dims
 
@@ -96,6 +96,17 @@ def parse_dtypes(text: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def parse_modes(text: str) -> list[str]:
+    """'fwd,bwd,fwd_bwd' -> the modes in the order given, each once."""
+    values = list(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not values:
+        raise UsageError(f"modes '{text}' is empty; allowed: {', '.join(MODE_NAMES)}")
+    for value in values:
+        if value not in MODE_NAMES:
+            raise UsageError(f"mode '{value}' unknown; allowed: {', '.join(MODE_NAMES)}")
+    return values
+
+
 def parse_names(text: str, what: str = "methods") -> list[str]:
     names = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     if not names:
@@ -122,6 +133,8 @@ class Sweep:
     baseline: str | None = None
     dims: tuple[int, ...] | None = None
     seed: int = 0
+    # Absent from sweeps stored before modes existed: those timed the forward alone.
+    modes: list[str] = field(default_factory=lambda: [Mode.FWD.value])
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -182,12 +195,14 @@ class Sweep:
                     continue
                 for name in self.methods:
                     method = registry.get(name)
-                    base = dict(method=name, family=method.family, seq_len=n, batch=b, heads=h, kv_heads=kv,
-                                head_dim=d, dtype=dtype, causal=causal, device=self.device, timing=self.timing)
-                    if method.is_tensorized:
-                        for m in self.orders:
-                            dims = resolve_dims(n, m, self.dims)
-                            out.append(Case(**base, order=m, dims=dims))
-                    else:
-                        out.append(Case(**base))
+                    for mode in self.modes:
+                        base = dict(method=name, family=method.family, seq_len=n, batch=b, heads=h, kv_heads=kv,
+                                    head_dim=d, dtype=dtype, causal=causal, device=self.device, timing=self.timing,
+                                    mode=mode)
+                        if method.is_tensorized:
+                            for m in self.orders:
+                                dims = resolve_dims(n, m, self.dims)
+                                out.append(Case(**base, order=m, dims=dims))
+                        else:
+                            out.append(Case(**base))
         return out

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
+from tbench.core.case import MODE_NAMES
 from tbench.core.sweep import BASELINE_PREFERENCE
 from tbench.dashboard import data
 from tbench.dashboard.compare import compare_runs
@@ -504,9 +505,15 @@ def slice_selection(url: str) -> tuple[str, data.Shape, int | None]:
     slices = _slices(url)
     gpus = list(dict.fromkeys(slices["gpu"]))
     gpu = choose(st.sidebar.selectbox, "GPU", gpus, "gpu")
-    shapes = list(slices.loc[slices["gpu"] == gpu, "shape"])
-    counts = dict(zip(slices.loc[slices["gpu"] == gpu, "shape"], slices.loc[slices["gpu"] == gpu, "n"],
-                      strict=True))
+    slices = slices[slices["gpu"] == gpu]
+    modes = sorted({s.mode for s in slices["shape"]},
+                   key=lambda m: (MODE_NAMES.index(m) if m in MODE_NAMES else len(MODE_NAMES), m))
+    if len(modes) > 1:  # the pass timed: forward unless asked otherwise
+        mode = choose(st.sidebar.selectbox, "Mode", modes, "mode", default="fwd",
+                      help="fwd: the forward pass; bwd: the backward alone; fwd_bwd: both, as a training step")
+        slices = slices[[s.mode == mode for s in slices["shape"]]]
+    shapes = list(slices["shape"])
+    counts = dict(zip(slices["shape"], slices["n"], strict=True))
     shape = choose(st.sidebar.selectbox, "Shape", shapes, "shape",
                    format_func=lambda s: f"{s.label} · {counts[s]} rows")
     run_ids = _slice_runs(url, gpu, shape)

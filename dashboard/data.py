@@ -154,7 +154,8 @@ def gpu_label(gpu_name: object) -> str:
 
 @dataclass(frozen=True)
 class Shape:
-    """A leaderboard compares methods on one input shape, measured with one timing mode."""
+    """A leaderboard compares methods on one input shape, measured with one timing mode, timing one
+    pass (mode: fwd, bwd or fwd_bwd)."""
 
     dtype: str
     causal: bool
@@ -163,29 +164,33 @@ class Shape:
     kv_heads: int
     head_dim: int
     timing: str
+    mode: str = "fwd"
 
     @property
     def slug(self) -> str:
-        """Compact and URL-safe, for query parameters."""
+        """Compact and URL-safe, for query parameters (forward slugs as before modes existed)."""
+        mode = "" if self.mode == "fwd" else f".{self.mode}"
         return (f"{self.dtype}.{'causal' if self.causal else 'full'}.B{self.batch}.H{self.heads}"
-                f".KV{self.kv_heads}.D{self.head_dim}.{self.timing}")
+                f".KV{self.kv_heads}.D{self.head_dim}.{self.timing}{mode}")
 
     @classmethod
     def from_slug(cls, slug: str) -> Shape | None:
         parts = slug.split(".")
-        if len(parts) != 7 or parts[1] not in ("causal", "full"):
+        if len(parts) not in (7, 8) or parts[1] not in ("causal", "full"):
             return None
         try:
             numbers = [int(p[n:]) for p, n in zip(parts[2:6], (1, 1, 2, 1), strict=True)]
         except ValueError:
             return None
-        return cls(parts[0], parts[1] == "causal", *numbers, timing=parts[6])
+        return cls(parts[0], parts[1] == "causal", *numbers, timing=parts[6],
+                   mode=parts[7] if len(parts) == 8 else "fwd")
 
     @property
     def label(self) -> str:
         causal = "causal" if self.causal else "non-causal"
+        mode = "" if self.mode == "fwd" else f", {self.mode}"
         return (f"{self.dtype} {causal} B={self.batch} H={self.heads} H_kv={self.kv_heads} D={self.head_dim}"
-                f" ({self.timing} timing)")
+                f" ({self.timing} timing{mode})")
 
 
 def _gpu_filter(gpu: str):  # type: ignore[no-untyped-def]
@@ -196,20 +201,21 @@ def _shape_filter(shape: Shape):  # type: ignore[no-untyped-def]
     return and_(Measurement.dtype == shape.dtype, Measurement.causal == shape.causal,
                 Measurement.batch == shape.batch, Measurement.heads == shape.heads,
                 Measurement.kv_heads == shape.kv_heads, Measurement.head_dim == shape.head_dim,
-                Measurement.timing_mode == shape.timing)
+                Measurement.timing_mode == shape.timing, Measurement.mode == shape.mode)
 
 
 def load_slices(engine: Engine) -> pd.DataFrame:
     """One row per (GPU, shape) in the store with its measurement count, most measured first."""
     m = Measurement
     stmt = (select(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode,
-                   func.count().label("n"))
+                   func.count().label("n"), m.mode)
             .join(Run, Run.id == m.run_id)
-            .group_by(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode))
+            .group_by(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode,
+                      m.mode))
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
     records = [{"gpu": gpu_label(r[0]),
-                "shape": Shape(r[1], bool(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7]),
+                "shape": Shape(r[1], bool(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7], mode=r[9]),
                 "n": int(r[8])} for r in rows]
     df = pd.DataFrame(records, columns=["gpu", "shape", "n"])
     # Two CPU runs from different hosts share the CPU label: merge their counts.

@@ -184,8 +184,16 @@ def check(
     `reference` is the method's own float64 definition, which the linear family needs:
     (q, k, v, case) -> (B, H, N, D)."""
     q, k, v = make_inputs(case, seed)
-    with torch.no_grad():
-        out = call(q, k, v)
+    leaves: tuple[torch.Tensor, ...] = ()
+    graph_out: torch.Tensor | None = None
+    if case.mode.needs_backward:
+        leaves = tuple(x.detach().requires_grad_(True) for x in (q, k, v))
+        with torch.enable_grad():
+            graph_out = call(*leaves)
+        out = graph_out.detach()
+    else:
+        with torch.no_grad():
+            out = call(q, k, v)
     details: dict = {"seed": seed}
     if tuple(out.shape) != tuple(q.shape):
         return CheckResult(False, None, float("nan"), float("nan"),
@@ -200,7 +208,18 @@ def check(
     details.update(rows="all" if whole else n_rows)
 
     if case.family is Family.LINEAR:
-        return _check_linear(out, q, k, v, case, seed, rows, tolerance, reference, details)
+        result = _check_linear(out, q, k, v, case, seed, rows, tolerance, reference, details)
+    else:
+        result = _check_output(out, q, k, v, case, seed, picked, n_rows, per_head, tolerance, details)
+    if not case.mode.needs_backward or not result.passed:
+        return result
+    return _with_gradients(result, graph_out, leaves, case, seed, tolerance, reference)
+
+
+def _check_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, seed: int,
+                  picked: torch.Tensor | None, n_rows: int, per_head: int,
+                  tolerance: Callable[[Case], float] | None, details: dict) -> CheckResult:
+    """The forward of a non-linear method against its float64 definition (see `check`)."""
 
     def reference_in(dtype: torch.dtype) -> torch.Tensor:
         return _by_head_chunks(lambda a, b, c: _definition(a, b, c, case, picked, dtype), q, k, v, case, per_head)
@@ -224,6 +243,94 @@ def check(
     details.update(plain_error=plain_error)
     return _verdict(got, definition, exact, case, seed, limit, source, details,
                     f"; a plain {case.dtype} evaluation errs by {plain_error:.2g}")
+
+
+GRADIENTS = ("dq", "dk", "dv")
+GRAD_SEED_OFFSET = 1  # dO is drawn from the check's seed plus this
+
+
+def _failed(result: CheckResult, message: str) -> CheckResult:
+    return CheckResult(False, result.error, result.fidelity_rel_l2, result.fidelity_max_abs, message, result.details)
+
+
+def _grads_of(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], d_out: torch.Tensor,
+              dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """dq, dk, dv of `fn` at `inputs` (cast to `dtype`, as leaves) for the output gradient `d_out`."""
+    leaves = tuple(x.detach().to(dtype).requires_grad_(True) for x in inputs)
+    with torch.enable_grad():
+        out = fn(*leaves)
+        return torch.autograd.grad(out, leaves, d_out.to(out.dtype))
+
+
+def _with_gradients(result: CheckResult, graph_out: torch.Tensor | None, leaves: tuple[torch.Tensor, ...],
+                    case: Case, seed: int, tolerance: Callable[[Case], float] | None,
+                    reference: Definition | None) -> CheckResult:
+    """The method's dq, dk and dv (for a standard normal dO) against float64 autograd of its
+    definition, every (batch, head): query heads for dq, key/value heads for dk and dv."""
+    details = result.details
+    if graph_out is None or not graph_out.requires_grad:
+        return _failed(result, "the output carries no gradient: the call is not differentiable by autograd")
+    generator = torch.Generator().manual_seed(seed + GRAD_SEED_OFFSET)
+    d_out = torch.randn(graph_out.shape, generator=generator, dtype=torch.float32).to(graph_out.dtype)
+    d_out = d_out.to(graph_out.device)
+    got = torch.autograd.grad(graph_out, leaves, d_out, allow_unused=True)
+    for name, grad, leaf in zip(GRADIENTS, got, leaves, strict=True):
+        if grad is None:
+            return _failed(result, f"no gradient reaches {name[1]}: the call does not differentiate it")
+        if tuple(grad.shape) != tuple(leaf.shape):
+            return _failed(result, f"{name} has shape {tuple(grad.shape)}, expected {tuple(leaf.shape)}")
+        if not torch.isfinite(grad).all():
+            return _failed(result, f"{name} has NaN or Inf")
+    inputs = tuple(leaf.detach() for leaf in leaves)
+
+    if case.family is Family.LINEAR:
+        if reference is None or case.seq_len > MAX_RECURRENT_LENGTH:
+            details["grad_check"] = "gradient check not evaluated: no float64 recurrence at this size"
+            return result
+        try:
+            definition = _grads_of(lambda a, b, c: reference(a, b, c, case), inputs, d_out, torch.float64)
+        except RuntimeError as exc:
+            details["grad_check"] = f"gradient check not evaluated: the float64 recurrence has no gradient ({exc})"
+            return result
+        plain = None
+    elif not _whole(case):
+        # float64 autograd beyond the whole-output bound costs minutes and gigabytes
+        details["grad_check"] = "gradient check not evaluated at this size"
+        return result
+    else:
+        per_head = case.seq_len * (padded_length(case.dims) if case.is_tensorized and case.dims else case.seq_len)
+
+        def definition_in(dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+            return lambda a, b, c: _by_head_chunks(lambda x, y, z: _definition(x, y, z, case, None, dtype),
+                                                   a, b, c, case, per_head)
+
+        definition = _grads_of(definition_in(torch.float64), inputs, d_out, torch.float64)
+        plain = _grads_of(definition_in(torch_dtype(case)), inputs, d_out, torch_dtype(case))
+
+    errors, limits, plain_errors = {}, {}, {}
+    for i, name in enumerate(GRADIENTS):
+        per_pair = _rel_l2_per_pair(got[i].detach().to(torch.float64), definition[i])
+        errors[name] = float(per_pair.max())
+        if tolerance is not None:
+            limits[name], source = float(tolerance(case)), "declared by the method"
+        elif plain is None:
+            limits[name], source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
+        else:
+            plain_errors[name] = float(_rel_l2_per_pair(plain[i].to(torch.float64), definition[i]).max())
+            limits[name], source = default_tolerance(case.dtype, plain_errors[name]), "calibrated"
+        if not (math.isfinite(errors[name]) and errors[name] <= limits[name]):
+            worst_b, worst_h = divmod(int(per_pair.argmax()), per_pair.shape[1])
+            heads = "head" if name == "dq" else "kv head"
+            details.update(grad_errors=errors, grad_tolerance=limits)
+            return CheckResult(False, max(errors.values()), result.fidelity_rel_l2, result.fidelity_max_abs,
+                               f"gradient {name} relative L2 error {errors[name]:.3g} (batch {worst_b}, {heads} "
+                               f"{worst_h}) vs float64 autograd of its definition exceeds the {case.dtype} "
+                               f"tolerance {limits[name]:.3g} ({source}; check seed {seed})", details)
+    details.update(grad_errors=errors, grad_tolerance=limits, grad_tolerance_source=source)
+    if plain_errors:
+        details["grad_plain_error"] = plain_errors
+    error = max([e for e in (result.error, *errors.values()) if e is not None])
+    return CheckResult(True, error, result.fidelity_rel_l2, result.fidelity_max_abs, result.message, details)
 
 
 def _verdict(got: torch.Tensor, definition: torch.Tensor, exact: torch.Tensor, case: Case, seed: int, limit: float,

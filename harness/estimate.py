@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from ..core import cost
-from ..core.case import Case
+from ..core.case import Case, Mode
 from .timing import TimingPolicy
 
 # Attention reaches a fraction of a GPU's matmul peak; a nominal effective rate is near enough
@@ -52,7 +52,9 @@ def device_rate(device: str) -> float:
 
 
 def case_seconds(case: Case, rate: float, policy: TimingPolicy, check: bool) -> float:
-    call = cost.flops(case) / rate
+    # a bwd sample also runs its forward, untimed but on the clock of the run
+    untimed = cost.forward_flops(case) if case.mode is Mode.BWD else 0.0
+    call = (cost.flops(case) + untimed) / rate
     sampling = max(min(max(policy.min_time_s, policy.min_samples * call), policy.budget_s), 3 * call)
     warm = policy.warmup_calls * call + policy.warmup_s
     checking = (1 + REFERENCE_SLOWDOWN) * call if check else 0.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import cost
-from ..core.case import Case, Status
+from ..core.case import Case, Status, TimingMode
 from ..core.device import device_kind
 from ..core.records import MeasurementRecord, utcnow
 from ..kernels.tensors import make_inputs
@@ -27,6 +27,7 @@ from ..methods.registry import Method, Registry
 from .correctness import check, new_seed
 from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight
+from .passes import make_step
 from .timing import Prepared, Sampling, Timer, TimingPolicy, clocks_settled, cool_down, make_timer, summarize
 
 
@@ -40,6 +41,9 @@ class MeasureSettings:
 
 
 Emit = Callable[[MeasurementRecord], None]
+
+GRAPH_BACKWARD = ("graph timing cannot time a backward: each sample needs a fresh autograd graph from an untimed "
+                  "forward, which a CUDA-graph replay cannot hold; use --timing events")
 # Called before each step that runs method code, so an isolating parent knows what crashed.
 Beacon = Callable[[Case, str], None]
 
@@ -122,6 +126,8 @@ def measure_group(
             _finish(rec, "error", f"method '{case.method}' is not in this registry", emit)
             continue
         reason = method.unsupported_reason(case)
+        if reason is None and case.mode.needs_backward and case.timing is TimingMode.GRAPH:
+            reason = GRAPH_BACKWARD
         if reason is not None:
             _finish(rec, "unsupported", reason, emit)
             continue
@@ -195,10 +201,9 @@ def _warm_up(
     step("warm-up")
     q, k, v = method.prepared(*inputs, case)
     call = method.bound(case)
-
-    def fn() -> torch.Tensor:
-        with torch.no_grad():
-            return call(q, k, v, case)
+    # fwd: the call under no_grad; bwd: the backward, its forward run untimed before each sample;
+    # fwd_bwd: both (harness/passes.py)
+    fn = make_step(lambda a, b, c: call(a, b, c, case), (q, k, v), case)
 
     deadline = time.perf_counter() + settings.policy.warmup_s
     calls = 0
@@ -234,10 +239,14 @@ def _warm_up(
     with contextlib.suppress(Exception):  # else keep the description taken before the warm-up
         rec.provenance = method.provenance(case)
     step("memory")
+    # bwd and fwd_bwd: the forward's saved activations, the backward's work and the gradients,
+    # as a training step holds them (the forward runs inside the measured call here)
+    fn.release()
     peak = measure_peak(fn, case.device)
+    fn.release()
     rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes
     step("graph capture" if timer.mode == "graph" else "timing")
-    timed = timer.prepare(fn)
+    timed = timer.prepare(fn.call, fn.setup)
     phases.enter(None)
     return _Active(case, method, timed, Sampling(settings.policy, []), rec, fastest)
 

@@ -11,10 +11,20 @@ import uuid
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from ..core.case import Mode
 from ..core.device import DeviceKind, device_kind, parse_device, parse_device_indices
 from ..core.errors import UsageError
 from ..core.folding import parse_dims
-from ..core.sweep import Catalog, Sweep, parse_dtypes, parse_ints, parse_lengths, parse_names, preferred_baseline
+from ..core.sweep import (
+    Catalog,
+    Sweep,
+    parse_dtypes,
+    parse_ints,
+    parse_lengths,
+    parse_modes,
+    parse_names,
+    preferred_baseline,
+)
 from .measure import MeasureSettings
 from .runner import RunOptions
 from .shard import parse_shard
@@ -106,6 +116,7 @@ class RunRequest:
     device: str | None = None
     devices: str | None = None
     timing: str | None = None
+    modes: str | None = None  # e.g. "fwd,bwd,fwd_bwd"; None: the forward alone
     target_rse: float | None = None
     min_samples: int | None = None
     min_time: float | None = None
@@ -231,6 +242,7 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
         baseline=request.baseline or preferred_baseline(methods) or methods[0],
         dims=parse_dims(request.dims) if request.dims else None,
         seed=request.seed,
+        modes=parse_modes(request.modes) if request.modes is not None else [Mode.FWD.value],
     )
     sweep.validate(registry)
     return sweep

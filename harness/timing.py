@@ -195,20 +195,27 @@ class Prepared:
     hold_cycles: int = 0
     hold_ms: float = 0.0
     host_ms: float | None = None
+    # Runs before each sample, outside the timed interval (e.g. the forward whose backward is timed).
+    setup: Callable[[], None] | None = None
 
     def __call__(self) -> object:
+        if self.setup is not None:
+            self.setup()
         return self.call()
 
 
 class Timer:
-    """Times one call of a zero-argument function, returning milliseconds."""
+    """Times one call of a zero-argument function, returning milliseconds. `setup`, when given, runs
+    before every sample, untimed."""
 
     mode = "cpu"
 
-    def prepare(self, fn: Callable[[], object]) -> Prepared:
-        return Prepared(fn)
+    def prepare(self, fn: Callable[[], object], setup: Callable[[], None] | None = None) -> Prepared:
+        return Prepared(fn, setup=setup)
 
     def sample(self, fn: Prepared) -> float:
+        if fn.setup is not None:
+            fn.setup()
         start = time.perf_counter()
         fn.call()
         return (time.perf_counter() - start) * 1e3
@@ -255,11 +262,15 @@ class CudaEventTimer(Timer):
     def _capture(self, fn: Callable[[], object]) -> Callable[[], object]:
         return fn
 
-    def prepare(self, fn: Callable[[], object]) -> Prepared:
+    def prepare(self, fn: Callable[[], object], setup: Callable[[], None] | None = None) -> Prepared:
+        if setup is not None and self.mode == "graph":
+            raise ValueError("graph timing cannot replay a call that needs an untimed setup before each sample")
         call = self._capture(fn)
         busy_ms = 10.0
         issue = []
         for _ in range(5):
+            if setup is not None:
+                setup()
             torch.cuda.synchronize()
             torch.cuda._sleep(int(busy_ms * self.cycles_per_ms))  # GPU busy: the host is timed alone
             start = time.perf_counter()
@@ -268,11 +279,13 @@ class CudaEventTimer(Timer):
         torch.cuda.synchronize()
         host_ms = float(np.median(issue))
         if host_ms > 0.8 * busy_ms:  # the call waits for the GPU itself: nothing to hide
-            return Prepared(call, 0, 0.0, host_ms)
+            return Prepared(call, 0, 0.0, host_ms, setup)
         cycles, hold_ms = hold_for(host_ms, self.cycles_per_ms)
-        return Prepared(call, cycles, hold_ms, host_ms)
+        return Prepared(call, cycles, hold_ms, host_ms, setup)
 
     def sample(self, fn: Prepared) -> float:
+        if fn.setup is not None:
+            fn.setup()  # queued before the flush: done before the start event
         self.flush()
         if fn.hold_cycles:
             torch.cuda._sleep(fn.hold_cycles)

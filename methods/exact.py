@@ -241,6 +241,7 @@ def _xformers_describe(case: Case) -> str:
     memory_estimate=io_bytes,
     prepare=_xformers_prepare,
     describe=_xformers_describe,
+    backward=False,
 )
 def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
     from xformers.ops import memory_efficient_attention

@@ -96,6 +96,7 @@ flash3 = method(
     prepare=to_bnhd,
     bind=_fa3_bind,
     unsupported=_fa3_unsupported,
+    backward=False,  # the fa3-fwd wheel is forward-only; one build for every mode
 )(_fa3_unbound)
 
 
@@ -117,6 +118,7 @@ def _fa4_availability(device: str) -> Availability:
     head_dims=frozenset({64, 96, 128}),
     memory_estimate=io_bytes,
     prepare=to_bnhd,
+    backward=False,  # timed as the forward kernel only
 )
 def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
     from flash_attn.cute import flash_attn_func

@@ -58,6 +58,13 @@ def _memory(case: Case) -> int:
     return io_bytes(case) + 2 * blocks * blocks * 4 * (2 if case.causal else 0)
 
 
+def _unsupported(case: Case) -> str | None:
+    # Inductor compiles FlexAttention's backward for GPUs only; the CPU template is forward-only.
+    if case.mode.needs_backward and device_kind(case.device) == "cpu":
+        return f"mode {case.mode}: the compiled FlexAttention backward runs on CUDA only, not the CPU"
+    return None
+
+
 def _unbound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
     """A one-off call: builds the mask and compiles first (the harness times the bound call)."""
     return _bind(case)(q, k, v, case)
@@ -71,4 +78,5 @@ flex = method(
     head_dims=frozenset({16, 32, 64, 128, 256}),
     memory_estimate=_memory,
     bind=_bind,
+    unsupported=_unsupported,
 )(_unbound)

@@ -67,6 +67,9 @@ class Method:
     reference: Call | None = None
     # A further one-line reason a case cannot run, decided when it runs (e.g. by what build is installed).
     unsupported: Callable[[Case], str | None] | None = None
+    # Whether torch.autograd differentiates the call with respect to q, k and v, so that the `bwd`
+    # and `fwd_bwd` modes can run it; a forward-only kernel says False.
+    backward: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -96,6 +99,8 @@ class Method:
             return f"head dim {case.head_dim} unsupported; supported: {allowed}"
         if self.is_tensorized and case.order is not None and not 1 <= case.order <= self.max_order:
             return f"order m={case.order} unsupported; supported: 1..{self.max_order}"
+        if case.mode.needs_backward and not self.backward:
+            return f"mode {case.mode} needs a backward pass; {self.name} is forward-only here"
         if self.unsupported is not None:
             return self.unsupported(case)
         return None

@@ -54,6 +54,7 @@ def _prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case
     memory_estimate=lambda case: 2 * io_bytes(case) + case.input_bytes(),
     prepare=_prepare,
     tolerance=lambda case: SAGE_TOLERANCE,
+    backward=False,
 )
 def sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
     from sageattention import sageattn

@@ -171,7 +171,12 @@ def _triton_describe(case: Case) -> str:
     describe=_triton_describe,
 )
 def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    assert case.dims is not None, "tensorized methods need resolved dims"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # the differentiable op: the same forward kernels, saving what the Triton backward needs
+        from ..kernels.tensorized_autograd import tensorized_attention_train
+
+        return tensorized_attention_train(q, k, v, case.dims, case.causal, case.softmax_scale)
     from ..kernels.tensorized_triton import tensorized_attention_triton
 
-    assert case.dims is not None, "tensorized methods need resolved dims"
     return tensorized_attention_triton(q, k, v, case.dims, case.causal, case.softmax_scale)

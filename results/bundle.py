@@ -60,6 +60,8 @@ class MeasurementModel(_Strict):
     device: str = Field(max_length=16)
     device_index: int | None = None
     timing_mode: str = Field(max_length=16)
+    # core.case.Mode; bundles from before modes timed the forward
+    mode: str = Field(default="fwd", max_length=16, pattern=r"^(fwd|bwd|fwd_bwd)$")
     status: str = Field(min_length=1, max_length=16)
     message: str = ""
     provenance: str = ""

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when the schema changes; an older tbench refuses to open a newer database.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -88,6 +88,8 @@ class Measurement(Base):
     device: Mapped[str] = mapped_column(String(16))
     device_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     timing_mode: Mapped[str] = mapped_column(String(16), default="events")
+    # The pass timed (core.case.Mode): fwd, bwd or fwd_bwd; rows from before modes are fwd.
+    mode: Mapped[str] = mapped_column(String(16), default="fwd", server_default="fwd")
 
     status: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")

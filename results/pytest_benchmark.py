@@ -76,7 +76,7 @@ def export_pytest_benchmark(store: Store, run_id: int) -> dict[str, Any]:
         name = f"{m.method}[{param}]"
         benchmarks.append({
             "group": m.method, "name": name, "fullname": f"tbench::{name}",
-            "params": {f: getattr(m, f) for f in KEY_FIELDS}, "param": param,
+            "params": {**{f: getattr(m, f) for f in KEY_FIELDS}, "mode": m.mode}, "param": param,
             "extra_info": {"tbench": {"config_key": m.config_key, "method": m.method, "family": m.family,
                                       "device": m.device, "median_ms": m.median_ms, "tflops": m.tflops,
                                       "peak_bytes": m.peak_bytes}},
@@ -147,7 +147,8 @@ def _measurement(bench: _Benchmark) -> MeasurementModel:
         # A tbench export: the configuration comes back whole.
         return MeasurementModel.model_validate({
             "config_key": info.get("config_key"), "method": info.get("method"), "family": info.get("family"),
-            "device": info.get("device"), **{f: params[f] for f in KEY_FIELDS}, "status": "ok",
+            "device": info.get("device"), **{f: params[f] for f in KEY_FIELDS},
+            "mode": params.get("mode", "fwd"), "status": "ok",
             "provenance": "imported from pytest-benchmark JSON", **timing})
     return MeasurementModel.model_validate({
         "config_key": (bench.fullname or bench.name)[:400], "method": bench.name, "family": "exact",

@@ -104,4 +104,40 @@ def wrong(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torc
     return _sdpa(q, k, v, case) * 1.1
 
 
-METHODS = [slow, oom, abort, hang, wrong, zero_head, gqa_modulo, scale_error, reversed_hops]
+class _ScaledGradient(torch.autograd.Function):
+    """The identity forward; the backward scales the incoming gradient, on every head or on one."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float, head: int | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor, ctx.head = factor, head
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = grad.clone()
+        if ctx.head is None:
+            grad *= ctx.factor
+        else:
+            grad[:, ctx.head] *= ctx.factor
+        return grad, None, None
+
+
+@method(name="test-bug-dk", family="exact", description="Right forward; dK 2 % too large", availability=_available)
+def scaled_dk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    return _sdpa(q, _ScaledGradient.apply(k, 1.02, None), v, case)
+
+
+@method(name="test-bug-dv-head", family="exact", description="Right forward; dV of the last KV head zeroed",
+        availability=_available)
+def zero_dv_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    return _sdpa(q, k, _ScaledGradient.apply(v, 0.0, case.kv_heads - 1), case)
+
+
+@method(name="test-forward-only", family="exact", description="SDPA declared forward-only", availability=_available,
+        backward=False)
+def forward_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    return _sdpa(q, k, v, case)
+
+
+METHODS = [slow, oom, abort, hang, wrong, zero_head, gqa_modulo, scale_error, reversed_hops, scaled_dk, zero_dv_head,
+           forward_only]
