@@ -76,8 +76,9 @@ HEADLINE_METHODS: tuple[str, ...] = (
 
 
 PRESETS: dict[Preset, PresetValues] = {
-    # Within five minutes on one H200: a held-back rotation settles for at most 4 s and samples for
-    # at least 1 s (the methodology checks use 12 s and 3 s to study run-to-run repeatability).
+    # Aimed at five minutes on one H200 (measured: about ten, most of it compilation and autotuning;
+    # docs/results-h200.md): a held-back rotation settles for at most 4 s and samples for at least
+    # 1 s (the methodology checks use 12 s and 3 s to study run-to-run repeatability).
     Preset.HEADLINE: PresetValues(lengths="4k..128k", heads="32", kv_heads="8", head_dim="128", dtype="bf16",
                                   held_back_min_time_s=1.0, clock_settle_max_s=4.0, methods=HEADLINE_METHODS),
     Preset.QUICK: PresetValues(lengths="4k..16k", heads="32", kv_heads="8", head_dim="128", dtype="bf16",
