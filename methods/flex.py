@@ -4,6 +4,8 @@ kernel compiled in the warm-up."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..core.case import Case
@@ -14,6 +16,9 @@ from .registry import Availability, Call, method
 
 # Query and key blocks of the block mask (the default of create_block_mask).
 BLOCK = 128
+
+# (batch, head, query index, key index) -> whether the query sees the key
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _availability(device: str) -> Availability:
@@ -31,7 +36,9 @@ def _causal(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch
     return q_idx >= kv_idx
 
 
-def _bind(case: Case) -> Call:
+def compiled_flex(case: Case, mask_mod: MaskMod | None) -> Call:
+    """FlexAttention compiled for one case, with the block mask of `mask_mod` (None: no mask) built
+    once: what a user makes once per shape and reuses. The sliding-window method binds through it too."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     # Each shape compiles anew. Dynamo stops compiling a function after a few shapes and falls back
@@ -39,9 +46,9 @@ def _bind(case: Case) -> Call:
     # case from an empty cache keeps every case compiled.
     torch._dynamo.reset()
     mask = None
-    if case.causal:
+    if mask_mod is not None:
         # the compiled builder works block by block; the eager one would materialise N x N booleans
-        mask = create_block_mask(_causal, None, None, case.seq_len, case.seq_len, device=case.device,
+        mask = create_block_mask(mask_mod, None, None, case.seq_len, case.seq_len, device=case.device,
                                  BLOCK_SIZE=BLOCK, _compile=device_kind(case.device) == "cuda")
     compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     gqa = case.kv_heads != case.heads
@@ -50,6 +57,10 @@ def _bind(case: Case) -> Call:
         return compiled(q, k, v, block_mask=mask, scale=case.softmax_scale, enable_gqa=gqa)
 
     return call
+
+
+def _bind(case: Case) -> Call:
+    return compiled_flex(case, _causal if case.causal else None)
 
 
 def _memory(case: Case) -> int:

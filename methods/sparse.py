@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..core.case import Case, sliding_window
 from ..core.device import device_kind
 from .exact import io_bytes
-from .flex import BLOCK
+from .flex import BLOCK, compiled_flex
 from .registry import Availability, Call, method
 
 
@@ -44,19 +44,10 @@ def _bind(case: Case) -> Call:
 
         return dense
 
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
     def in_window(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
 
-    torch._dynamo.reset()  # a fresh compile per shape (see methods/flex.py)
-    mask = create_block_mask(in_window, None, None, n, n, device=case.device, BLOCK_SIZE=BLOCK, _compile=True)
-    compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
-
-    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
-        return compiled(q, k, v, block_mask=mask, scale=case.softmax_scale, enable_gqa=gqa)
-
-    return call
+    return compiled_flex(case, in_window)
 
 
 def _unbound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
