@@ -178,10 +178,9 @@ def plan_run(request: RunRequest, registry: Catalog, resumed: Sweep | None = Non
         fixed = PRESETS[request.preset].device if request.preset else None
         device = _usable_device(request.device or (fixed or ("cuda" if gpus else "cpu")), gpus)
         preset = request.preset or _default_preset(device)
-        sweep = _sweep(request, PRESETS[preset], device, registry)
-        if request.methods is None:
-            available = _available(registry, device)
-            left_out = tuple(name for name in available if name not in sweep.methods)
+        available = _available(registry, device) if request.methods is None else []
+        sweep = _sweep(request, PRESETS[preset], device, registry, available)
+        left_out = tuple(name for name in available if name not in sweep.methods)
     values = PRESETS[preset]
     policy = _policy(request, values)
     options = RunOptions(settings=MeasureSettings(policy=policy, seed=sweep.seed, check=request.check),
@@ -215,7 +214,9 @@ def _devices(text: str, device: str, gpus: int) -> list[str]:
     return parse_device_indices(text, gpus)
 
 
-def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Catalog) -> Sweep:
+def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Catalog,
+           available: list[str]) -> Sweep:
+    """`available`: the methods available on the device, from which a request without --methods picks."""
     kind = device_kind(device)
     mode = request.timing or TIMING_MODES[kind][0]
     if mode not in TIMING_MODES[kind]:
@@ -223,7 +224,7 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
     if request.methods is not None:  # given but empty is an error, not the default set
         methods = parse_names(request.methods)
     else:
-        methods = _available(registry, device)
+        methods = available
         if values.methods is not None:
             methods = [name for name in methods if name in values.methods]
     if not methods:
