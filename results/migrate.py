@@ -53,11 +53,8 @@ def needs_work(conn: Connection) -> bool:
     return current_revisions(conn) != head_revisions()
 
 
-def check_readable(conn: Connection, *, where: str) -> None:
-    """For read-only opens, which cannot migrate: a database made before migrations at a schema
-    this tbench reads as is can be read; any other one not at head is refused with the fix."""
-    current = current_revisions(conn)
-    heads = head_revisions()
+def _refuse_unknown(current: set[str], heads: set[str], where: str) -> None:
+    """A revision this tbench does not know was made by a newer one: refuse rather than guess."""
     known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     for rev in current:
         if rev not in known:
@@ -65,6 +62,14 @@ def check_readable(conn: Connection, *, where: str) -> None:
                 f"database '{where}' has schema revision {rev}, newer than this tbench supports "
                 f"({', '.join(sorted(heads))}); upgrade tbench to read it"
             )
+
+
+def check_readable(conn: Connection, *, where: str) -> None:
+    """For read-only opens, which cannot migrate: a database made before migrations at a schema
+    this tbench reads as is can be read; any other one not at head is refused with the fix."""
+    current = current_revisions(conn)
+    heads = head_revisions()
+    _refuse_unknown(current, heads, where)
     if not current:
         version = _legacy_schema_version(conn)
         if version is None:
@@ -95,13 +100,7 @@ def prepare(conn: Connection, *, create: bool, where: str) -> None:
     """Bring the database on `conn` (inside a transaction, after `lock`) to head."""
     heads = head_revisions()
     current = current_revisions(conn)
-    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
-    for rev in current:
-        if rev not in known:
-            raise MigrationRefused(
-                f"database '{where}' has schema revision {rev}, newer than this tbench supports "
-                f"({', '.join(sorted(heads))}); upgrade tbench to read it"
-            )
+    _refuse_unknown(current, heads, where)
     if current == heads:
         return
     cfg = alembic_config(conn)
