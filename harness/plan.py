@@ -33,7 +33,7 @@ from .timing import TimingPolicy
 
 class Preset(StrEnum):
     HEADLINE = "headline"  # the published GPU sweep
-    QUICK = "quick"  # a first look, about a minute on a GPU
+    QUICK = "quick"  # a first look: 4k..16k, short sampling (not yet timed on a GPU)
     CPU = "cpu"  # small enough for a CPU
 
 
