@@ -12,6 +12,7 @@ Worker -> parent: ("beacon", case_key, step), ("record", MeasurementRecord), ("d
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
     # The parent handles Ctrl-C, SIGTERM and SIGHUP; a worker must not die half-way through a message.
     ignore_stop_signals()
+    # Keep every Triton autotuner's choice on disk (fla-core's too, whose kernels tune over dozens of
+    # configs: 36 s at the first shape on an H200), so a later worker or run on this machine reuses
+    # it instead of timing every config again. Read when a kernel module is imported, so set first.
+    # Not when tbench's own tuning is switched off: its stand-in choice must not be kept as a result.
+    if os.environ.get("TBENCH_TRITON_AUTOTUNE", "1") != "0":
+        os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     try:
         _serve(conn, settings, plugins, device)
     except (BrokenPipeError, EOFError, ConnectionResetError):

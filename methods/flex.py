@@ -5,6 +5,7 @@ kernel compiled in the warm-up."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from ..core.device import device_kind
 from .availability import cuda_availability
 from .exact import io_bytes
 from .registry import Availability, Call, method
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 # Query and key blocks of the block mask (the default of create_block_mask).
 BLOCK = 128
@@ -36,20 +40,61 @@ def _causal(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch
     return q_idx >= kv_idx
 
 
-def compiled_flex(case: Case, mask_mod: MaskMod | None) -> Call:
-    """FlexAttention compiled for one case, with the block mask of `mask_mod` (None: no mask) built
-    once: what a user makes once per shape and reuses. The sliding-window method binds through it too."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _in_window(window: int) -> MaskMod:
+    def in_window(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return in_window
+
+
+def band_block_mask(seq_len: int, window: int | None, mask_mod: MaskMod, device: str | torch.device) -> BlockMask:
+    """The block mask of causal attention over the last `window` keys up to the query (None: every
+    earlier key), whose element rule `mask_mod` states, built from the band's geometry with a few
+    tensor ops on (N / BLOCK)^2 block pairs. The library's builder either materialises N x N
+    booleans or compiles a builder with Inductor for every shape and window, which cost 3-139 s a
+    shape on an H200 (docs/results-h200.md), more than the measurements themselves."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    blocks = -(-seq_len // BLOCK)
+    first = torch.arange(blocks, device=device) * BLOCK
+    last = torch.clamp(first + BLOCK, max=seq_len) - 1
+    q_lo, q_hi = first[:, None], last[:, None]  # query rows of block i
+    k_lo, k_hi = first[None, :], last[None, :]  # key columns of block j
+    some = k_lo <= q_hi  # at least one pair with kv <= q ...
+    every = k_hi <= q_lo  # ... or all of them
+    if window is not None:
+        some &= q_lo - k_hi < window
+        every &= q_hi - k_lo < window
+    # a block cut short by the end of the sequence keeps its mask (never skips mask_mod)
+    whole = (last - first) == BLOCK - 1
+    every &= whole[:, None] & whole[None, :]
+    partial = some & ~every
+
+    def listed(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = selected.sum(-1, dtype=torch.int32)
+        order = torch.argsort(selected.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None].contiguous(), order[None, None].contiguous()
+
+    kv_count, kv_index = listed(partial)
+    full_count, full_index = listed(every)
+    return BlockMask.from_kv_blocks(kv_count, kv_index, full_count, full_index, BLOCK_SIZE=BLOCK,
+                                    mask_mod=mask_mod, seq_lengths=(seq_len, seq_len))
+
+
+def compiled_flex(case: Case, window: int | None = None) -> Call:
+    """FlexAttention compiled for one case, its block mask built once: what a user makes once per
+    shape and reuses. Causal cases see the last `window` keys up to and including the query (None:
+    every earlier key); the sliding-window method binds through it too."""
+    from torch.nn.attention.flex_attention import flex_attention
 
     # Each shape compiles anew. Dynamo stops compiling a function after a few shapes and falls back
     # to the unfused eager path, which would be timed as if it were FlexAttention; starting each
     # case from an empty cache keeps every case compiled.
     torch._dynamo.reset()
     mask = None
-    if mask_mod is not None:
-        # the compiled builder works block by block; the eager one would materialise N x N booleans
-        mask = create_block_mask(mask_mod, None, None, case.seq_len, case.seq_len, device=case.device,
-                                 BLOCK_SIZE=BLOCK, _compile=device_kind(case.device) == "cuda")
+    if case.causal:
+        mask = band_block_mask(case.seq_len, window, _causal if window is None else _in_window(window),
+                               case.device)
     compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     gqa = case.kv_heads != case.heads
 
@@ -60,7 +105,7 @@ def compiled_flex(case: Case, mask_mod: MaskMod | None) -> Call:
 
 
 def _bind(case: Case) -> Call:
-    return compiled_flex(case, _causal if case.causal else None)
+    return compiled_flex(case)
 
 
 def _memory(case: Case) -> int:

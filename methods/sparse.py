@@ -44,10 +44,7 @@ def _bind(case: Case) -> Call:
 
         return dense
 
-    def in_window(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-
-    return compiled_flex(case, in_window)
+    return compiled_flex(case, window)
 
 
 def _unbound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
