@@ -94,7 +94,9 @@ def _default_device() -> str:
 def run(
     preset: Annotated[str | None, typer.Option(help="Named defaults: headline (4k..128k, H=32, H_kv=8, D=128, "
                                                "bf16), quick (a first look: 4k..16k, fewer samples) or cpu "
-                                               "(512..2k, H=4, H_kv=2, D=64, fp32); options given win "
+                                               "(512..2k, H=4, H_kv=2, D=64, fp32); or a model shape for "
+                                               "--scope layer/model: tiny (CPU), llama3-8b, llama2-7b, "
+                                               "mistral-7b, openllama-3b; options given win "
                                                "[default: headline on a GPU, cpu without]",
                                                show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --preset quick")] = False,
@@ -128,6 +130,15 @@ def run(
     modes: Annotated[str | None, typer.Option(help="Passes to time: fwd (forward), bwd (backward alone, from a "
                                               "forward run outside the timed region), fwd_bwd (both), or a list "
                                               "[default: fwd]", show_default=False)] = None,
+    scope: Annotated[str | None, typer.Option(help="What is timed: op (the attention alone), layer (one decoder "
+                                              "layer of the --preset model) or model (its embedding and "
+                                              "--layers layers) [default: op]", show_default=False)] = None,
+    layers: Annotated[int | None, typer.Option(help="--scope model: decoder layers timed; the model's depth is "
+                                               "estimated from them [default: the model's depth]",
+                                               show_default=False)] = None,
+    protocol: Annotated[str | None, typer.Option(help="tbench (adaptive sampling) or paper (the mean of 50 "
+                                                 "forward passes after a warm-up) [default: tbench]",
+                                                 show_default=False)] = None,
     target_rse: Annotated[float | None, typer.Option("--target-rse", help="Stop sampling at this relative "
                                                      "standard error of the median [default: 0.005; quick: 0.02]",
                                                      show_default=False)] = None,
@@ -171,7 +182,8 @@ def run(
         preset=Preset.QUICK if quick else parse_preset(preset) if preset else None, lengths=lengths, orders=orders,
         batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, causal=causal,
         methods=methods, baseline=baseline, dims=dims, device=device, devices=devices, timing=timing,
-        modes=modes, target_rse=target_rse, min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
+        modes=modes, scope=scope, layers=layers, protocol=protocol, target_rse=target_rse,
+        min_samples=min_samples, min_time=min_time, budget=budget, cool_to=cool_to,
         timeout=timeout, check=check, isolate=isolate, seed=seed, shard=shard, run_key=run_key)
     started = time.monotonic()
     registry = load_registry()

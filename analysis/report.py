@@ -10,7 +10,10 @@ from ..core.case import MODE_NAMES, TIMED_STATUSES
 from .families import sort_by_family
 from .speedup import with_speedup
 
-SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device"]
+SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device", "scope", "model",
+                 "layers", "protocol"]
+# Columns of stores from before scopes, and their value there.
+SCOPE_DEFAULTS = {"scope": "op", "model": "", "layers": 0, "protocol": "tbench"}
 
 
 def _bytes(n: object) -> str:
@@ -44,6 +47,7 @@ def _flags(state: object) -> list[str]:
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
     """Rows as display strings, grouped by shape, then by family (in FAMILY_ORDER), then ordered by
     length, method, order and mode (fwd, bwd, fwd_bwd: the order a training step runs them)."""
+    df = df.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in df})
     df = with_speedup(df, baseline)
     then = ["seq_len", "method", "order_m"]
     if "mode" in df:
@@ -84,8 +88,13 @@ def _headers(df: pd.DataFrame) -> list[str]:
 
 
 def _shape_title(shape: tuple) -> str:
-    b, h, kv, d, dtype, causal, device = shape
-    return f"B={b} H={h} H_kv={kv} D={d} {dtype} {'causal' if causal else 'non-causal'} {device}"
+    b, h, kv, d, dtype, causal, device, scope, model, layers, protocol = shape
+    title = f"B={b} H={h} H_kv={kv} D={d} {dtype} {'causal' if causal else 'non-causal'} {device}"
+    if scope != "op":
+        title += f", scope {scope}: {model}, {layers} layer{'s' if layers != 1 else ''}"
+    if protocol != "tbench":
+        title += f", protocol {protocol}"
+    return title
 
 
 def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
@@ -102,7 +111,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
         table.add_column(Text(label), justify="left" if name in TEXT_COLUMNS else "right",
                          no_wrap=name in ("N", "ms"))
     rows = formatted_rows(df, baseline, peaks, wide)
-    many_shapes = len({r["shape"] for r in rows}) > 1
+    many_shapes = len({r["shape"] for r in rows}) > 1 or any(r["shape"][7] != "op" for r in rows)
     previous, family = None, None
     for r in rows:
         if many_shapes and r["shape"] != previous:

@@ -13,7 +13,7 @@ from ..core.sweep import BASELINE_PREFERENCE
 # What makes two measurements comparable: the same inputs on the same device, the same pass timed
 # the same way.
 SHAPE_KEY = ("seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device", "timing_mode",
-             "mode")
+             "mode", "scope", "model", "layers", "protocol")
 
 
 def with_speedup(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:

@@ -8,7 +8,7 @@ without loading a GPU stack. Torch-side views of a case (its torch dtype, its in
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 from .folding import format_dims
@@ -65,6 +65,27 @@ class Mode(StrEnum):
         return self is not Mode.FWD
 
 
+class Scope(StrEnum):
+    """What is timed around the attention: the operator alone, one decoder layer of a Llama-shaped
+    model (norms, projections, RoPE, the attention, the MLP), or the embedding and K such layers."""
+
+    OP = "op"
+    LAYER = "layer"
+    MODEL = "model"
+
+
+class TimingProtocol(StrEnum):
+    """How samples are taken: tbench's adaptive sampling (one call per sample, stopped by its
+    precision), or the paper's (the mean of 50 forward passes run back to back after a warm-up)."""
+
+    TBENCH = "tbench"
+    PAPER = "paper"
+
+
+# Forward passes averaged per sample under the paper's protocol.
+PAPER_PASSES = 50
+
+
 class Status(StrEnum):
     """How a measurement ended. `ok` rows passed the correctness gate; `unchecked` rows were timed
     with the gate switched off (`--no-check`): ranked and plotted like `ok`, but marked, and the
@@ -82,6 +103,8 @@ class Status(StrEnum):
 
 DTYPE_NAMES: tuple[str, ...] = tuple(d.value for d in DType)
 MODE_NAMES: tuple[str, ...] = tuple(m.value for m in Mode)
+SCOPE_NAMES: tuple[str, ...] = tuple(s.value for s in Scope)
+PROTOCOL_NAMES: tuple[str, ...] = tuple(p.value for p in TimingProtocol)
 FAMILY_NAMES: tuple[str, ...] = tuple(f.value for f in Family)
 STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in Status)
 # Statuses that carry a timing worth ranking.
@@ -109,6 +132,10 @@ class Case:
     dims: tuple[int, ...] | None = None  # resolved folding dims, tensorized methods only
     timing: TimingMode = TimingMode.EVENTS
     mode: Mode = Mode.FWD
+    scope: Scope = Scope.OP
+    model: str = ""  # the model shape preset (core/shapes.py) of layer and model scope; "" for op
+    layers: int = 0  # decoder layers timed: 1 at layer scope, K at model scope, 0 for op
+    protocol: TimingProtocol = TimingProtocol.TBENCH
     scale: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +144,8 @@ class Case:
         object.__setattr__(self, "dtype", DType(self.dtype))
         object.__setattr__(self, "timing", TimingMode(self.timing))
         object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "scope", Scope(self.scope))
+        object.__setattr__(self, "protocol", TimingProtocol(self.protocol))
 
     @property
     def is_tensorized(self) -> bool:
@@ -138,27 +167,43 @@ class Case:
     def shape_key(self) -> tuple:
         """Cases with the same shape key share their inputs (and are measured side by side)."""
         return (self.seq_len, self.batch, self.heads, self.kv_heads, self.head_dim, self.dtype,
-                self.causal, self.device)
+                self.causal, self.device, self.scope, self.model, self.layers)
+
+    @property
+    def is_op(self) -> bool:
+        return self.scope is Scope.OP
+
+    def attention(self) -> Case:
+        """The attention operator inside a layer or model case: the same case at op scope."""
+        return replace(self, scope=Scope.OP, model="", layers=0, protocol=TimingProtocol.TBENCH)
 
     @property
     def key(self) -> str:
         """The full identity of a configuration; matched across runs by gate and resume. Forward
         cases keep the key they had before modes existed (so older stores and baselines match);
-        the other modes append theirs."""
+        the other modes append theirs, and so do layer and model scope and the paper's protocol."""
         causal = "causal" if self.causal else "full"
         order = f"m{self.order}" if self.order is not None else "m-"
         key = (f"{self.method}|N{self.seq_len}|{order}|{self.dims_text or '-'}|B{self.batch}"
                f"|H{self.heads}|KV{self.kv_heads}|D{self.head_dim}|{self.dtype}|{causal}|{self.timing}")
-        return key if self.mode is Mode.FWD else f"{key}|{self.mode}"
+        if self.mode is not Mode.FWD:
+            key += f"|{self.mode}"
+        if self.scope is not Scope.OP:
+            key += f"|{self.scope}|{self.model}|L{self.layers}"
+        if self.protocol is not TimingProtocol.TBENCH:
+            key += f"|{self.protocol}"
+        return key
 
     def label(self) -> str:
         order = f" m={self.order} ({self.dims_text})" if self.order is not None else ""
         mode = "" if self.mode is Mode.FWD else f" {self.mode}"
-        return f"{self.method}{order} N={self.seq_len}{mode}"
+        scope = "" if self.scope is Scope.OP else f" {self.scope} {self.model} x{self.layers}"
+        protocol = "" if self.protocol is TimingProtocol.TBENCH else f" ({self.protocol})"
+        return f"{self.method}{order} N={self.seq_len}{mode}{scope}{protocol}"
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        for name in ("family", "dtype", "timing", "mode"):
+        for name in ("family", "dtype", "timing", "mode", "scope", "protocol"):
             data[name] = str(data[name])
         data["dims"] = list(self.dims) if self.dims else None
         return data

@@ -15,6 +15,11 @@ Conventions, per family (B batch, H query heads, H_kv key/value heads, N length,
 Minimum bytes: each input read once and the output written once; for linear methods the gates
 are not counted (they are small next to q, k and v, or, for GLA, of the size of k).
 
+Layer and model scope (Case.scope): K decoder layers (K = 1 for a layer) are credited K times the
+attention's flops plus the dense products of each layer, 2 flops per weight per token (Q, K, V, O
+and the MLP's three; norms, RoPE and the embedding lookup are not counted); minimum bytes are K
+times each layer's weights read once plus its input and output hidden states.
+
 Modes (the pass timed, Case.mode), by the convention FlashAttention's and tritonbench's benchmarks
 use: the backward is credited 2.5 times the forward's flops (its five matrix products against the
 forward's two; recomputing the scores is not credited), so `bwd` counts 2.5x and `fwd_bwd` 3.5x the
@@ -30,7 +35,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .case import Case, Family, Mode, sliding_window
+from .case import Case, Family, Mode, Scope, sliding_window
+from .shapes import layer_forward_flops, model_shape
 
 
 def causal_fraction(n: int) -> float:
@@ -80,6 +86,13 @@ def flops(case: Case) -> float:
 
 
 def forward_flops(case: Case) -> float:
+    if case.scope is not Scope.OP:
+        dense = layer_forward_flops(model_shape(case.model), case.batch, case.seq_len)
+        return case.layers * (dense + attention_forward_flops(case))
+    return attention_forward_flops(case)
+
+
+def attention_forward_flops(case: Case) -> float:
     b, h, d = case.batch, case.heads, case.head_dim
     n = case.seq_len
     if case.family is Family.TENSORIZED:
@@ -95,6 +108,10 @@ def forward_flops(case: Case) -> float:
 
 def min_bytes(case: Case) -> float:
     """Fewest bytes through device memory of the pass the case times, for the N real tokens."""
+    if case.scope is not Scope.OP:
+        shape = model_shape(case.model)
+        per_layer = (shape.layer_params() + 2 * case.batch * case.seq_len * shape.hidden) * case.element_size
+        return float(case.layers * per_layer)
     if case.mode is Mode.FWD:
         return forward_min_bytes(case)
     if case.mode is Mode.BWD:

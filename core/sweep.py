@@ -9,9 +9,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from .case import DTYPE_NAMES, MODE_NAMES, Case, DType, Family, Mode, TimingMode
+from .case import (
+    DTYPE_NAMES,
+    MODE_NAMES,
+    PROTOCOL_NAMES,
+    SCOPE_NAMES,
+    Case,
+    DType,
+    Family,
+    Mode,
+    Scope,
+    TimingMode,
+    TimingProtocol,
+)
 from .errors import UsageError
 from .folding import FoldingError, resolve_dims
+from .shapes import model_shape
 
 
 class MethodInfo(Protocol):
@@ -107,6 +120,20 @@ def parse_modes(text: str) -> list[str]:
     return values
 
 
+def parse_scope(text: str) -> Scope:
+    try:
+        return Scope(text.strip().lower())
+    except ValueError:
+        raise UsageError(f"scope '{text}' unknown; allowed: {', '.join(SCOPE_NAMES)}") from None
+
+
+def parse_protocol(text: str) -> TimingProtocol:
+    try:
+        return TimingProtocol(text.strip().lower())
+    except ValueError:
+        raise UsageError(f"protocol '{text}' unknown; allowed: {', '.join(PROTOCOL_NAMES)}") from None
+
+
 def parse_names(text: str, what: str = "methods") -> list[str]:
     names = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     if not names:
@@ -135,6 +162,11 @@ class Sweep:
     seed: int = 0
     # Absent from sweeps stored before modes existed: those timed the forward alone.
     modes: list[str] = field(default_factory=lambda: [Mode.FWD.value])
+    # Absent from sweeps stored before scopes existed: those timed the operator alone.
+    scope: str = Scope.OP.value
+    model: str = ""  # the model shape preset of layer and model scope
+    layers: int = 0  # model scope: decoder layers timed (K); layer scope: 1; op: 0
+    protocol: str = TimingProtocol.TBENCH.value
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -148,6 +180,7 @@ class Sweep:
         return cls(**data)
 
     def validate(self, registry: Catalog) -> None:
+        self._validate_scope()
         for name in self.methods:
             if name not in registry:
                 raise UsageError(f"method '{name}' unknown; known: {', '.join(registry.names())}")
@@ -168,6 +201,27 @@ class Sweep:
                     raise UsageError(str(exc)) from None
         else:
             self._validate_orders(registry)
+
+    def _validate_scope(self) -> None:
+        """Layer and model scope take their attention shape from the model preset."""
+        scope = parse_scope(self.scope)
+        parse_protocol(self.protocol)
+        if scope is Scope.OP:
+            return
+        if not self.model:
+            raise UsageError(f"scope {scope} needs a model shape: --preset tiny, llama3-8b, llama2-7b, mistral-7b "
+                             "or openllama-3b")
+        shape = model_shape(self.model)
+        given = {"heads": self.heads, "kv-heads": self.kv_heads, "head-dim": self.head_dims}
+        wanted = {"heads": shape.heads, "kv-heads": shape.kv_heads, "head-dim": shape.head_dim}
+        for name, values in given.items():
+            if values != [wanted[name]]:
+                raise UsageError(f"--{name} {','.join(map(str, values))} conflicts with model {shape.name} "
+                                 f"({name} {wanted[name]}); at scope {scope} the model sets the shape")
+        if scope is Scope.LAYER and self.layers != 1:
+            raise UsageError(f"--layers {self.layers} is for --scope model; a layer is one layer")
+        if scope is Scope.MODEL and self.layers < 1:
+            raise UsageError(f"--layers {self.layers} must be at least 1")
 
     def _validate_orders(self, registry: Catalog) -> None:
         """Auto dims fold N into m axes of at least 2 only while m <= ceil(log2 N); beyond that
@@ -198,7 +252,8 @@ class Sweep:
                     for mode in self.modes:
                         base = dict(method=name, family=method.family, seq_len=n, batch=b, heads=h, kv_heads=kv,
                                     head_dim=d, dtype=dtype, causal=causal, device=self.device, timing=self.timing,
-                                    mode=mode)
+                                    mode=mode, scope=self.scope, model=self.model, layers=self.layers,
+                                    protocol=self.protocol)
                         if method.is_tensorized:
                             for m in self.orders:
                                 dims = resolve_dims(n, m, self.dims)

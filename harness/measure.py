@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import cost
-from ..core.case import Case, Status, TimingMode
+from ..core.case import PAPER_PASSES, Case, Scope, Status, TimingMode, TimingProtocol
 from ..core.device import device_kind
 from ..core.records import MeasurementRecord, utcnow
 from ..kernels.tensors import make_inputs
@@ -27,7 +27,7 @@ from ..methods.registry import Method, Registry
 from .correctness import check, new_seed
 from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight
-from .passes import make_step
+from .passes import Step, make_step
 from .timing import Prepared, Sampling, Timer, TimingPolicy, clocks_settled, cool_down, make_timer, summarize
 
 
@@ -42,6 +42,8 @@ class MeasureSettings:
 
 Emit = Callable[[MeasurementRecord], None]
 
+SCOPED_BACKWARD = "layer and model scope time the forward only (mode fwd)"
+PAPER_BACKWARD = "the paper's protocol times forward passes only (mode fwd)"
 GRAPH_BACKWARD = ("graph timing cannot time a backward: each sample needs a fresh autograd graph from an untimed "
                   "forward, which a CUDA-graph replay cannot hold; use --timing events")
 # Called before each step that runs method code, so an isolating parent knows what crashed.
@@ -65,6 +67,7 @@ class _Active:
     sampling: Sampling
     record: MeasurementRecord
     call_s: float = 0.0  # fastest warm-up call, for grouping by cost
+    passes: int = 1  # forward passes per timed call (the paper's protocol averages 50)
     spans: list[tuple[float, float]] = field(default_factory=list)  # its bursts, on the clock trace's time
 
 
@@ -117,6 +120,7 @@ def measure_group(
     timer: Timer = make_timer(first.timing, device)
     active: list[_Active] = []
     inputs: tuple[torch.Tensor, ...] | None = None
+    built = None  # layer and model scope: the group's module and its input, built once
 
     for case in cases:
         method = registry.methods.get(case.method)
@@ -128,6 +132,10 @@ def measure_group(
         reason = method.unsupported_reason(case)
         if reason is None and case.mode.needs_backward and case.timing is TimingMode.GRAPH:
             reason = GRAPH_BACKWARD
+        if reason is None and case.mode.needs_backward and not case.is_op:
+            reason = SCOPED_BACKWARD
+        if reason is None and case.mode.needs_backward and case.protocol is TimingProtocol.PAPER:
+            reason = PAPER_BACKWARD
         if reason is not None:
             _finish(rec, "unsupported", reason, emit)
             continue
@@ -135,15 +143,29 @@ def measure_group(
         if not availability.available:
             _finish(rec, "unsupported", f"unavailable: {availability.reason}", emit)
             continue
-        estimate = method.memory_estimate(case) if method.memory_estimate else None
+        if case.is_op:
+            estimate = method.memory_estimate(case) if method.memory_estimate else None
+        else:
+            from .scoped import scoped_memory_estimate
+
+            # the group's module, once built, is already held: count it as free for its cases
+            estimate = scoped_memory_estimate(case, method) - (_module_bytes(built[0]) if built else 0)
         skip = preflight(case, estimate, free_bytes(device) + _input_bytes_held(inputs))
         if skip is not None:
             _finish(rec, "skipped", skip, emit)
             continue
         try:
-            if inputs is None:
-                inputs = make_inputs(case, settings.seed)
-            entry = _warm_up(case, method, inputs, rec, settings, timer, beacon)
+            if case.is_op:
+                if inputs is None:
+                    inputs = make_inputs(case, settings.seed)
+                entry = _warm_up(case, method, inputs, rec, settings, timer, beacon)
+            else:
+                if built is None:
+                    from .scoped import build_for
+
+                    beacon(case, f"building the {case.scope}")
+                    built = build_for(case, settings.seed)
+                entry = _warm_up(case, method, (), rec, settings, timer, beacon, built)
         except Exception as exc:
             _release()
             _finish(rec, "oom" if _is_oom(exc) else "error", _one_line(exc), emit)
@@ -154,6 +176,10 @@ def measure_group(
         active.append(entry)
 
     _timed_rounds(active, timer, monitor, emit, beacon, settings.policy)
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.module.parameters())  # type: ignore[attr-defined]
 
 
 def _input_bytes_held(inputs: tuple[torch.Tensor, ...] | None) -> int:
@@ -190,8 +216,10 @@ def _warm_up(
     settings: MeasureSettings,
     timer: Timer,
     beacon: Beacon,
+    built: tuple | None = None,
 ) -> _Active | None:
-    """Prepare, warm up, check and size one case. Returns None if the record is already final."""
+    """Prepare, warm up, check and size one case. Returns None if the record is already final.
+    `built`: the module and input of a layer or model case (harness/scoped.py)."""
     phases = _Phases(rec.device_state)
 
     def step(name: str) -> None:
@@ -199,11 +227,18 @@ def _warm_up(
         beacon(case, name)
 
     step("warm-up")
-    q, k, v = method.prepared(*inputs, case)
-    call = method.bound(case)
-    # fwd: the call under no_grad; bwd: the backward, its forward run untimed before each sample;
-    # fwd_bwd: both (harness/passes.py)
-    fn = make_step(lambda a, b, c: call(a, b, c, case), (q, k, v), case)
+    if built is not None:
+        from .scoped import scoped_step
+
+        fn = scoped_step(case, method, *built)
+    else:
+        q, k, v = method.prepared(*inputs, case)
+        call = method.bound(case)
+        # fwd: the call under no_grad; bwd: the backward, its forward run untimed before each sample;
+        # fwd_bwd: both (harness/passes.py)
+        fn = make_step(lambda a, b, c: call(a, b, c, case), (q, k, v), case)
+        if case.protocol is TimingProtocol.PAPER:
+            fn = _passes(fn, PAPER_PASSES)
 
     deadline = time.perf_counter() + settings.policy.warmup_s
     calls = 0
@@ -219,8 +254,13 @@ def _warm_up(
     if settings.check:
         step("check")
         check_seed = settings.check_seed if settings.check_seed is not None else new_seed()
-        result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case,
-                       seed=check_seed, tolerance=method.tolerance, reference=method.reference)
+        if built is not None:
+            from .scoped import check_scoped
+
+            result = check_scoped(case, method, built[0], check_seed, tolerance=method.tolerance)
+        else:
+            result = check(lambda a, b, c: call(*method.prepared(a, b, c, case), case), case.attention(),
+                           seed=check_seed, tolerance=method.tolerance, reference=method.reference)
         rec.device_state["check"] = result.details
         rec.check_error = result.error
         rec.fidelity_rel_l2 = result.fidelity_rel_l2
@@ -248,7 +288,26 @@ def _warm_up(
     step("graph capture" if timer.mode == "graph" else "timing")
     timed = timer.prepare(fn.call, fn.setup)
     phases.enter(None)
-    return _Active(case, method, timed, Sampling(settings.policy, []), rec, fastest)
+    policy, passes = settings.policy, 1
+    if case.protocol is TimingProtocol.PAPER:
+        from .scoped import paper_policy
+
+        policy, passes = paper_policy(policy), PAPER_PASSES
+        rec.device_state["protocol"] = (f"one sample: the mean of {PAPER_PASSES} forward passes back to back, "
+                                        "after the warm-up")
+    return _Active(case, method, timed, Sampling(policy, []), rec, fastest / passes, passes=passes)
+
+
+def _passes(fn: Step, count: int) -> Step:
+    """`count` calls of a forward step back to back, as one timed call."""
+
+    def repeated() -> object:
+        out = None
+        for _ in range(count):
+            out = fn.call()
+        return out
+
+    return Step(repeated, fn.setup, fn.release)
 
 
 def _timed_rounds(active: list[_Active], timer: Timer, monitor: DeviceMonitor, emit: Emit, beacon: Beacon,
@@ -324,7 +383,7 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 burst_end = time.perf_counter() + policy.burst_s
                 while True:
                     start = time.perf_counter()
-                    sample = timer.sample(entry.fn)
+                    sample = timer.sample(entry.fn) / entry.passes
                     entry.sampling.add(sample, time.perf_counter() - start)
                     if entry.sampling.done or time.perf_counter() >= burst_end:
                         break
@@ -339,6 +398,10 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 active.remove(entry)
                 rec = entry.record
                 rec.timing = summarize(entry.sampling.samples)
+                if entry.case.scope is Scope.MODEL:
+                    from .scoped import depth_estimate
+
+                    rec.device_state["depth"] = depth_estimate(entry.case, rec.timing.median_ms)
                 after = monitor.sample()
                 rec.device_state["after"] = after
                 rec.device_state["stop"] = entry.sampling.stop_reason

@@ -11,10 +11,11 @@ import uuid
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from ..core.case import Mode
+from ..core.case import Mode, Scope
 from ..core.device import DeviceKind, device_kind, parse_device, parse_device_indices
 from ..core.errors import UsageError
 from ..core.folding import parse_dims
+from ..core.shapes import MODEL_SHAPES, ModelShape
 from ..core.sweep import (
     Catalog,
     Sweep,
@@ -23,6 +24,8 @@ from ..core.sweep import (
     parse_lengths,
     parse_modes,
     parse_names,
+    parse_protocol,
+    parse_scope,
     preferred_baseline,
 )
 from .measure import MeasureSettings
@@ -35,6 +38,13 @@ class Preset(StrEnum):
     HEADLINE = "headline"  # the published GPU sweep
     QUICK = "quick"  # a first look: 4k..16k, short sampling (not yet timed on a GPU)
     CPU = "cpu"  # small enough for a CPU
+    # Model shape presets (core/shapes.py): the attention shape of a published model, and for
+    # --scope layer and model the layer around it.
+    TINY = "tiny"  # small enough for a CPU
+    LLAMA3_8B = "llama3-8b"
+    LLAMA2_7B = "llama2-7b"
+    MISTRAL_7B = "mistral-7b"
+    OPENLLAMA_3B = "openllama-3b"
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class PresetValues:
     # The methods measured when --methods is not given (those available here); None: every
     # available method. The run names the available methods a preset leaves out.
     methods: tuple[str, ...] | None = None
+    model: str | None = None  # the model shape preset of layer and model scope
 
 
 # The headline sweep: the strongest competitor of each kind that tbench can run, and the
@@ -90,6 +101,26 @@ PRESETS: dict[Preset, PresetValues] = {
                              min_time_s=0.1, budget_s=2.0, device=DeviceKind.CPU),
 }
 
+# What the model presets measure without --methods: the exact kernels the paper's comparison needs,
+# tensorized attention and the fastest linear peer (issue: the paper's Figure 5).
+MODEL_METHODS: tuple[str, ...] = ("flash2", "flash3", "sdpa-cudnn", "tensorized", "simple-gla")
+
+
+def _model_preset(shape: ModelShape) -> PresetValues:
+    """A published model's shape on a GPU: 4k..128k in bf16, with sampling short enough for calls
+    that take up to seconds (a layer at 128k tokens and batch 5)."""
+    return PresetValues(lengths="4k..128k", heads=str(shape.heads), kv_heads=str(shape.kv_heads),
+                        head_dim=str(shape.head_dim), dtype="bf16", target_rse=0.02, min_samples=5,
+                        min_time_s=0.3, budget_s=3.0, held_back_min_time_s=0.5, clock_settle_max_s=2.0,
+                        methods=MODEL_METHODS, model=shape.name)
+
+
+PRESETS[Preset.TINY] = PresetValues(
+    lengths="256..1k", heads=str(MODEL_SHAPES["tiny"].heads), kv_heads=str(MODEL_SHAPES["tiny"].kv_heads),
+    head_dim=str(MODEL_SHAPES["tiny"].head_dim), dtype="fp32", min_time_s=0.1, budget_s=2.0, model="tiny")
+for _preset in (Preset.LLAMA3_8B, Preset.LLAMA2_7B, Preset.MISTRAL_7B, Preset.OPENLLAMA_3B):
+    PRESETS[_preset] = _model_preset(MODEL_SHAPES[_preset.value])
+
 TIMING_MODES = {DeviceKind.CUDA: ("events", "graph"), DeviceKind.CPU: ("cpu",)}
 
 
@@ -120,6 +151,9 @@ class RunRequest:
     devices: str | None = None
     timing: str | None = None
     modes: str | None = None  # e.g. "fwd,bwd,fwd_bwd"; None: the forward alone
+    scope: str | None = None  # op, layer or model; None: op
+    layers: int | None = None  # model scope: layers timed; None: the model's depth
+    protocol: str | None = None  # tbench or paper; None: tbench
     target_rse: float | None = None
     min_samples: int | None = None
     min_time: float | None = None
@@ -247,9 +281,32 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
         dims=parse_dims(request.dims) if request.dims else None,
         seed=request.seed,
         modes=parse_modes(request.modes) if request.modes is not None else [Mode.FWD.value],
+        protocol=parse_protocol(request.protocol or "tbench").value,
+        **_scope_axes(request, values),
     )
     sweep.validate(registry)
     return sweep
+
+
+def _scope_axes(request: RunRequest, values: PresetValues) -> dict:
+    """The sweep's scope, model and layers: the model comes from the preset, the layers from
+    --layers (model scope only; by default the model's published depth)."""
+    scope = parse_scope(request.scope or Scope.OP.value)
+    if scope is Scope.OP:
+        if request.layers is not None:
+            raise UsageError(f"--layers {request.layers} needs --scope model")
+        return {"scope": scope.value, "model": "", "layers": 0}
+    if values.model is None:
+        models = ", ".join(MODEL_SHAPES)
+        raise UsageError(f"--scope {scope} needs a model shape preset: --preset one of {models}")
+    if scope is Scope.LAYER:
+        if request.layers is not None:
+            raise UsageError(f"--layers {request.layers} is for --scope model; --scope layer times one layer")
+        return {"scope": scope.value, "model": values.model, "layers": 1}
+    layers = MODEL_SHAPES[values.model].layers if request.layers is None else request.layers
+    if layers < 1:
+        raise UsageError(f"--layers {layers} must be at least 1")
+    return {"scope": scope.value, "model": values.model, "layers": layers}
 
 
 def _available(registry: Catalog, device: str) -> list[str]:

@@ -62,6 +62,11 @@ class MeasurementModel(_Strict):
     timing_mode: str = Field(max_length=16)
     # core.case.Mode; bundles from before modes timed the forward
     mode: str = Field(default="fwd", max_length=16, pattern=r"^(fwd|bwd|fwd_bwd)$")
+    # core.case.Scope and TimingProtocol; bundles from before scopes timed the operator, tbench's way
+    scope: str = Field(default="op", max_length=16, pattern=r"^(op|layer|model)$")
+    model: str = Field(default="", max_length=64)
+    layers: int = Field(default=0, ge=0)
+    protocol: str = Field(default="tbench", max_length=16, pattern=r"^(tbench|paper)$")
     status: str = Field(min_length=1, max_length=16)
     message: str = ""
     provenance: str = ""

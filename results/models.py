@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when the schema changes; an older tbench refuses to open a newer database.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -90,6 +90,13 @@ class Measurement(Base):
     timing_mode: Mapped[str] = mapped_column(String(16), default="events")
     # The pass timed (core.case.Mode): fwd, bwd or fwd_bwd; rows from before modes are fwd.
     mode: Mapped[str] = mapped_column(String(16), default="fwd", server_default="fwd")
+    # What was timed around the attention (core.case.Scope): op, layer or model; rows from before
+    # scopes are op. Layer and model rows name their model shape preset and the layers timed.
+    scope: Mapped[str] = mapped_column(String(16), default="op", server_default="op")
+    model: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    layers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How samples were taken (core.case.TimingProtocol): tbench or paper.
+    protocol: Mapped[str] = mapped_column(String(16), default="tbench", server_default="tbench")
 
     status: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text, default="")

@@ -364,6 +364,7 @@ def _to_row(run_id: int, rec: MeasurementRecord) -> Measurement:
         order_m=case.order, dims=case.dims_text, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads,
         head_dim=case.head_dim, dtype=str(case.dtype), causal=case.causal, device=case.device,
         device_index=rec.device_index, timing_mode=str(case.timing), mode=str(case.mode),
+        scope=str(case.scope), model=case.model, layers=case.layers, protocol=str(case.protocol),
         status=str(rec.status), message=rec.message,
         provenance=rec.provenance,
         median_ms=timing.median_ms if timing else None, p20_ms=timing.p20_ms if timing else None,

@@ -19,12 +19,14 @@ ROOT = Path(tbench.__file__).resolve().parent
 EXCLUDED = ("tests", "benchmarks")
 
 # What each floor may import: itself and the floors below it. The harness also stands on the store
-# (the runner commits every record); the command line stands on everything.
+# (the runner commits every record) and on the model (layer and model scope); the command line
+# stands on everything.
 ALLOWED = {
     "core": {"core"},
     "kernels": {"core", "kernels"},
     "methods": {"core", "kernels", "methods"},
-    "harness": {"core", "kernels", "methods", "harness", "results"},
+    "model": {"core", "kernels", "methods", "model"},
+    "harness": {"core", "kernels", "methods", "model", "harness", "results"},
     "results": {"core", "results"},
     "analysis": {"core", "results", "analysis"},
     "dashboard": {"core", "results", "analysis", "dashboard"},

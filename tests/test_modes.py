@@ -17,6 +17,7 @@ from tbench.core.errors import UsageError
 from tbench.core.sweep import Sweep, parse_modes
 from tbench.results import migrate
 from tbench.results.bundle import MeasurementModel
+from tbench.results.models import SCHEMA_VERSION
 from tbench.results.store import Store
 
 SMALL = ["--device", "cpu", "--lengths", "128", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
@@ -163,9 +164,11 @@ def test_upgrade_from_the_schema_before_modes(tmp_path):
     df = store.measurements()
     store.close()
     assert list(df["mode"]) == ["fwd"]
+    # and on through the later revisions: an old row timed the operator, tbench's way
+    assert (list(df["scope"]), list(df["layers"]), list(df["protocol"])) == (["op"], [0], ["tbench"])
     with sqlite3.connect(tmp_path / "old.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
-        assert conn.execute("SELECT value FROM tbench_meta").fetchall() == [("2",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT value FROM tbench_meta").fetchall() == [(str(SCHEMA_VERSION),)] == [("3",)]
 
 
 def test_bad_modes_are_refused_in_one_line(tmp_path, cli_env):
