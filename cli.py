@@ -400,9 +400,12 @@ def quality(
     from .results.store import Store
 
     started = time.monotonic()
-    device = device or _default_device()
-    if device_kind(device) not in ("cuda", "cpu"):
-        fail(f"device '{device}' unknown; allowed: cuda, cuda:N, cpu")
+    from .core.device import parse_device
+    from .core.errors import UsageError
+
+    device = parse_device(device) if device is not None else _default_device()
+    if device_kind(device) == "cuda" and _default_device() == "cpu":
+        raise UsageError(f"device '{device}' asked for, but torch sees no CUDA GPU here")
     registry = load_registry()
     available = {m.name: (None if (a := m.availability(device_kind(device))).available else a.reason)
                  for m in registry}
