@@ -168,7 +168,7 @@ TORCH_FREE = [
     *sorted(m for m in module_files() if m.startswith("tbench.core")),
     "tbench.results.store", "tbench.results.bundle", "tbench.results.url", "tbench.results.quality",
     *sorted(m for m in module_files() if m.startswith("tbench.analysis")),
-    "tbench.dashboard.data", "tbench.cli",
+    "tbench.dashboard.data", "tbench.dashboard.quality", "tbench.analysis.quality", "tbench.cli",
 ]
 
 # Runs the command line in-process and reports, at exit, whether torch was loaded.
