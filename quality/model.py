@@ -72,7 +72,8 @@ class Attention(nn.Module):
         batch, n, d = x.shape
         case, call = self._call(batch)
         dtype = TORCH_DTYPES[case.dtype]
-        q, k, v = (t.view(batch, n, self.model.heads, self.model.head_dim).transpose(1, 2).to(dtype)
+        # contiguous (B, H, N, D): the layout every method's call is measured with
+        q, k, v = (t.reshape(batch, n, self.model.heads, self.model.head_dim).transpose(1, 2).to(dtype).contiguous()
                    for t in self.qkv(x).chunk(3, dim=-1))
         q, k, v = self.attention.method.prepared(q, k, v, case)
         y = call(q, k, v, case)  # (B, H, N, D), any strides

@@ -17,6 +17,7 @@ from tbench.core.errors import UsageError
 from tbench.core.sweep import Sweep, parse_modes
 from tbench.results import migrate
 from tbench.results.bundle import MeasurementModel
+from tbench.results.models import SCHEMA_VERSION
 from tbench.results.store import Store
 
 SMALL = ["--device", "cpu", "--lengths", "128", "--heads", "2", "--kv-heads", "1", "--head-dim", "32",
@@ -164,8 +165,11 @@ def test_upgrade_from_the_schema_before_modes(tmp_path):
     store.close()
     assert list(df["mode"]) == ["fwd"]
     with sqlite3.connect(tmp_path / "old.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
-        assert conn.execute("SELECT value FROM tbench_meta").fetchall() == [("2",)]
+        # upgraded through 0002 (the mode column) to this tbench's head
+        assert {r[0] for r in conn.execute("SELECT version_num FROM alembic_version")} == migrate.head_revisions()
+        assert "0002" in {s.revision for s in migrate.ScriptDirectory.from_config(migrate.alembic_config())
+                          .iterate_revisions(tuple(migrate.head_revisions()), "base")}
+        assert conn.execute("SELECT value FROM tbench_meta").fetchall() == [(str(SCHEMA_VERSION),)]
 
 
 def test_bad_modes_are_refused_in_one_line(tmp_path, cli_env):
