@@ -375,6 +375,81 @@ def dashboard(
     raise typer.Exit(launch(DatabaseUrl.resolve(db), port, host=host))
 
 
+# --- quality --------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly_errors
+def quality(
+    preset: Annotated[str, typer.Option(help="tiny (the CPU, well under a minute: MQAR at 32 and 48 tokens, "
+                                        "tensorized-ref and sdpa-math) or default (one GPU: MQAR at 256, 1024, 4096 "
+                                        "x tensorized m=2,3,4, tensorized-ref, an exact method, simple-gla, gla x "
+                                        "3 seeds x 2 learning rates)")] = "tiny",
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
+                                               show_default=False)] = None,
+    task: Annotated[str | None, typer.Option(help="mqar, needle or copy [default: mqar]", show_default=False)] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods [default: the preset's that are "
+                                                "available]", show_default=False)] = None,
+    orders: Annotated[str | None, typer.Option(help="Orders m for tensorized methods, e.g. 2,3,4 [default: the "
+                                               "preset's]", show_default=False)] = None,
+    lengths: Annotated[str | None, typer.Option(help="Sequence lengths, e.g. 256,1024,4096 (others are padded "
+                                                "to the fold) [default: the preset's]", show_default=False)] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds, e.g. 0,1,2 [default: the preset's]",
+                                              show_default=False)] = None,
+    lrs: Annotated[str | None, typer.Option(help="Learning rates, e.g. 1e-3,3e-3 [default: the preset's]",
+                                            show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps per model [default: the preset's]",
+                                              show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Train small models with each attention method on synthetic recall tasks; store held-out accuracy."""
+    from .analysis.quality import accuracy_table
+    from .harness import provenance
+    from .methods.catalog import load_registry
+    from .quality.plan import QualityRequest, plan_quality
+    from .quality.runner import run_quality
+    from .results.quality import quality_results
+    from .results.store import Store
+
+    started = time.monotonic()
+    from .core.device import parse_device
+    from .core.errors import UsageError
+
+    device = parse_device(device) if device is not None else _default_device()
+    if device_kind(device) == "cuda" and _default_device() == "cpu":
+        raise UsageError(f"device '{device}' asked for, but torch sees no CUDA GPU here")
+    registry = load_registry()
+    available = {m.name: (None if (a := m.availability(device_kind(device))).available else a.reason)
+                 for m in registry}
+    request = QualityRequest(preset=preset, device=device, task=task, methods=methods, orders=orders,
+                             lengths=lengths, seeds=seeds, lrs=lrs, steps=steps)
+    plan = plan_quality(request, registry, available)
+    for line in plan.left_out:
+        err.print(f"Left out (unavailable on {device}): {line}", markup=False, highlight=False)
+    store = Store(db)
+    info = provenance.collect(device, {"kind": "quality", "preset": preset, **plan.settings.as_dict()})
+    total = len(plan.configurations)
+
+    def report(i: int, rec: Any) -> None:
+        shown = f"accuracy {rec.accuracy:.3f}" if rec.status == "ok" else f"{rec.status}: {rec.message}"
+        err.print(f"[{i + 1}/{total}] {rec.config_key}: {shown}", markup=False, highlight=False)
+
+    outcome = run_quality(plan, registry, store, info, on_result=report)
+    table = accuracy_table(quality_results(store, [outcome.run_id]))
+    view = Table(title=Text(f"quality run {outcome.run_id}: {plan.settings.task} accuracy on held-out sequences "
+                            "(best learning rate per seed; mean ± std over seeds)"), header_style="bold")
+    for column in ("method", "N", "accuracy", "min", "max", "seeds", "failed"):
+        view.add_column(column)
+    for _, row in table.iterrows():
+        view.add_row(Text(row["series"]), str(row["seq_len"]), f"{row['mean']:.3f} ± {row['std']:.3f}",
+                     f"{row['min']:.3f}", f"{row['max']:.3f}", str(row["seeds"]), str(row["failed"]))
+    out.print(view)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
+    err.print(f"Quality run {outcome.run_id} {outcome.status}: {counts or 'nothing to train'} in "
+              f"{_duration(time.monotonic() - started)} (wall time); stored in {store.url}",
+              markup=False, highlight=False)
+
+
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

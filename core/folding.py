@@ -66,3 +66,28 @@ def parse_dims(text: str) -> tuple[int, ...]:
     if not dims or any(d < 1 for d in dims):
         raise FoldingError(f"dims '{text}' must look like 256x512 (positive integers joined by x)")
     return dims
+
+
+def coordinates(position: int, dims: Sequence[int]) -> tuple[int, ...]:
+    """The row-major coordinates of a position (the last axis innermost)."""
+    coords = []
+    for size in reversed(tuple(dims)):
+        position, c = divmod(position, size)
+        coords.append(c)
+    return tuple(reversed(coords))
+
+
+def causal_reach(n: int, dims: Sequence[int]) -> list[list[bool]]:
+    """The spec's causal rule in closed form: reach[p][x] is True where the output at position p
+    depends on the input at position x, which is exactly where x's coordinates are <= p's in every
+    axis (docs/spec-tensorized-attention.md, "Masks"). Positions past n (padding) are left out."""
+    coords = [coordinates(p, dims) for p in range(n)]
+    return [[all(a <= b for a, b in zip(coords[x], coords[p], strict=True)) for x in range(n)] for p in range(n)]
+
+
+def reach_picture(reach: Sequence[Sequence[bool]]) -> str:
+    """Rows: output positions; columns: input positions; '#' where the input reaches the output."""
+    width = len(str(len(reach) - 1))
+    header = " " * (width + 1) + "".join(str(x % 10) for x in range(len(reach)))
+    rows = [f"{p:>{width}} " + "".join("#" if r else "." for r in row) for p, row in enumerate(reach)]
+    return "\n".join([header, *rows])

@@ -16,11 +16,12 @@ from plotly.colors import hex_to_rgb, qualitative
 from tbench.core.case import MODE_NAMES
 from tbench.core.sweep import BASELINE_PREFERENCE
 from tbench.dashboard import data
+from tbench.dashboard import quality as quality_data
 from tbench.dashboard.compare import compare_runs
 from tbench.results.url import masked
 
-VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "Compare runs",
-         "Run details")
+VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "Quality",
+         "Compare runs", "Run details")
 DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
 LATEST = "latest"
@@ -61,6 +62,16 @@ def _slice_runs(url: str, gpu: str, shape: data.Shape) -> list[int]:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def _slice(url: str, gpu: str, shape: data.Shape, run_id: int | None) -> pd.DataFrame:
     return data.load_slice(_engine(url), gpu, shape, run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def _quality(url: str) -> pd.DataFrame:
+    return quality_data.load_quality(_engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def _speed(url: str, gpu: str) -> pd.DataFrame:
+    return quality_data.load_speed(_engine(url), gpu)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -418,6 +429,78 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
     st.dataframe(_style_status(shown), hide_index=True, width="stretch")
 
 
+def accuracy_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
+    fig = go.Figure()
+    for series, rows in table.groupby("series", sort=True):
+        rows = rows.sort_values("seq_len")
+        fig.add_trace(go.Scatter(
+            x=rows["seq_len"], y=rows["mean"], mode="lines+markers", name=series,
+            line={"color": colours[series]},
+            error_y={"type": "data", "symmetric": False, "array": rows["max"] - rows["mean"],
+                     "arrayminus": rows["mean"] - rows["min"]},
+            hovertemplate=f"{series}<br>N=%{{x}}<br>accuracy %{{y:.3f}}<extra></extra>"))
+    _length_axis(fig, table["seq_len"])
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, "held-out accuracy (mean over seeds; bars: min–max)", log_y=False)
+
+
+def speed_quality_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
+    fig = go.Figure()
+    for _, row in points.iterrows():
+        fig.add_trace(go.Scatter(
+            x=[row["median_ms"]], y=[row["mean"]], mode="markers+text", name=row["series"], text=[row["series"]],
+            textposition="top center", marker={"size": 12, "color": colours.get(row["series"])},
+            error_y={"type": "data", "array": [row["std"]]}))
+    fig.update_xaxes(type="log", title_text="median forward time (ms, log scale)")
+    fig.update_yaxes(range=[0, 1.05])
+    return _layout(fig, "MQAR accuracy (mean over seeds ± std)", log_y=False)
+
+
+def quality_view(url: str, shown: str) -> None:
+    st.title("tbench quality")
+    df = _quality(url)
+    if df.empty:
+        st.info("No quality results yet. Train the small recall models with `tbench quality`, then reload.")
+        st.code(f"tbench quality --preset default --db {shown}\n\n# without a GPU, a tiny run on the CPU:\n"
+                f"tbench quality --device cpu --preset tiny --db {shown}", language="bash")
+        return
+    gpu = choose(st.sidebar.selectbox, "Device (quality)", list(dict.fromkeys(df["gpu"])), "qgpu")
+    df = df[df["gpu"] == gpu]
+    tasks = sorted(df["task"].unique())
+    task = choose(st.sidebar.selectbox, "Task", tasks, "task", default="mqar")
+    table = quality_data.accuracy_by_length(df, task)
+    st.subheader(f"{task} accuracy against sequence length · {gpu}")
+    st.caption("Held-out accuracy at the scored positions of a small model trained with each attention "
+               "method; for each seed the best learning rate of the sweep, then the mean over seeds (bars: "
+               "the lowest and highest seed).")
+    if table.empty:
+        st.info("No configuration of this task trained successfully.")
+    else:
+        colours = colour_map(table["series"].unique())
+        st.plotly_chart(accuracy_figure(table, colours), key="quality_accuracy")
+        shown = pd.DataFrame({"method": table["series"], "N": table["seq_len"].map(data.format_length),
+                              "accuracy (mean)": table["mean"].map("{:.3f}".format),
+                              "std": table["std"].map("{:.3f}".format), "min": table["min"].map("{:.3f}".format),
+                              "max": table["max"].map("{:.3f}".format), "seeds": table["seeds"],
+                              "failed": table["failed"]})
+        st.dataframe(shown, hide_index=True, width="stretch")
+        distances = quality_data.distance_table(df, task)
+        if not distances.empty:
+            st.markdown("**Accuracy by distance** from the query to the token it recalls (buckets [d, 2d))")
+            pivot = distances.pivot_table(index=["series", "seq_len"], columns="distance", values="accuracy")
+            pivot.columns = [f"d ≥ {c}" for c in pivot.columns]
+            st.dataframe(pivot.map("{:.2f}".format).reset_index(), hide_index=True, width="stretch")
+    st.subheader("Speed against quality")
+    speed_len, quality_len, points = quality_data.speed_quality(df, _speed(url, gpu), "mqar")
+    if points.empty:
+        st.info(f"No method has both an MQAR accuracy and a forward timing on {gpu}; run `tbench run` on the "
+                "same device to draw this chart.")
+        return
+    st.caption(f"One point per method (and order m): median forward time at N = {data.format_length(speed_len)} "
+               f"(the largest length timed on {gpu}) against MQAR accuracy at N = {data.format_length(quality_len)}.")
+    st.plotly_chart(speed_quality_figure(points, colour_map(points["series"])), key="speed_quality")
+
+
 def compare_view(url: str, runs: pd.DataFrame) -> None:
     st.subheader("Compare two runs")
     labels = {int(r["id"]): data.run_label(r) for _, r in runs.iterrows()}
@@ -548,6 +631,9 @@ def main(db_url: str) -> None:
         state = _state(db_url)
     except data.DashboardError as exc:
         state = data.StoreState("invalid", str(exc))
+    if view == "Quality" and state.kind in ("ok", "empty"):  # a store may hold quality results alone
+        quality_view(db_url, shown)
+        return
     if state.kind != "ok":
         show_empty(shown, state)
         return

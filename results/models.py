@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Bump when the schema changes; an older tbench refuses to open a newer database.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 3: the scope axis; 4: the quality tables
 
 
 class Base(DeclarativeBase):
@@ -129,3 +129,88 @@ class Measurement(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="measurements")
+
+
+# --- the quality track (tbench quality): trained models' accuracy on synthetic recall tasks ----------
+
+
+class QualityRun(Base):
+    """One `tbench quality` invocation, with the provenance columns of `runs` (a schema test keeps
+    them equal). Kept apart from `runs` so that speed commands (show, gate, resume) never meet a run
+    without timings."""
+
+    __tablename__ = "quality_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    command: Mapped[str] = mapped_column(Text, default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    device: Mapped[str] = mapped_column(String(16))
+    gpu_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    driver: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cuda: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    torch_version: Mapped[str] = mapped_column(String(64), default="")
+    triton_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    python_version: Mapped[str] = mapped_column(String(64), default="")
+    platform: Mapped[str] = mapped_column(String(255), default="")
+    tbench_version: Mapped[str] = mapped_column(String(64), default="")
+    git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sweep: Mapped[dict] = mapped_column(JSON, default=dict)  # the quality sweep as asked
+    environment: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    results: Mapped[list[QualityResult]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="QualityResult.id"
+    )
+
+
+class QualityResult(Base):
+    """One trained model: a method (and order) on a task at one length, one seed, one learning rate."""
+
+    __tablename__ = "quality_results"
+    __table_args__ = (
+        UniqueConstraint("quality_run_id", "config_key", name="uq_quality_config"),
+        Index("ix_quality_method", "task", "method", "seq_len"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    quality_run_id: Mapped[int] = mapped_column(ForeignKey("quality_runs.id", ondelete="CASCADE"), index=True)
+    config_key: Mapped[str] = mapped_column(String(400))
+
+    task: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(128))
+    family: Mapped[str] = mapped_column(String(16))
+    order_m: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dims: Mapped[str] = mapped_column(String(128), default="")
+    seq_len: Mapped[int] = mapped_column(Integer)
+    vocab: Mapped[int] = mapped_column(Integer)
+    items: Mapped[int] = mapped_column(Integer)
+    d_model: Mapped[int] = mapped_column(Integer)
+    layers: Mapped[int] = mapped_column(Integer)
+    heads: Mapped[int] = mapped_column(Integer)
+    mlp: Mapped[bool] = mapped_column(Boolean)
+    dtype: Mapped[str] = mapped_column(String(8))
+    device: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    provenance: Mapped[str] = mapped_column(Text, default="")
+
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # on held-out scored positions
+    scored: Mapped[int] = mapped_column(Integer, default=0)  # held-out positions scored
+    # {"<bucket lower end>": {"correct": c, "total": t}}: accuracy by distance from query to recalled token
+    by_distance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    run: Mapped[QualityRun] = relationship(back_populates="results")

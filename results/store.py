@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..core.records import MeasurementRecord, RunInfo, utcnow
 from . import migrate
-from .models import SCHEMA_VERSION, Measurement, Meta, Run
+from .models import SCHEMA_VERSION, Measurement, Meta, QualityResult, QualityRun, Run
 from .url import DatabaseUrl, DatabaseUrlError, mask_text
 
 T = TypeVar("T")
@@ -291,7 +291,8 @@ def readonly_sqlite_url(parsed: URL) -> URL:
 
 
 # tbench's own tables; a SQLite file holding any other is someone else's database
-TBENCH_TABLES = frozenset({"runs", "measurements", Meta.__tablename__, "alembic_version"})
+TBENCH_TABLES = frozenset({"runs", "measurements", Meta.__tablename__, "alembic_version", QualityRun.__tablename__,
+                           QualityResult.__tablename__})
 
 
 def refuse_foreign_sqlite(path: Path) -> None:

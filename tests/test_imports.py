@@ -27,6 +27,8 @@ ALLOWED = {
     "methods": {"core", "kernels", "methods"},
     "model": {"core", "kernels", "methods", "model"},
     "harness": {"core", "kernels", "methods", "model", "harness", "results"},
+    # the quality track trains models with methods, stores results and reuses the run provenance
+    "quality": {"core", "kernels", "methods", "harness", "results", "quality"},
     "results": {"core", "results"},
     "analysis": {"core", "results", "analysis"},
     "dashboard": {"core", "results", "analysis", "dashboard"},
@@ -166,9 +168,9 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
 
 TORCH_FREE = [
     *sorted(m for m in module_files() if m.startswith("tbench.core")),
-    "tbench.results.store", "tbench.results.bundle", "tbench.results.url",
+    "tbench.results.store", "tbench.results.bundle", "tbench.results.url", "tbench.results.quality",
     *sorted(m for m in module_files() if m.startswith("tbench.analysis")),
-    "tbench.dashboard.data", "tbench.cli",
+    "tbench.dashboard.data", "tbench.dashboard.quality", "tbench.analysis.quality", "tbench.cli",
 ]
 
 # Runs the command line in-process and reports, at exit, whether torch was loaded.

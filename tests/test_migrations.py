@@ -15,7 +15,7 @@ from tbench.results import migrate
 from tbench.results.models import SCHEMA_VERSION, Base, Meta, Run
 from tbench.results.store import Store, StoreError
 
-TABLES = {"tbench_meta", "runs", "measurements", "alembic_version"}
+TABLES = {"tbench_meta", "runs", "measurements", "alembic_version", "quality_runs", "quality_results"}
 
 
 @pytest.fixture(params=BACKENDS)

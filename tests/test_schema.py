@@ -92,3 +92,20 @@ def test_record_fields_are_all_stored():
     derived = {"tflops", "tbps"}  # properties, stored too
     missing = {f.name for f in fields(MeasurementRecord)} - stored - derived
     assert not missing, f"record fields the store drops: {sorted(missing)}"
+
+
+def test_quality_runs_keep_the_provenance_columns_of_runs():
+    from tbench.results.models import QualityRun
+
+    runs = {name: (type(c.type), getattr(c.type, "length", None), c.nullable) for name, c in _columns(Run).items()}
+    quality = {name: (type(c.type), getattr(c.type, "length", None), c.nullable)
+               for name, c in _columns(QualityRun).items()}
+    assert quality == runs
+
+
+def test_quality_record_fills_every_result_column():
+    from tbench.results.models import QualityResult
+    from tbench.results.quality import QualityRecord
+
+    columns = {c.name for c in QualityResult.__table__.columns} - {"id", "quality_run_id"}
+    assert {f.name for f in fields(QualityRecord)} == columns

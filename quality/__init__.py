@@ -1,0 +1,1 @@
+"""The quality track: small models trained with each attention method on synthetic recall tasks."""

@@ -1,0 +1,115 @@
+"""The quality track in the store: quality runs (provenance as for speed runs) and their results,
+each result committed on its own as soon as its model is scored, so a crash loses none before it."""
+
+from __future__ import annotations
+
+import math
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ..core.records import RunInfo, utcnow
+from .models import QualityResult, QualityRun
+from .store import Store, StoreError, _retrying
+
+
+@dataclass
+class QualityRecord:
+    """One trained and scored model (or why there is none: status and message)."""
+
+    config_key: str
+    task: str
+    method: str
+    family: str
+    order_m: int | None
+    dims: str
+    seq_len: int
+    vocab: int
+    items: int
+    d_model: int
+    layers: int
+    heads: int
+    mlp: bool
+    dtype: str
+    device: str
+    seed: int
+    lr: float
+    steps: int
+    batch: int
+    status: str
+    message: str = ""
+    provenance: str = ""
+    accuracy: float | None = None
+    scored: int = 0
+    by_distance: dict | None = None
+    final_loss: float | None = None
+    train_seconds: float | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime = field(default_factory=utcnow)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def start_quality_run(store: Store, info: RunInfo) -> int:
+    values = dict(
+        uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
+        command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
+        gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
+        triton_version=info.triton_version, python_version=info.python_version, platform=info.platform,
+        tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
+        environment=info.environment,
+    )
+
+    def insert() -> int:
+        row = QualityRun(**values)
+        with store.session() as session, session.begin():
+            session.add(row)
+        return row.id
+
+    return _retrying(insert)
+
+
+def record_quality(store: Store, run_id: int, rec: QualityRecord) -> bool:
+    """Commit one result. Returns False if the run already has this configuration."""
+    data = {name: getattr(rec, name) for name in QualityRecord.__dataclass_fields__}
+    for name in ("accuracy", "final_loss", "train_seconds"):
+        data[name] = _finite(data[name])
+
+    def insert() -> bool:
+        try:
+            with store.session() as session, session.begin():
+                session.add(QualityResult(quality_run_id=run_id, **data))
+        except IntegrityError:
+            return False
+        return True
+
+    return _retrying(insert)
+
+
+def finish_quality_run(store: Store, run_id: int, status: str) -> None:
+    with store.session() as session, session.begin():
+        run = session.get(QualityRun, run_id)
+        if run is None:
+            raise StoreError(f"quality run {run_id} does not exist")
+        run.status = status
+        run.finished_at = utcnow()
+
+
+RESULT_COLUMNS = tuple(c.key for c in QualityResult.__table__.columns)
+
+
+def quality_results(store: Store, run_ids: list[int] | None = None) -> pd.DataFrame:
+    """Results (with their run's GPU) as a DataFrame, one row per trained model."""
+    stmt = select(QualityResult, QualityRun.gpu_name).join(QualityRun)
+    if run_ids is not None:
+        stmt = stmt.where(QualityResult.quality_run_id.in_(run_ids))
+    with store.session() as session:
+        rows = [{**{c: getattr(r, c) for c in RESULT_COLUMNS}, "gpu_name": gpu}
+                for r, gpu in session.execute(stmt.order_by(QualityResult.id))]
+    return pd.DataFrame(rows, columns=[*RESULT_COLUMNS, "gpu_name"])

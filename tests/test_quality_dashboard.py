@@ -1,0 +1,111 @@
+"""The Quality view: its pure data functions on known results, and the page under Streamlit's AppTest
+on a real SQLite store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from optional import require
+from sqlalchemy import create_engine
+
+from tbench.core.case import Case
+from tbench.core.records import MeasurementRecord, RunInfo, Timing
+from tbench.dashboard import quality as qd
+from tbench.results.quality import QualityRecord, finish_quality_run, record_quality, start_quality_run
+from tbench.results.store import Store
+
+AppTest = require("streamlit.testing.v1", "pip install -e .").AppTest
+GPU = "NVIDIA H200"
+# (method, order) -> accuracy at N=256 and N=1024, per seed; lr 3e-3 is better than 1e-3 by 0.1 everywhere
+ACCURACY = {("flash2", None): ([1.0, 0.98, 0.96], [0.9, 0.8, 0.7]),
+            ("tensorized", 2): ([0.5, 0.4, 0.6], [0.3, 0.2, 0.4])}
+
+
+def _quality(method: str, order: int | None, n: int, seed: int, lr: float, acc: float | None) -> QualityRecord:
+    return QualityRecord(
+        config_key=f"{method}|N{n}|m{order}|seed{seed}|lr{lr:g}", task="mqar", method=method,
+        family="tensorized" if order else "exact", order_m=order, dims="16x16" if order else "", seq_len=n,
+        vocab=256, items=16, d_model=128, layers=2, heads=2, mlp=False, dtype="bf16", device="cuda", seed=seed,
+        lr=lr, steps=400, batch=32, status="ok" if acc is not None else "error", message="" if acc is not None
+        else "boom", accuracy=acc, scored=100, by_distance={"1": {"correct": 9, "total": 10},
+                                                           "64": {"correct": 1, "total": 10}})
+
+
+def _speed(method: str, order: int | None, n: int, ms: float) -> MeasurementRecord:
+    case = Case(method, "tensorized" if order else "exact", n, 1, 32, 8, 128, "bf16", True, "cuda", order=order,
+                dims=(256, 512) if order else None)
+    return MeasurementRecord(case, "ok", timing=Timing(ms, ms, ms, ms, 0.0, ms, [ms]))
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("quality") / "q.db"
+    store = Store(str(path))
+    info = RunInfo(command="tbench quality", device="cuda", gpu_name=GPU)
+    run = start_quality_run(store, info)
+    for (method, order), per_length in ACCURACY.items():
+        for n, accs in zip((256, 1024), per_length, strict=True):
+            for seed, acc in enumerate(accs):
+                record_quality(store, run, _quality(method, order, n, seed, 3e-3, acc))
+                record_quality(store, run, _quality(method, order, n, seed, 1e-3, acc - 0.1))
+    record_quality(store, run, _quality("gla", None, 256, 0, 1e-3, None))
+    finish_quality_run(store, run, "finished")
+    speed = store.start_run(RunInfo(command="tbench run", device="cuda", gpu_name=GPU))
+    for n, (flash, tens) in {65536: (40.0, 4.0), 131072: (160.0, 9.0)}.items():
+        store.record(speed, _speed("flash2", None, n, flash))
+        store.record(speed, _speed("tensorized", 2, n, tens))
+    store.finish_run(speed, "finished")
+    store.close()
+    return f"sqlite:///{path}"
+
+
+def test_accuracy_by_length_takes_the_best_lr_per_seed(url):
+    engine = create_engine(url)
+    table = qd.accuracy_by_length(qd.load_quality(engine)).set_index(["series", "seq_len"])
+    row = table.loc[("flash2", 1024)]
+    assert row["mean"] == pytest.approx(0.8) and row["min"] == pytest.approx(0.7) and row["seeds"] == 3
+    assert row["std"] == pytest.approx(pd.Series([0.9, 0.8, 0.7]).std())
+    assert table.loc[("tensorized m=2", 256), "mean"] == pytest.approx(0.5)
+    assert "gla" not in table.index.get_level_values(0)  # failed everywhere: no accuracy
+
+
+def test_speed_quality_points_use_the_largest_lengths(url):
+    engine = create_engine(url)
+    speed_len, quality_len, points = qd.speed_quality(qd.load_quality(engine), qd.load_speed(engine, GPU))
+    assert (speed_len, quality_len) == (131072, 1024)
+    got = {r.series: (r.median_ms, round(r.mean, 6)) for r in points.itertuples()}
+    assert got == {"flash2": (160.0, 0.8), "tensorized m=2": (9.0, 0.3)}
+    assert qd.load_speed(engine, "CPU").empty
+
+
+def test_distance_table_pools_seeds(url):
+    table = qd.distance_table(qd.load_quality(create_engine(url)))
+    row = table[(table["series"] == "flash2") & (table["seq_len"] == 256) & (table["distance"] == 64)]
+    assert row["accuracy"].item() == pytest.approx(0.1) and row["scored"].item() == 30
+
+
+def _script(url: str) -> None:
+    from tbench.dashboard.app import main
+
+    main(url)
+
+
+def test_quality_view_renders(url):
+    at = AppTest.from_function(_script, args=(url,), default_timeout=60)
+    at.query_params["view"] = "Quality"
+    at.run()
+    assert not at.exception
+    assert "mqar accuracy against sequence length" in at.subheader[0].value
+    assert any("Speed against quality" in s.value for s in at.subheader)
+    assert len(at.get("plotly_chart")) == 2
+    assert "N = 128k" in " ".join(c.value for c in at.caption)
+
+
+def test_quality_view_without_results(tmp_path):
+    path = tmp_path / "empty.db"
+    Store(str(path)).close()
+    at = AppTest.from_function(_script, args=(f"sqlite:///{path}",), default_timeout=60)
+    at.query_params["view"] = "Quality"
+    at.run()
+    assert not at.exception
+    assert "No quality results yet" in at.info[0].value
