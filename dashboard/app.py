@@ -20,8 +20,8 @@ from tbench.dashboard import quality as quality_data
 from tbench.dashboard.compare import compare_runs
 from tbench.results.url import masked
 
-VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "Quality",
-         "Compare runs", "Run details")
+VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "End to end",
+         "Quality", "Compare runs", "Run details")
 DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
 LATEST = "latest"
@@ -75,6 +75,16 @@ def _speed(url: str, gpu: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def _scoped_gpus(url: str) -> list[str]:
+    return data.load_scoped_gpus(_engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def _scoped(url: str, gpu: str) -> pd.DataFrame:
+    return data.load_scoped(_engine(url), gpu)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def _run(url: str, run_id: int) -> dict | None:
     return data.load_run(_engine(url), run_id)
 
@@ -110,7 +120,8 @@ def choose(widget: Callable[..., Any], label: str, options: Sequence[Any], key: 
     return value
 
 
-def choose_many(widget: Callable[..., Any], label: str, options: Sequence[str], key: str) -> list[str]:
+def choose_many(widget: Callable[..., Any], label: str, options: Sequence[str], key: str,
+                **kwargs: Any) -> list[str]:
     """A multi-choice widget kept in the query parameter `key` (comma-separated; absent = all)."""
     options = list(options)
     current = st.session_state.get(key)
@@ -118,7 +129,7 @@ def choose_many(widget: Callable[..., Any], label: str, options: Sequence[str], 
         wanted = st.query_params.get(key)
         picked = [o for o in options if o in wanted.split(",")] if wanted else []
         st.session_state[key] = picked or options
-    value = widget(label, options, key=key)
+    value = widget(label, options, key=key, **kwargs)
     if set(value) == set(options):
         st.query_params.pop(key, None)
     else:
@@ -280,6 +291,55 @@ def order_figure(rows: pd.DataFrame, column: str, y_title: str) -> go.Figure:
     fig = _layout(fig, y_title)
     fig.update_layout(legend_title_text="length N")
     return fig
+
+
+def scoped_time_figure(rows: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
+    """Time of the layer (or of the K-layer model) against N, one line per method and order."""
+    fig = go.Figure()
+    for series, group in rows.groupby("series", sort=True):
+        group = group.sort_values("seq_len")
+        fig.add_trace(go.Scatter(
+            x=group["seq_len"], y=group["ms"], mode="lines+markers", name=series, legendgroup=series,
+            line={"color": colours[series]}, hovertemplate=f"{series}<br>N=%{{x}}<br>%{{y:.4g}} ms<extra></extra>"))
+    _length_axis(fig, rows["seq_len"])
+    layers = int(rows["layers"].max())
+    what = "one layer" if (rows["scope"] == "layer").all() else f"the model, {layers} layer{'s' * (layers != 1)}"
+    return _layout(fig, f"time of {what} (ms, log scale)")
+
+
+def end_to_end_speedup_figure(rows: pd.DataFrame, references: Sequence[str], colours: dict[str, str]) -> go.Figure:
+    """Speedup over each reference (solid: the first, dashed: the next) against N, with the paper's
+    headline as a horizontal mark."""
+    fig = go.Figure()
+    for i, reference in enumerate(references):
+        column = f"x{reference}"
+        for series, group in rows[rows["method"] != reference].groupby("series", sort=True):
+            group = group[group[column].notna()].sort_values("seq_len")
+            if group.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=group["seq_len"], y=group[column], mode="lines+markers", name=f"{series} vs {reference}",
+                legendgroup=series, line={"color": colours[series], "dash": "solid" if i == 0 else "dash"},
+                hovertemplate=f"{series} vs {reference}<br>N=%{{x}}<br>%{{y:.2f}}×<extra></extra>"))
+    fig.add_hline(y=1.0, line={"color": "grey", "width": 1, "dash": "dot"})
+    fig.add_hline(y=data.PAPER_SPEEDUP, line={"color": "#b02a37", "width": 1.5, "dash": "dashdot"},
+                  annotation_text=f"{data.PAPER_LABEL}<br><sup>{data.PAPER_BASIS}</sup>",
+                  annotation_position="top left", annotation_font_color="#b02a37")
+    _length_axis(fig, [*rows["seq_len"], data.PAPER_LENGTH])
+    reference_text = " and ".join(references) or "no reference"
+    return _layout(fig, f"speedup vs {reference_text} (×, log scale)")
+
+
+def scoped_memory_figure(rows: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
+    rows = rows.assign(peak_gib=rows["peak_bytes"].astype(float) / 2**30)
+    fig = go.Figure()
+    for series, group in rows[rows["peak_gib"].notna()].groupby("series", sort=True):
+        group = group.sort_values("seq_len")
+        fig.add_trace(go.Scatter(
+            x=group["seq_len"], y=group["peak_gib"], mode="lines+markers", name=series, legendgroup=series,
+            line={"color": colours[series]}, hovertemplate=f"{series}<br>N=%{{x}}<br>%{{y:.3g}} GiB<extra></extra>"))
+    _length_axis(fig, rows["seq_len"])
+    return _layout(fig, "peak memory (GiB, log scale)")
 
 
 def ranking_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
@@ -501,6 +561,60 @@ def quality_view(url: str, shown: str) -> None:
     st.plotly_chart(speed_quality_figure(points, colour_map(points["series"])), key="speed_quality")
 
 
+NO_SCOPED_TEXT = ("This store has no layer or model measurements: the end-to-end view needs a run with "
+                  "`--scope layer` or `--scope model` (README, \"End to end\").")
+
+
+def end_to_end_view(url: str) -> None:
+    st.subheader("End to end: a layer or a model around each attention method")
+    gpus = _scoped_gpus(url)
+    if not gpus:
+        st.info(NO_SCOPED_TEXT)
+        st.code(f"tbench run --scope layer --preset llama3-8b --batch 5 --db {url}\n\n# without a GPU:\n"
+                f"tbench run --device cpu --scope layer --preset tiny --db {url}", language="bash")
+        return
+    gpu = choose(st.sidebar.selectbox, "GPU", gpus, "gpu")
+    frame = _scoped(url, gpu)
+    run_ids = [str(r) for r in data.scoped_runs(frame)]
+    chosen = choose_many(st.sidebar.multiselect, "Runs", run_ids, "runs", format_func=lambda r: f"run {r}",
+                         help="A configuration measured by several of these runs shows its newest measurement.")
+    table = data.end_to_end_rows(data.newest_measurements(frame, [int(r) for r in chosen]))
+    if table.empty:
+        st.info("The chosen runs have no timed layer or model measurement.")
+        return
+    model = choose(st.sidebar.selectbox, "Model", sorted(table["model"].unique()), "model")
+    table = table[table["model"] == model]
+    scope = choose(st.sidebar.selectbox, "Scope", sorted(table["scope"].unique()), "scope", default="layer")
+    table = table[table["scope"] == scope]
+    batches = sorted(int(b) for b in table["batch"].unique())
+    batch = choose(st.sidebar.selectbox, "Batch", batches, "batch", default=5)
+    protocol = choose(st.sidebar.selectbox, "Protocol", sorted(table[table["batch"] == batch]["protocol"].unique()),
+                      "protocol", default="tbench",
+                      help="tbench: median of adaptive samples; paper: the mean of 50 forward passes")
+    rows = data.end_to_end_slice(table, model, scope, batch, protocol)
+    references = data.end_to_end_references(rows)
+    layers = int(rows["layers"].max())
+    st.markdown(f"**{model}**, {scope} scope" + (f" ({layers} layers timed)" if scope == "model" else "")
+                + f", batch {batch}, protocol {protocol} · {gpu} · runs {', '.join(chosen)}")
+    colours = colour_map(rows["series"].unique())
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(scoped_time_figure(rows, colours), key="e2e_time")
+    with right:
+        st.plotly_chart(scoped_memory_figure(rows, colours), key="e2e_memory")
+    st.caption(f"Speedup = {' or '.join(references)} time / method time on the same shape, scope and protocol "
+               f"(solid: over {references[0] if references else 'none'}"
+               + (f", dashed: over {references[1]}" if len(references) > 1 else "") + "). The red line is the "
+               f"paper's headline, {data.PAPER_SPEEDUP:g}× at 128k: the whole Llama-8B model against "
+               "FlashAttention-2 on the paper's GPU, which Figure 5 does not name; tbench's rows are this GPU's "
+               "(docs/paper-figure5.md).")
+    st.plotly_chart(end_to_end_speedup_figure(rows, references, colours), key="e2e_speedup")
+    st.caption("Attention share: the op-scope time of the same method and attention shape over the time per "
+               "layer, the most a faster attention can save (Amdahl). 'no op row' where the runs chosen have "
+               "no op-scope measurement of it.")
+    st.dataframe(data.format_end_to_end(rows), hide_index=True, width="stretch")
+
+
 def compare_view(url: str, runs: pd.DataFrame) -> None:
     st.subheader("Compare two runs")
     labels = {int(r["id"]): data.run_label(r) for _, r in runs.iterrows()}
@@ -636,6 +750,11 @@ def main(db_url: str) -> None:
         return
     if state.kind != "ok":
         show_empty(shown, state)
+        return
+
+    if view == "End to end":
+        st.title("tbench end to end")
+        end_to_end_view(db_url)
         return
 
     if view in ("Compare runs", "Run details"):

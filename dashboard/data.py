@@ -1,5 +1,5 @@
 """What the dashboard shows, without Streamlit: read-only store queries and the pandas logic behind
-each view (leaderboard, speedups, crossover lengths, order m). Every function here is pure or only
+each view (leaderboard, speedups, crossover lengths, order m, end to end). Every function here is pure or only
 reads the database, so it can be tested on a plain SQLite file."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy import Engine, and_, create_engine, func, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
+from ..analysis.endtoend import end_to_end
 from ..analysis.families import FAMILY_ORDER as FAMILY_ORDER
 from ..analysis.families import sort_by_family
 from ..analysis.speedup import BaselineChoice as BaselineChoice
@@ -24,7 +25,7 @@ from ..analysis.speedup import pick_baseline as pick_baseline
 from ..analysis.speedup import with_speedup
 
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
-from ..core.case import TIMED_STATUSES
+from ..core.case import TIMED_STATUSES, Scope
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
@@ -549,3 +550,115 @@ def order_table(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     rows = rows[(rows["family"] == "tensorized") & rows["order_m"].notna()]
     rows = rows.sort_values(["method", "seq_len", "order_m", "median_ms"], kind="stable")
     return rows.reset_index(drop=True)
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+# What analysis.endtoend needs of a row, and which run and configuration it is.
+SCOPED_COLUMNS = (
+    "id", "run_id", "config_key", "method", "family", "order_m", "dims", "seq_len", "batch", "heads", "kv_heads",
+    "head_dim", "dtype", "causal", "device", "timing_mode", "mode", "scope", "model", "layers", "protocol",
+    "status", "median_ms", "mean_ms", "peak_bytes", "device_state",
+)
+# The paper's headline (docs/paper-figure5.md): the whole Llama-8B model with tensorized attention
+# against the same model with FlashAttention-2, at 128k tokens, batch 5, on the paper's GPU.
+PAPER_SPEEDUP = 11.0
+PAPER_LENGTH = 131072
+PAPER_LABEL = "paper: 11x at 128k (Llama-8B, FA2, batch 5)"
+PAPER_BASIS = ("whole model vs FlashAttention-2, on the paper's GPU (Figure 5 does not name it), "
+               "mean of 50 forward passes")
+
+
+def load_scoped_gpus(engine: Engine) -> list[str]:
+    """GPUs (or CPU) with layer- or model-scope measurements, most measured first."""
+    stmt = (select(Run.gpu_name, func.count().label("n")).join(Measurement, Measurement.run_id == Run.id)
+            .where(Measurement.scope != Scope.OP.value).group_by(Run.gpu_name))
+    with engine.connect() as conn:
+        counts = pd.DataFrame([(gpu_label(g), int(n)) for g, n in conn.execute(stmt).all()], columns=["gpu", "n"])
+    counts = counts.groupby("gpu", as_index=False)["n"].sum()
+    return list(counts.sort_values(["n", "gpu"], ascending=[False, True], kind="stable")["gpu"])
+
+
+def load_scoped(engine: Engine, gpu: str) -> pd.DataFrame:
+    """On one GPU: every layer- and model-scope row, and the op-scope rows of the same attention
+    shapes, which give the attention share. All runs; newest_measurements picks among them."""
+    m = Measurement
+    columns = [getattr(m, c) for c in SCOPED_COLUMNS]
+    scoped = select(*columns).join(Run, Run.id == m.run_id).where(_gpu_filter(gpu), m.scope != Scope.OP.value)
+    shape = ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal")
+    shapes = (select(*[getattr(m, c) for c in shape]).join(Run, Run.id == m.run_id)
+              .where(_gpu_filter(gpu), m.scope != Scope.OP.value).distinct().subquery())
+    ops = (select(*columns).join(Run, Run.id == m.run_id)
+           .join(shapes, and_(*[getattr(m, c) == shapes.c[c] for c in shape]))
+           .where(_gpu_filter(gpu), m.scope == Scope.OP.value))
+    with engine.connect() as conn:
+        rows = [*conn.execute(scoped.order_by(m.id)).all(), *conn.execute(ops.order_by(m.id)).all()]
+    df = _frame(rows, list(SCOPED_COLUMNS))
+    return df.astype({"order_m": "Int64", "seq_len": "int64"}) if not df.empty else df
+
+
+def scoped_runs(frame: pd.DataFrame) -> list[int]:
+    """The runs behind a load_scoped frame, newest first."""
+    return sorted((int(r) for r in frame["run_id"].unique()), reverse=True) if not frame.empty else []
+
+
+def newest_measurements(frame: pd.DataFrame, run_ids: Sequence[int]) -> pd.DataFrame:
+    """The rows of the given runs; a configuration measured by several of them keeps its newest."""
+    rows = frame[frame["run_id"].isin(list(run_ids))]
+    return rows.sort_values("run_id", kind="stable").drop_duplicates("config_key", keep="last").reset_index(
+        drop=True)
+
+
+def end_to_end_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """analysis.endtoend.end_to_end on the chosen rows, with each row's curve label."""
+    table = end_to_end(frame)
+    if table.empty:
+        return table
+    return table.assign(series=[series_label(m, o) for m, o in zip(table["method"], table["order_m"], strict=True)])
+
+
+def end_to_end_references(table: pd.DataFrame) -> list[str]:
+    """The methods end_to_end measured speedups over (its x<method> columns), in its order."""
+    return [c[1:] for c in table.columns if c.startswith("x")]
+
+
+def end_to_end_slice(table: pd.DataFrame, model: str, scope: str, batch: int, protocol: str) -> pd.DataFrame:
+    """One model, scope, batch and protocol of end_to_end_rows."""
+    keep = ((table["model"] == model) & (table["scope"] == scope) & (table["batch"] == batch)
+            & (table["protocol"] == protocol))
+    return table[keep].reset_index(drop=True)
+
+
+def _gib(value: object) -> str:
+    if value is None or pd.isna(value):  # type: ignore[arg-type]
+        return "n/a"
+    return f"{float(value) / 2**30:.3g}"  # type: ignore[arg-type]
+
+
+def format_end_to_end(table: pd.DataFrame) -> pd.DataFrame:
+    """end_to_end_slice as text cells, by length then method: the time, the speedups, the share of
+    the layer's time spent in attention (Amdahl's bound) and the peak memory."""
+    references = end_to_end_references(table)
+    model_scope = (table["scope"] == Scope.MODEL.value).any()
+    records = []
+    for row in table.sort_values(["seq_len", "method", "order_m"], kind="stable").to_dict("records"):
+        record = {
+            "N": format_length(int(row["seq_len"])),
+            "method": row["method"],
+            "m": "" if pd.isna(row["order_m"]) else str(int(row["order_m"])),
+            "dims": row["dims"] or "",
+            "ms": fmt_number(row["ms"], ".4g"),
+            "ms per layer": fmt_number(row["per_layer_ms"], ".4g"),
+            **{f"× {r}": fmt_number(row[f"x{r}"], ".2f", "no " + r) + ("" if pd.isna(row[f"x{r}"]) else "×")
+               for r in references},
+            "attention share": fmt_number(100 * row["attention_share"], ".1f", "no op row")
+            + ("" if pd.isna(row["attention_share"]) else " %"),
+            "peak GiB": _gib(row["peak_bytes"]),
+        }
+        if model_scope:
+            estimate = row["full_depth_ms_estimate"]
+            record["full depth ms (estimate)"] = fmt_number(estimate, ".4g", "—")
+            basis = row["estimate_basis"]
+            record["estimate basis"] = basis if isinstance(basis, str) else ""
+        records.append(record)
+    return pd.DataFrame(records)

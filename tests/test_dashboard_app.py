@@ -332,6 +332,78 @@ def test_links_with_stale_values_fall_back(store_url):
     assert at.query_params["baseline"] == "flash2" and at.query_params["run"] == "latest"
 
 
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e2e_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import e2e_store
+
+    return e2e_store.fill(tmp_path_factory.mktemp("e2e") / "e2e.db")
+
+
+def test_end_to_end_view_charts_the_analysis_numbers(e2e_url):
+    import e2e_store
+
+    from tbench.analysis.endtoend import end_to_end
+
+    at = app(e2e_url, view="End to end")
+    assert not at.exception
+    assert at.title[0].value == "tbench end to end"
+    assert (at.selectbox(key="model").value, at.selectbox(key="scope").value, at.selectbox(key="batch").value,
+            at.selectbox(key="protocol").value) == (e2e_store.MODEL, "layer", 5, "tbench")
+    time_spec, memory_spec, speedup_spec = plotly_specs(at)
+    traces = {t["name"]: t for t in time_spec["data"]}
+    assert set(traces) == {"flash2", "flash3", "tensorized m=2"}
+    assert values(traces["tensorized m=2"]["y"]) == pytest.approx([5.0, 10.0])
+    memory = {t["name"]: t for t in memory_spec["data"]}
+    assert values(memory["flash2"]["y"]) == pytest.approx([3.0, 6.0])  # GiB
+    # the speedups plotted are analysis.endtoend's
+    frame = data.load_scoped(data.open_readonly(e2e_url), e2e_store.GPU)
+    expected = end_to_end(frame).query("protocol == 'tbench' and method == 'tensorized'").sort_values("seq_len")
+    speedups = {t["name"]: t for t in speedup_spec["data"]}
+    # each method against each reference but itself
+    assert set(speedups) == {"flash3 vs flash2", "flash2 vs flash3", "tensorized m=2 vs flash2",
+                             "tensorized m=2 vs flash3"}
+    assert values(speedups["tensorized m=2 vs flash2"]["y"]) == pytest.approx(list(expected["xflash2"]))
+    assert values(speedups["tensorized m=2 vs flash3"]["y"]) == pytest.approx(list(expected["xflash3"]))
+    assert values(speedups["tensorized m=2 vs flash2"]["y"]) == pytest.approx([2.0, 4.0])
+    assert speedups["tensorized m=2 vs flash3"]["line"]["dash"] == "dash"
+    # the paper's headline: a horizontal line at 11, labelled with what it measured
+    [paper] = [shape for shape in speedup_spec["layout"]["shapes"] if shape["line"]["dash"] == "dashdot"]
+    assert paper["y0"] == paper["y1"] == 11
+    [label] = speedup_spec["layout"]["annotations"]
+    assert label["text"].startswith("paper: 11x at 128k (Llama-8B, FA2, batch 5)")
+    assert "whole model vs FlashAttention-2" in label["text"]
+    assert "128k" in speedup_spec["layout"]["xaxis"]["ticktext"]
+    board = table(at).set_index(["N", "method"])
+    assert board.loc[("8k", "tensorized"), "attention share"] == "10.0 %"
+    assert board.loc[("8k", "tensorized"), "× flash2"] == "4.00×"
+    assert board.loc[("4k", "flash2"), "attention share"] == "20.0 %"
+
+
+def test_end_to_end_selections_from_a_link(e2e_url):
+    paper = app(e2e_url, view="End to end", protocol="paper")
+    assert not paper.exception
+    rows = table(paper).set_index("method")
+    assert list(rows["N"]) == ["4k", "4k"] and rows.loc["tensorized", "× flash2"] == "4.00×"
+    # without the op run the speedups stand and the share says where it is missing
+    layer_run = app(e2e_url, view="End to end", runs="2")
+    assert layer_run.multiselect(key="runs").value == ["2"]
+    assert set(table(layer_run)["attention share"]) == {"no op row"}
+    assert table(layer_run).set_index(["N", "method"]).loc[("8k", "tensorized"), "× flash3"] == "3.20×"
+
+
+def test_end_to_end_without_layer_rows_says_so(tmp_path):
+    import e2e_store
+
+    at = app(e2e_store.fill(tmp_path / "ops.db", layers=False), view="End to end")
+    assert not at.exception
+    assert "no layer or model measurements" in at.info[0].value
+    assert "--scope layer" in at.code[0].value
+    assert not at.get("plotly_chart")
+
+
 # --- stores with nothing to show ------------------------------------------------------------------
 
 

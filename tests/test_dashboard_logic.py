@@ -334,3 +334,63 @@ def test_launch_command_and_free_port():
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # really free
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+def test_end_to_end_rows_are_the_analysis_numbers_from_a_real_store(tmp_path):
+    import e2e_store
+
+    from tbench.analysis.endtoend import end_to_end
+
+    engine = data.open_readonly(e2e_store.fill(tmp_path / "e2e.db"))
+    assert data.load_scoped_gpus(engine) == [e2e_store.GPU]
+    frame = data.load_scoped(engine, e2e_store.GPU)
+    assert set(frame["scope"]) == {"op", "layer"} and data.scoped_runs(frame) == [2, 1]
+    table = data.end_to_end_rows(data.newest_measurements(frame, [1, 2]))
+    assert data.end_to_end_references(table) == ["flash2", "flash3"]
+    # the dashboard's numbers are analysis.endtoend's, not its own
+    expected = end_to_end(frame)
+    assert list(table["xflash2"]) == pytest.approx(list(expected["xflash2"]), nan_ok=True)
+    assert list(table["attention_share"]) == pytest.approx(list(expected["attention_share"]), nan_ok=True)
+    rows = data.end_to_end_slice(table, e2e_store.MODEL, "layer", e2e_store.BATCH, "tbench").set_index(
+        ["series", "seq_len"])
+    assert len(rows) == 6
+    assert rows.loc[("tensorized m=2", 4096), "xflash2"] == pytest.approx(2.0)
+    assert rows.loc[("tensorized m=2", 8192), "xflash2"] == pytest.approx(4.0)
+    assert rows.loc[("tensorized m=2", 8192), "xflash3"] == pytest.approx(3.2)
+    assert rows.loc[("flash2", 8192), "attention_share"] == pytest.approx(8.0 / 40.0)
+    # the paper's protocol is a separate slice, timed by its mean
+    paper = data.end_to_end_slice(table, e2e_store.MODEL, "layer", e2e_store.BATCH, "paper").set_index("series")
+    assert paper.loc["tensorized m=2", "ms"] == 3.0 and paper.loc["tensorized m=2", "xflash2"] == 4.0
+    # without the op run there is no attention share, but the speedups stand
+    layer_only = data.end_to_end_rows(data.newest_measurements(frame, [2]))
+    assert layer_only["attention_share"].isna().all() and layer_only["xflash2"].notna().all()
+
+
+def test_end_to_end_table_text(tmp_path):
+    import e2e_store
+
+    frame = data.load_scoped(data.open_readonly(e2e_store.fill(tmp_path / "e2e.db")), e2e_store.GPU)
+    table = data.end_to_end_rows(data.newest_measurements(frame, data.scoped_runs(frame)))
+    shown = data.format_end_to_end(data.end_to_end_slice(table, e2e_store.MODEL, "layer", 5, "tbench"))
+    assert list(shown.columns) == ["N", "method", "m", "dims", "ms", "ms per layer", "× flash2", "× flash3",
+                                   "attention share", "peak GiB"]
+    row = shown[(shown["N"] == "8k") & (shown["method"] == "tensorized")].iloc[0]
+    assert (row["ms"], row["× flash2"], row["× flash3"], row["attention share"], row["peak GiB"]) == (
+        "10", "4.00×", "3.20×", "10.0 %", "2")
+    assert list(shown["N"]) == ["4k", "4k", "4k", "8k", "8k", "8k"]
+    no_ops = data.end_to_end_rows(data.newest_measurements(frame, [2]))
+    shown = data.format_end_to_end(data.end_to_end_slice(no_ops, e2e_store.MODEL, "layer", 5, "tbench"))
+    assert set(shown["attention share"]) == {"no op row"}
+
+
+def test_end_to_end_of_a_store_without_layer_rows(tmp_path):
+    import e2e_store
+
+    engine = data.open_readonly(e2e_store.fill(tmp_path / "ops.db", layers=False))
+    assert data.load_scoped_gpus(engine) == []
+    frame = data.load_scoped(engine, e2e_store.GPU)
+    assert frame.empty and data.scoped_runs(frame) == []
+    assert data.end_to_end_rows(data.newest_measurements(frame, [])).empty
