@@ -199,3 +199,38 @@ def test_screenshot_of_a_given_store(page, tmp_path):
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
     _publish(shot)
+
+
+@pytest.fixture(scope="module")
+def scoped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store with the H200's layer-scope rows (the committed bundle) and a short CPU quality run."""
+    path = tmp_path_factory.mktemp("browser-scoped") / "scoped.db"
+    env = {k: v for k, v in os.environ.items() if k != "TBENCH_DB"}
+    bundle = Path(__file__).resolve().parent.parent / "docs" / "data" / "h200-e2e-1.json.gz"
+    for args in (["import", str(bundle)],
+                 ["quality", "--device", "cpu", "--preset", "tiny", "--steps", "20"]):
+        result = run_cli([*args, "--db", f"sqlite:///{path}"], env)
+        assert result.returncode == 0, result.stderr
+    with serving(f"sqlite:///{path}") as url:
+        yield url
+
+
+def test_the_end_to_end_view_draws_the_layer_rows(scoped_server, page):
+    page.goto(f"{scoped_server}/?view=End+to+end")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    charts = " ".join(page.locator(".js-plotly-plot").all_text_contents())
+    assert "paper: 11x at 128k" in charts
+    for method in ("flash2", "flash3", "tensorized"):
+        assert method in text
+
+
+def test_the_quality_view_draws_accuracy(scoped_server, page):
+    page.goto(f"{scoped_server}/?view=Quality")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    legend = page.locator(".js-plotly-plot .legend").first.text_content() or ""
+    assert "tensorized-ref" in legend and "sdpa-math" in legend
