@@ -133,3 +133,21 @@ def test_scope_texts():
     assert data.scope_text("model", "llama3-8b", 4, "tbench") == "model llama3-8b ×4 layers"
     assert data.scope_text("model", "tiny", 1, "paper") == "model tiny ×1 layer, paper protocol"
     assert data.scope_text(None) == "op"  # a store from before scopes
+
+
+def test_the_gate_matches_a_layer_row_only_with_the_same_layer_row(tmp_path):
+    from tbench.analysis.baselines import load_side
+    from tbench.analysis.gate import gate
+
+    path = tmp_path / "gate.db"
+    store = Store(str(path))
+    for command, rows in (("before", [("op", 2.0)]), ("after", [("op", 2.0), ("layer", 10.0)])):
+        run = store.start_run(e2e_store._run_info(command))
+        for scope, ms in rows:
+            store.record(run, e2e_store._record("flash2", None, 4096, ms, scope))
+        store.finish_run(run, "finished")
+    store.close()
+    report = gate(load_side("1", str(path), tmp_path), load_side("2", str(path), tmp_path))
+    verdicts = {v.key.split("|")[-3] if "|layer|" in v.key else "op": v.verdict for v in report.verdicts}
+    # the layer's 10 ms is new in the candidate, not a fivefold slowdown of the operator's 2 ms
+    assert verdicts == {"op": "SAME", "layer": "SKIP"}
