@@ -561,6 +561,9 @@ def quality_view(url: str, shown: str) -> None:
     st.plotly_chart(speed_quality_figure(points, colour_map(points["series"])), key="speed_quality")
 
 
+NO_OPERATOR_TEXT = ("This store has no operator measurements (op scope, tbench's protocol): the leaderboard and "
+                    "the other per-shape views compare the attention alone. Its layer, model and paper-protocol "
+                    "rows are in the End to end view.")
 NO_SCOPED_TEXT = ("This store has no layer or model measurements: the end-to-end view needs a run with "
                   "`--scope layer` or `--scope model` (README, \"End to end\").")
 
@@ -641,6 +644,7 @@ def compare_view(url: str, runs: pd.DataFrame) -> None:
         "method": table["method"], "family": table["family"],
         "m": [("" if pd.isna(m) else str(int(m))) for m in table["order_m"]],
         "dims": table["dims"].fillna(""), "N": table["seq_len"].map(data.format_length),
+        "scope": data.scope_texts(table),
         "shape": [f"{d} {'causal' if c else 'full'} B{b} H{h} KV{k} D{hd}" for d, c, b, h, k, hd in
                   zip(table["dtype"], table["causal"], table["batch"], table["heads"], table["kv_heads"],
                       table["head_dim"], strict=True)],
@@ -651,6 +655,8 @@ def compare_view(url: str, runs: pd.DataFrame) -> None:
         "ratio": [data.fmt_number(v, ".3f", "—") for v in table["ratio"]],
         "verdict": table["verdict"],
     })
+    if set(shown["scope"]) <= {"op"}:  # operator runs alone read as before scopes existed
+        shown = shown.drop(columns="scope")
 
     def colour_row(row: pd.Series) -> list[str]:
         colour = VERDICT_COLOURS.get(str(row["verdict"]), "#fff3cd")
@@ -681,6 +687,8 @@ def run_details_view(url: str, runs: pd.DataFrame) -> None:
         "git commit": run["git_commit"] or "—",
         "measurements": ", ".join(f"{n} {s}" for s, n in sorted(run["status_counts"].items())) or "none",
     }
+    if set(run["scope_counts"]) - {"op"}:  # a layer, model or paper-protocol run says what it times
+        facts["scope"] = ", ".join(f"{n} {s}" for s, n in sorted(run["scope_counts"].items()))
     st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True,
                  width="stretch", height=35 * (len(facts) + 1) + 3)
     st.markdown("**Command line**")
@@ -763,6 +771,10 @@ def main(db_url: str) -> None:
         (compare_view if view == "Compare runs" else run_details_view)(db_url, runs)
         return
 
+    if _slices(db_url).empty:
+        st.title("tbench leaderboard")
+        st.info(NO_OPERATOR_TEXT)
+        return
     gpu, shape, run_id = slice_selection(db_url)
     df = _slice(db_url, gpu, shape, run_id)
     methods = choose_many(st.sidebar.multiselect, "Methods", sorted(df["method"].unique()), "methods")

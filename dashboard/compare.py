@@ -8,6 +8,7 @@ from typing import Literal
 import pandas as pd
 
 from ..analysis.gate import classify_ratio
+from ..analysis.report import SCOPE_DEFAULTS
 
 # One rule for the CLI gate and this view: SAME / FASTER / SLOWER / UNSURE (harness/gate.py).
 Verdict = Literal["SAME", "FASTER", "SLOWER", "UNSURE"]
@@ -20,9 +21,12 @@ def _samples(value: object) -> list[float] | None:
 def compare_runs(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Configurations of two runs matched on config_key: ratio of medians (after / before) and the
     verdict. A configuration missing on one side, or not ok on both, gets its status change as the
-    verdict instead (e.g. 'ok → oom', 'only before')."""
+    verdict instead (e.g. 'ok → oom', 'only before'). The key holds the scope and the protocol, so a
+    layer row is only ever compared with the same layer row; they are kept for the labels."""
     keep = ["config_key", "method", "family", "seq_len", "order_m", "dims", "dtype", "causal", "batch", "heads",
-            "kv_heads", "head_dim"]
+            "kv_heads", "head_dim", *SCOPE_DEFAULTS]
+    before, after = (side.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in side})
+                     for side in (before, after))
     merged = before.merge(after, on="config_key", how="outer", suffixes=("_before", "_after"), indicator=True)
     records = []
     for row in merged.to_dict("records"):

@@ -25,7 +25,7 @@ from ..analysis.speedup import pick_baseline as pick_baseline
 from ..analysis.speedup import with_speedup
 
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
-from ..core.case import TIMED_STATUSES, Scope
+from ..core.case import TIMED_STATUSES, Scope, TimingProtocol
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
@@ -56,11 +56,11 @@ CAPACITY_FAILURES = ("oom", "skipped", "timeout")
 SLICE_COLUMNS = (
     "id", "run_id", "config_key", "method", "family", "seq_len", "order_m", "dims", "status", "message",
     "provenance", "median_ms", "p20_ms", "p80_ms", "n_samples", "peak_bytes", "total_peak_bytes", "tflops",
-    "tbps", "check_error", "fidelity_rel_l2", "fidelity_max_abs", "throttled",
+    "tbps", "check_error", "fidelity_rel_l2", "fidelity_max_abs", "throttled", "scope", "protocol",
 )
 COMPARE_COLUMNS = (
     "config_key", "method", "family", "seq_len", "order_m", "dims", "batch", "heads", "kv_heads", "head_dim",
-    "dtype", "causal", "status", "median_ms", "p20_ms", "p80_ms",
+    "dtype", "causal", "scope", "model", "layers", "protocol", "status", "median_ms", "p20_ms", "p80_ms",
 )
 
 
@@ -198,19 +198,27 @@ def _gpu_filter(gpu: str):  # type: ignore[no-untyped-def]
     return Run.gpu_name.is_(None) if gpu == CPU_LABEL else Run.gpu_name == gpu
 
 
+def _operator_filter():  # type: ignore[no-untyped-def]
+    """The rows the per-shape views compare: the attention operator alone, timed by tbench's own
+    sampling. A layer or a model around the same attention shape takes ten times as long, and the
+    paper's protocol reports another statistic; those rows belong to the End to end view."""
+    return and_(Measurement.scope == Scope.OP.value, Measurement.protocol == TimingProtocol.TBENCH.value)
+
+
 def _shape_filter(shape: Shape):  # type: ignore[no-untyped-def]
-    return and_(Measurement.dtype == shape.dtype, Measurement.causal == shape.causal,
+    return and_(_operator_filter(), Measurement.dtype == shape.dtype, Measurement.causal == shape.causal,
                 Measurement.batch == shape.batch, Measurement.heads == shape.heads,
                 Measurement.kv_heads == shape.kv_heads, Measurement.head_dim == shape.head_dim,
                 Measurement.timing_mode == shape.timing, Measurement.mode == shape.mode)
 
 
 def load_slices(engine: Engine) -> pd.DataFrame:
-    """One row per (GPU, shape) in the store with its measurement count, most measured first."""
+    """One row per (GPU, shape) of the operator rows in the store (op scope, tbench's protocol) with
+    its measurement count, most measured first."""
     m = Measurement
     stmt = (select(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode,
                    func.count().label("n"), m.mode)
-            .join(Run, Run.id == m.run_id)
+            .join(Run, Run.id == m.run_id).where(_operator_filter())
             .group_by(Run.gpu_name, m.dtype, m.causal, m.batch, m.heads, m.kv_heads, m.head_dim, m.timing_mode,
                       m.mode))
     with engine.connect() as conn:
@@ -224,24 +232,54 @@ def load_slices(engine: Engine) -> pd.DataFrame:
     return df.sort_values(["n", "gpu"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
+def scope_text(scope: object, model: object = "", layers: object = 0, protocol: object = "tbench") -> str:
+    """What a row times, for views that list rows of several scopes: 'op', 'layer llama3-8b',
+    'model llama3-8b ×4 layers', with ', paper protocol' where the paper's protocol took the samples."""
+    scope = str(scope) if isinstance(scope, str) and scope else Scope.OP.value
+    if scope == Scope.OP.value:
+        text = scope
+    elif scope == Scope.LAYER.value:
+        text = f"{scope} {model}"
+    else:
+        count = int(layers) if layers is not None and not pd.isna(layers) else 0  # type: ignore[arg-type]
+        text = f"{scope} {model} ×{count} layer{'' if count == 1 else 's'}"
+    return text if protocol in (None, "", TimingProtocol.TBENCH.value) else f"{text}, {protocol} protocol"
+
+
+def scope_texts(frame: pd.DataFrame) -> list[str]:
+    """scope_text of each row of a frame with scope, model, layers and protocol columns."""
+    columns = ("scope", "model", "layers", "protocol")
+    return [scope_text(*values) for values in zip(*(frame[c] for c in columns), strict=True)]
+
+
 def load_runs(engine: Engine) -> pd.DataFrame:
-    """All runs, newest first, with their measurement counts."""
+    """All runs, newest first, with their measurement counts and what they time (`scopes`: the
+    scope_text of their rows, joined; empty for a run without measurements)."""
     counts = (select(Measurement.run_id, func.count().label("measurements"))
               .group_by(Measurement.run_id).subquery())
     stmt = (select(Run.id, Run.status, Run.started_at, Run.device, Run.gpu_name, Run.command,
                    func.coalesce(counts.c.measurements, 0).label("measurements"))
             .outerjoin(counts, counts.c.run_id == Run.id).order_by(Run.id.desc()))
+    m = Measurement
+    scoped = select(m.run_id, m.scope, m.model, m.layers, m.protocol).distinct()
     with engine.connect() as conn:
         df = pd.DataFrame(conn.execute(stmt).mappings().all(),
                           columns=["id", "status", "started_at", "device", "gpu_name", "command", "measurements"])
+        scopes = _frame(conn.execute(scoped).all(), ["run_id", "scope", "model", "layers", "protocol"])
+    scopes["text"] = scope_texts(scopes) if not scopes.empty else pd.Series(dtype=str)
+    by_run = {int(run): ", ".join(sorted(set(texts))) for run, texts in scopes.groupby("run_id")["text"]}
     df["gpu"] = df["gpu_name"].map(gpu_label)
+    df["scopes"] = [by_run.get(int(r), "") for r in df["id"]]
     return df
 
 
 def run_label(run: pd.Series | dict) -> str:
     started = run["started_at"]
     when = f"{started:%Y-%m-%d %H:%M}" if started is not None and not pd.isna(started) else "?"
-    return f"run {run['id']} · {gpu_label(run['gpu_name'])} · {when} · {run['measurements']} rows"
+    label = f"run {run['id']} · {gpu_label(run['gpu_name'])} · {when} · {run['measurements']} rows"
+    # An operator run reads as before; a layer, model or paper-protocol run says so.
+    scopes = run.get("scopes") or ""
+    return label if scopes in ("", Scope.OP.value) else f"{label} · {scopes}"
 
 
 def load_run(engine: Engine, run_id: int) -> dict | None:
@@ -252,8 +290,13 @@ def load_run(engine: Engine, run_id: int) -> dict | None:
             return None
         statuses = conn.execute(select(Measurement.status, func.count()).where(Measurement.run_id == run_id)
                                 .group_by(Measurement.status)).all()
+        m = Measurement
+        scopes = conn.execute(select(m.scope, m.model, m.layers, m.protocol, func.count())
+                              .where(m.run_id == run_id).group_by(m.scope, m.model, m.layers, m.protocol)).all()
     run = dict(row)
     run["status_counts"] = {status: int(n) for status, n in statuses}
+    # what the rows time, with their counts: {'op': 6, 'layer llama3-8b': 6}
+    run["scope_counts"] = {scope_text(*r[:4]): int(r[4]) for r in scopes}
     return run
 
 

@@ -311,6 +311,7 @@ def test_compare_runs(store_url):
     assert rows.loc[("sdpa-cudnn", "", "8k"), "verdict"] == "only before"
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["FASTER"], metrics["SLOWER"], metrics["SAME"]) == ("1", "1", "1")
+    assert "scope" not in table(at).columns  # operator runs alone read as before scopes existed
 
 
 def test_run_details(store_url):
@@ -319,6 +320,7 @@ def test_run_details(store_url):
     assert facts["GPU"] == f"{GPU} × 1"
     assert (facts["driver"], facts["CUDA"], facts["git commit"]) == ("550.54.15", "12.4", "abc1234")
     assert facts["measurements"] == "1 error, 18 ok, 2 oom, 1 skipped, 1 timeout, 1 unsupported, 1 wrong"
+    assert "scope" not in facts
     assert at.code[0].value == "tbench run --lengths 1k..8k"
     assert at.json[0].value and json.loads(at.json[0].value)["clocks"] == {"sm_mhz": 1980}
 
@@ -402,6 +404,50 @@ def test_end_to_end_without_layer_rows_says_so(tmp_path):
     assert "no layer or model measurements" in at.info[0].value
     assert "--scope layer" in at.code[0].value
     assert not at.get("plotly_chart")
+
+
+def test_the_leaderboard_of_a_store_with_layer_rows_ranks_operator_rows(e2e_url):
+    import e2e_store
+
+    at = app(e2e_url, n="4096")
+    assert not at.exception
+    assert [o for o in at.selectbox(key="shape").options] == [
+        f"{data.Shape('bf16', True, 5, 32, 8, 128, 'events').label} · 6 rows"]
+    assert at.selectbox(key="run").options == ["newest measurement of each configuration", "run 1"]
+    board = table(at).set_index("method")
+    expected = {method: f"{times[0]:.4g}" for (method, _), times in e2e_store.OP_MS.items()}
+    assert board["median ms"].to_dict() == expected  # op times, not the layer's 5-10 ms
+    assert board.loc["tensorized", "speedup"] == "4.00×"
+    families = app(e2e_url, view="Families")
+    assert set(table(families)["median ms"]) == {"0.5", "1", "1.5", "6"}
+
+
+def test_a_store_without_operator_rows_points_to_end_to_end(tmp_path):
+    import e2e_store
+
+    path = tmp_path / "layers.db"
+    store = Store(str(path))
+    run = store.start_run(e2e_store._run_info("tbench run --preset llama3-8b --scope layer"))
+    store.record(run, e2e_store._record("flash2", None, 4096, 10.0, "layer"))
+    store.finish_run(run, "finished")
+    store.close()
+    at = app(f"sqlite:///{path}", view="Leaderboard")
+    assert not at.exception
+    assert "no operator measurements" in at.info[0].value and "End to end" in at.info[0].value
+    assert not at.dataframe
+
+
+def test_runs_of_several_scopes_are_labelled(e2e_url):
+    compared = app(e2e_url, view="Compare runs", before="1", after="2")
+    assert not compared.exception
+    rows = table(compared)
+    assert set(rows["scope"]) == {"op", "layer llama3-8b", "layer llama3-8b, paper protocol"}
+    assert set(rows[rows["scope"] != "op"]["verdict"]) == {"only after"}
+    assert compared.selectbox(key="after").format_func(2).endswith("· layer llama3-8b, layer llama3-8b, "
+                                                                   "paper protocol")
+    details = app(e2e_url, view="Run details", details="2")
+    facts = dict(zip(table(details)[""], table(details)["value"], strict=True))
+    assert facts["scope"] == "6 layer llama3-8b, 2 layer llama3-8b, paper protocol"
 
 
 # --- stores with nothing to show ------------------------------------------------------------------
