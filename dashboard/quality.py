@@ -35,11 +35,13 @@ def load_quality(engine: Engine) -> pd.DataFrame:
 
 
 def load_speed(engine: Engine, gpu: str) -> pd.DataFrame:
-    """Forward, causal speed measurements on one device (the newest of each configuration)."""
+    """Forward, causal speed measurements of the attention operator alone (op scope, tbench's
+    sampling) on one device, the newest of each configuration: a layer's time is not the method's."""
     m = Measurement
     device = Run.gpu_name.is_(None) if gpu == CPU_LABEL else Run.gpu_name == gpu
     stmt = (select(*[getattr(m, c) for c in SPEED_COLUMNS]).join(Run, Run.id == m.run_id)
-            .where(device, m.mode == "fwd", m.causal.is_(True)).order_by(m.run_id))
+            .where(device, m.mode == "fwd", m.causal.is_(True), m.scope == "op", m.protocol == "tbench")
+            .order_by(m.run_id))
     with engine.connect() as conn:
         df = pd.DataFrame([tuple(r) for r in conn.execute(stmt).all()], columns=list(SPEED_COLUMNS))
     return df.drop_duplicates("config_key", keep="last").reset_index(drop=True)
