@@ -353,12 +353,30 @@ def show(
         baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))
+    _show_depth_check(store, df)
     if markdown:
         try:
             with open(markdown, "w") as f:
                 f.write(run_markdown(df, baseline, peaks))
         except OSError as exc:
             fail(f"cannot write markdown file '{markdown}': {exc.strerror}")
+
+
+def _show_depth_check(store: object, df: object) -> None:
+    """Where the run timed model scope: its depth estimates against full-depth runs of the same
+    configurations anywhere in the store (or its full-depth runs against estimates made elsewhere)."""
+    from .analysis.endtoend import DEPTH_KEY, depth_check
+    from .analysis.report import depth_table
+
+    ours = df[df["scope"] == "model"]  # type: ignore[index]
+    if ours.empty:
+        return
+    everything = store.measurements()  # type: ignore[attr-defined]
+    model_rows = everything[everything["scope"] == "model"]
+    configs = ours[DEPTH_KEY].drop_duplicates()
+    check = depth_check(model_rows.merge(configs, on=DEPTH_KEY, how="inner"))
+    if not check.empty:
+        out.print(depth_table(check))
 
 
 @app.command()

@@ -6,6 +6,9 @@ exact method of the usual baseline order), the share of the layer's time spent i
 op-scope row of the same method and attention shape in the same frame, divided by the time per
 layer: Amdahl's bound on what a faster attention can buy), and the peak memory. Model rows add the
 time per layer and the estimate for the model's published depth, with its basis, as stored.
+
+`depth_check` checks that estimate where it can be: against a full-depth run of the same
+configuration at a length where the whole model fits.
 """
 
 from __future__ import annotations
@@ -66,3 +69,46 @@ def end_to_end(df: pd.DataFrame) -> pd.DataFrame:
                "full_depth_ms_estimate", "estimate_basis"]
     return scoped[columns].sort_values(["scope", "model", "batch", "protocol", "seq_len", "method", "order_m"],
                                        na_position="first").reset_index(drop=True)
+
+
+# A model-scope configuration: what must match between a K-layer row and a full-depth row.
+DEPTH_KEY = ["method", "order_m", "dims", "seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal",
+             "device", "timing_mode", "mode", "model", "protocol"]
+# The estimate holds when it is within this fraction of the measured full-depth time.
+DEPTH_TOLERANCE = 0.15
+
+
+def depth_check(df: pd.DataFrame, tolerance: float = DEPTH_TOLERANCE) -> pd.DataFrame:
+    """The model-depth estimate checked against a measurement: for each model-scope configuration
+    timed both with K layers fewer than the model's depth and at full depth (same method, order,
+    N, batch, mode, protocol and model), the estimate stored with the K-layer row, the measured
+    full-depth time, their ratio, and whether the estimate is within `tolerance` of it (`holds`).
+    One row per K-layer row that has a full-depth counterpart; the fastest full-depth row counts
+    where there are several."""
+    columns = ["method", "order_m", "seq_len", "batch", "mode", "model", "protocol", "layers_timed", "depth",
+               "estimate_ms", "measured_ms", "ratio", "holds"]
+    if df.empty or "scope" not in df:
+        return pd.DataFrame(columns=columns)
+    timed = df[df["status"].isin(TIMED_STATUSES) & (df["scope"] == "model")]
+    if timed.empty:
+        return pd.DataFrame(columns=columns)
+    # None and NaN orders, None and "" dims alike, so the keys of both sides match
+    timed = timed.assign(ms=_ms(timed), order_m=pd.to_numeric(timed["order_m"], errors="coerce"),
+                         dims=timed["dims"].fillna(""))
+    state = timed["device_state"] if "device_state" in timed else pd.Series([None] * len(timed), index=timed.index)
+    stored = [s.get("depth", {}) if isinstance(s, dict) else {} for s in state]
+    timed = timed.assign(depth=[d.get("depth") for d in stored],
+                         estimate_ms=[d.get("full_depth_ms_estimate") for d in stored])
+    timed = timed[timed["depth"].notna()]
+    full = timed[timed["layers"] == timed["depth"]]
+    partial = timed[(timed["layers"] < timed["depth"]) & timed["estimate_ms"].notna()]
+    if full.empty or partial.empty:
+        return pd.DataFrame(columns=columns)
+    measured = full.groupby(DEPTH_KEY, dropna=False)["ms"].min().rename("measured_ms").reset_index()
+    pairs = partial.merge(measured, on=DEPTH_KEY, how="inner")
+    pairs = pairs.assign(layers_timed=pairs["layers"], depth=pairs["depth"].astype(int),
+                         estimate_ms=pairs["estimate_ms"].astype(float))
+    pairs["ratio"] = pairs["estimate_ms"] / pairs["measured_ms"]
+    pairs["holds"] = (pairs["ratio"] - 1).abs() <= tolerance
+    return pairs[columns].sort_values(["model", "mode", "protocol", "batch", "seq_len", "method", "order_m",
+                                       "layers_timed"], na_position="first").reset_index(drop=True)

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.case import MODE_NAMES, TIMED_STATUSES
+from .endtoend import DEPTH_TOLERANCE
 from .families import sort_by_family
 from .speedup import with_speedup
 
@@ -151,3 +152,23 @@ def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = No
             lines.append("| " + " | ".join(status if h == "status" else r[h] for h in columns) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def depth_table(check: pd.DataFrame) -> Table:
+    """analysis.endtoend.depth_check as a table: the K-layer estimate against the measured depth."""
+    caption = f"ratio: estimate / measured; holds: within {100 * DEPTH_TOLERANCE:g} % of the measured time"
+    table = Table(title=Text("model depth: the estimate from K layers against a full-depth run"), header_style="bold",
+                  caption=Text(caption))
+    headers = ["model", "mode", "protocol", "B", "N", "method", "m", "K", "depth", "estimate ms", "measured ms",
+               "ratio", "holds"]
+    for name in headers:
+        table.add_column(Text(name), justify="left" if name in ("model", "mode", "protocol", "method", "holds")
+                         else "right")
+    for row in check.itertuples(index=False):
+        holds = Text("yes", style="green") if row.holds else Text("no", style="bold red")
+        table.add_row(*[Text(str(v)) for v in (
+            row.model, row.mode, row.protocol, row.batch, row.seq_len, row.method,
+            "" if pd.isna(row.order_m) else int(row.order_m), row.layers_timed, row.depth)],
+            Text(_num(row.estimate_ms, ".4g")), Text(_num(row.measured_ms, ".4g")), Text(_num(row.ratio, ".3f")),
+            holds)
+    return table

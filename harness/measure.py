@@ -42,7 +42,6 @@ class MeasureSettings:
 
 Emit = Callable[[MeasurementRecord], None]
 
-SCOPED_BACKWARD = "layer and model scope time the forward only (mode fwd)"
 PAPER_BACKWARD = "the paper's protocol times forward passes only (mode fwd)"
 GRAPH_BACKWARD = ("graph timing cannot time a backward: each sample needs a fresh autograd graph from an untimed "
                   "forward, which a CUDA-graph replay cannot hold; use --timing events")
@@ -132,8 +131,6 @@ def measure_group(
         reason = method.unsupported_reason(case)
         if reason is None and case.mode.needs_backward and case.timing is TimingMode.GRAPH:
             reason = GRAPH_BACKWARD
-        if reason is None and case.mode.needs_backward and not case.is_op:
-            reason = SCOPED_BACKWARD
         if reason is None and case.mode.needs_backward and case.protocol is TimingProtocol.PAPER:
             reason = PAPER_BACKWARD
         if reason is not None:

@@ -6,6 +6,10 @@ consume (a graph is consumed by its backward). `fwd_bwd` times the forward and t
 call, as a training step runs them. Gradients are dropped before each call, so every backward
 writes fresh dq, dk and dv instead of adding to the last ones (an extra pass a training step does
 not make).
+
+The same steps serve layer and model scope (harness/scoped.py): there the inputs are hidden states
+or token ids (an integer tensor gets no gradient), and the module's weights, given as `weights`,
+receive gradients too, dropped like the inputs' before each call.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import torch
 
 from ..core.case import Case, Mode
 
-# What a method computes on the prepared inputs.
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# What a method (or a layer around it) computes on its inputs.
+Forward = Callable[..., torch.Tensor]
 
 # Seed of the output gradient dO the timed backward receives (the values do not change its cost).
 GRAD_SEED = 1
@@ -45,8 +49,10 @@ def output_gradient(out: torch.Tensor, seed: int = GRAD_SEED) -> torch.Tensor:
     return torch.randn(out.shape, generator=generator, dtype=torch.float32).to(out.dtype).to(out.device)
 
 
-def make_step(forward: Forward, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], case: Case) -> Step:
-    """The step the case's mode times, on `inputs` (already in the method's layout)."""
+def make_step(forward: Forward, inputs: tuple[torch.Tensor, ...], case: Case,
+              weights: tuple[torch.Tensor, ...] = ()) -> Step:
+    """The step the case's mode times, on `inputs` (already in the method's layout); `weights`:
+    parameters that require gradients, whose gradients are dropped before each call."""
     if case.mode is Mode.FWD:
         def fwd() -> torch.Tensor:
             with torch.no_grad():
@@ -55,11 +61,11 @@ def make_step(forward: Forward, inputs: tuple[torch.Tensor, torch.Tensor, torch.
         return Step(fwd)
 
     # Leaves of their own: the method's gradients land here, never on the shared inputs.
-    leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
+    leaves = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in inputs)
     held: dict[str, torch.Tensor | None] = {"out": None, "grad": None}
 
     def drop_grads() -> None:
-        for leaf in leaves:
+        for leaf in (*leaves, *weights):
             leaf.grad = None
 
     def release() -> None:

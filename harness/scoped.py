@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from copy import deepcopy as copy_module
 
 import torch
 
@@ -30,6 +31,7 @@ from ..model.attention import TbenchAttention, attention_name
 from ..model.build import Built, build, make_input, memory_estimate
 from ..model.reference import layer_reference, model_reference
 from .correctness import (
+    GRAD_SEED_OFFSET,
     LINEAR_TOLERANCE,
     MAX_RECURRENT_LENGTH,
     CheckResult,
@@ -39,7 +41,7 @@ from .correctness import (
     check_rows,
     default_tolerance,
 )
-from .passes import Step
+from .passes import Step, make_step
 from .timing import TimingPolicy
 
 
@@ -60,10 +62,22 @@ def attention_of(case: Case, method: Method) -> tuple[str, dict]:
 
 
 def scoped_step(case: Case, method: Method, built: Built, inputs: torch.Tensor) -> Step:
-    """The forward the case times (the paper's protocol: PAPER_PASSES of them back to back)."""
-    if case.mode.needs_backward:
-        raise NotImplementedError("layer and model scope time the forward only")
+    """The step the case's mode times. fwd: the forward (the paper's protocol: PAPER_PASSES of them
+    back to back). bwd and fwd_bwd: a training step of the layer or model, its input hidden states
+    requiring gradients (token ids at model scope) and every weight receiving its gradient, for a
+    fixed standard normal output gradient (the gradient of the scalar sum(out * dO)); bwd times the
+    backward alone from an untimed forward (harness/passes.py)."""
     name, extra = attention_of(case, method)
+    if case.mode.needs_backward:
+        weights = tuple(built.module.parameters())
+        for weight in weights:
+            weight.requires_grad_(True)
+
+        def train_forward(x: torch.Tensor) -> torch.Tensor:
+            built.use(name)
+            return built.forward(x, **extra)
+
+        return make_step(train_forward, (inputs,), case, weights)
     passes = PAPER_PASSES if case.protocol is TimingProtocol.PAPER else 1
 
     def forward() -> torch.Tensor:
@@ -194,7 +208,127 @@ def check_scoped(case: Case, method: Method, built: Built, seed: int,
                            f"{case.scope} output's relative L2 error {error:.3g} (batch {worst}) vs its float64 "
                            f"definition exceeds the {case.dtype} tolerance {limit:.3g} ({source}; check seed {seed})",
                            details)
-    return CheckResult(True, error, fidelity, max_abs, "", details)
+    result = CheckResult(True, error, fidelity, max_abs, "", details)
+    if not case.mode.needs_backward:
+        return result
+    first = inputs if case.scope is Scope.LAYER else (x if x is not None else _embedded(built, inputs))
+    return _with_gradients(result, case, method, built, layer, first, rows, seed, tolerance, name, extra)
+
+
+# --- the gradients of a training step -------------------------------------------------------------
+
+SCOPED_GRADIENTS = ("dx", "dwq")
+
+
+def _embedded(built: Built, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return built.module.embed_tokens(ids)
+
+
+def _layer_call(layer: torch.nn.Module, rotary: torch.nn.Module, x: torch.Tensor, extra: dict) -> torch.Tensor:
+    positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    out = layer(x, attention_mask=None, position_ids=positions, position_embeddings=rotary(x, position_ids=positions),
+                **extra)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _layer_gradients(layer: torch.nn.Module, rotary: torch.nn.Module, x: torch.Tensor, d_out: torch.Tensor,
+                     rows: torch.Tensor | None, attention: Callable[..., torch.Tensor],
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """dx and the q projection's weight gradient of the layer's definition (model/reference.py),
+    evaluated in `dtype` on a copy of the layer, one sequence at a time (their dWq summed)."""
+    copy = _copy_in(layer, dtype)
+    weight = copy.self_attn.q_proj.weight
+    dxs, dw = [], torch.zeros_like(weight)
+    for b in range(x.shape[0]):
+        leaf = x[b : b + 1].detach().to(dtype).requires_grad_(True)
+        with torch.enable_grad():
+            out = layer_reference(copy, rotary, leaf, attention, rows, dtype)
+            grad = d_out[b : b + 1] if rows is None else d_out[b : b + 1, rows]
+            dx, dwq = torch.autograd.grad(out, (leaf, weight), grad.to(dtype))
+        dxs.append(dx.to(torch.float64))
+        dw += dwq
+    return torch.cat(dxs), dw.to(torch.float64)
+
+
+def _copy_in(layer: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    # the reference differentiates its own copy: the module's weights keep their flags and no .grad
+    copy = copy_module(layer).to(dtype)
+    for parameter in copy.parameters():
+        parameter.requires_grad_(False)
+    copy.self_attn.q_proj.weight.requires_grad_(True)
+    return copy
+
+
+def _with_gradients(result: CheckResult, case: Case, method: Method, built: Built, layer: torch.nn.Module,
+                    x: torch.Tensor, rows: torch.Tensor | None, seed: int,
+                    tolerance: Callable[[Case], float] | None, name: str, extra: dict) -> CheckResult:
+    """A training step's gradients through the (first) layer with the case's method, for a standard
+    normal output gradient dO (zero outside the checked rows where rows are sampled), against
+    float64 autograd of the layer's definition with the method's float64 attention: the input
+    gradient minus dO (the residual passes dO through unchanged, which would hide a wrong
+    attention) per sequence, and the q projection's weight gradient."""
+    details = dict(result.details)
+    details["grad_compared"] = ("input gradient minus the output gradient, and the q projection's weight gradient, "
+                                + ("of the layer" if case.scope is Scope.LAYER else "of the first layer"))
+    generator = torch.Generator().manual_seed(seed + GRAD_SEED_OFFSET)
+    d_out = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.dtype).to(x.device)
+    if rows is not None:
+        mask = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+        mask[rows] = True
+        d_out = d_out * mask[None, :, None].to(d_out.dtype)
+    weight = layer.self_attn.q_proj.weight
+    flag = weight.requires_grad
+    weight.requires_grad_(True)
+    leaf = x.detach().requires_grad_(True)
+    try:
+        built.use(name)
+        with torch.enable_grad():
+            out = _layer_call(layer, built.rotary, leaf, extra)
+            got = torch.autograd.grad(out, (leaf, weight), d_out, allow_unused=True)
+    finally:
+        weight.requires_grad_(flag)
+    for label, grad in zip(SCOPED_GRADIENTS, got, strict=True):
+        if grad is None or not torch.isfinite(grad).all():
+            why = "no gradient reaches it" if grad is None else "it has NaN or Inf"
+            return CheckResult(False, result.error, result.fidelity_rel_l2, result.fidelity_max_abs,
+                               f"gradient {label} of the {case.scope}: {why}", details)
+    base = d_out.to(torch.float64)
+    definition = _layer_gradients(layer, built.rotary, x, d_out, rows, _attention_definition(case, method),
+                                  torch.float64)
+    plain = None
+    if tolerance is None and case.family is not Family.LINEAR:
+        plain = _layer_gradients(layer, built.rotary, x, d_out, rows, _attention_definition(case, method), x.dtype)
+
+    def error(i: int, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.to(torch.float64)
+        if i == 0:
+            return _rel_per_batch(grad, definition[0], base)
+        return ((grad - definition[1]).norm() / definition[1].norm().clamp_min(1e-300)).reshape(1)
+
+    errors, limits, plain_errors = {}, {}, {}
+    for i, label in enumerate(SCOPED_GRADIENTS):
+        per = error(i, got[i])
+        errors[label] = float(per.max())
+        if tolerance is not None:
+            limits[label], source = float(tolerance(case.attention())), "declared by the method"
+        elif plain is None:
+            limits[label], source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
+        else:
+            plain_errors[label] = float(error(i, plain[i]).max())
+            limits[label], source = default_tolerance(case.dtype, plain_errors[label]), "calibrated"
+        if not (math.isfinite(errors[label]) and errors[label] <= limits[label]):
+            details.update(grad_errors=errors, grad_tolerance=limits)
+            where = f" (batch {int(per.argmax())})" if i == 0 else ""
+            return CheckResult(False, max(errors.values()), result.fidelity_rel_l2, result.fidelity_max_abs,
+                               f"gradient {label} relative L2 error {errors[label]:.3g}{where} vs float64 autograd "
+                               f"of the {case.scope}'s definition exceeds the {case.dtype} tolerance "
+                               f"{limits[label]:.3g} ({source}; check seed {seed})", details)
+    details.update(grad_errors=errors, grad_tolerance=limits, grad_tolerance_source=source)
+    if plain_errors:
+        details["grad_plain_error"] = plain_errors
+    worst = max([e for e in (result.error, *errors.values()) if e is not None])
+    return CheckResult(True, worst, result.fidelity_rel_l2, result.fidelity_max_abs, result.message, details)
 
 
 def depth_estimate(case: Case, median_ms: float) -> dict:

@@ -109,14 +109,24 @@ def make_input(case: Case, seed: int) -> torch.Tensor:
 def memory_estimate(case: Case) -> int:
     """Device bytes beyond the attention's own: the weights and the forward's largest activations
     (under no_grad a layer holds its input, the residual, Q, K, V and the MLP's three inner tensors
-    at once, with the hidden states in float32 inside the norms)."""
+    at once, with the hidden states in float32 inside the norms). A training step (modes bwd and
+    fwd_bwd) adds the weights' gradients and, for every layer, what autograd saves for the
+    backward: the norms' float32 inputs and outputs, the projections' inputs and outputs, Q and K
+    before and after RoPE, the attention's output, and the MLP's gate, up, activation and product;
+    the attention's own saved tensors are in its estimate."""
     shape = model_shape(case.model)
     es = case.element_size
-    weights = max(1, case.layers) * shape.layer_params() * es
+    layers = max(1, case.layers)
+    weights = layers * shape.layer_params() * es
     if case.scope is Scope.MODEL:
         weights += shape.vocab * shape.hidden * es
     tokens = case.batch * case.seq_len
-    activations = tokens * (6 * shape.hidden + 3 * shape.mlp
-                            + (shape.heads + 2 * shape.kv_heads) * shape.head_dim) * es
+    qkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim
+    activations = tokens * (6 * shape.hidden + 3 * shape.mlp + qkv) * es
     norms = tokens * shape.hidden * 4 * 2
-    return int(weights + activations + norms)
+    forward = weights + activations + norms
+    if not case.mode.needs_backward:
+        return int(forward)
+    saved = tokens * ((6 * shape.hidden + 4 * shape.mlp + 3 * qkv) * es + 4 * 4 * shape.hidden)
+    output_and_gradient = 2 * tokens * shape.hidden * es
+    return int(forward + weights + layers * saved + output_and_gradient)
