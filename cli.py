@@ -264,6 +264,14 @@ def _parse_run_id(text: str) -> int:
     return int(text)
 
 
+def _parse_quality_run_id(text: str) -> int:
+    from .core.errors import UsageError
+
+    if not text.isdigit():
+        raise UsageError(f"quality run '{text}' is not a quality run id (a positive integer) or 'latest'")
+    return int(text)
+
+
 # --- list, runs, show -----------------------------------------------------------------------------
 
 
@@ -615,34 +623,51 @@ def baseline_save(
 @friendly_errors
 @_interop_errors
 def export_runs(
-    run_ids: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run ids, or 'latest'")],
     out_file: Annotated[str, typer.Option("--out", help="File to write (gzip-compressed if the name ends in "
                                           ".gz)", show_default=False)],
+    run_ids: Annotated[list[str] | None, typer.Argument(metavar="RUN", help="Run ids, or 'latest'",
+                                                        show_default=False)] = None,
+    quality: Annotated[str | None, typer.Option(
+        "--quality", metavar="IDS", help="Quality runs to put in the bundle too: comma-separated ids, or 'latest'",
+        show_default=False)] = None,
     fmt: Annotated[str, typer.Option("--format", help="bundle (tbench, for import) or pytest-benchmark")]
     = "bundle",
     db: DbOption = None,
 ) -> None:
-    """Export runs as a tbench bundle, or one run as pytest-benchmark JSON."""
+    """Export runs (and quality runs) as a tbench bundle, or one run as pytest-benchmark JSON."""
     from .core.errors import UsageError
     from .results.bundle import export_bundle, write_bundle, write_json
     from .results.pytest_benchmark import export_pytest_benchmark
+    from .results.quality import quality_run_id
     from .results.store import Store
 
+    if fmt not in ("bundle", "pytest-benchmark"):
+        raise UsageError(f"format '{fmt}' unknown; allowed: bundle, pytest-benchmark")
+    if not run_ids and quality is None:
+        raise UsageError("nothing to export: give run ids, or quality run ids with --quality")
+    if quality is not None and fmt != "bundle":
+        raise UsageError("--quality needs --format bundle; pytest-benchmark files hold timings only")
+    quality_parts = [] if quality is None else [part.strip() for part in quality.split(",")]
+    quality_asked = [None if q == "latest" else _parse_quality_run_id(q) for q in quality_parts]
     store = Store(db, readonly=True)
-    ids = [store.get_run(None if r == "latest" else _parse_run_id(r)).id for r in run_ids]
+    ids = [store.get_run(None if r == "latest" else _parse_run_id(r)).id for r in run_ids or []]
+    quality_ids = [quality_run_id(store, q) for q in quality_asked]
     if fmt == "bundle":
-        bundle = export_bundle(store, ids)
+        bundle = export_bundle(store, ids, quality_ids)
         write_bundle(bundle, out_file)
-        count = sum(len(r.measurements) for r in bundle.runs)
-        err.print(f"Exported {len(bundle.runs)} run(s), {count} measurements, to {out_file}", markup=False)
-    elif fmt == "pytest-benchmark":
+        parts = []
+        if bundle.runs or not bundle.quality_runs:
+            parts.append(f"{len(bundle.runs)} run(s), {sum(len(r.measurements) for r in bundle.runs)} measurements")
+        if bundle.quality_runs:
+            parts.append(f"{len(bundle.quality_runs)} quality run(s), "
+                         f"{sum(len(r.results) for r in bundle.quality_runs)} results")
+        err.print(f"Exported {' and '.join(parts)}, to {out_file}", markup=False)
+    else:
         if len(ids) != 1:
             raise UsageError("--format pytest-benchmark holds one run per file; export one run at a time")
         data = export_pytest_benchmark(store, ids[0])
         write_json(data, out_file)
         err.print(f"Exported run {ids[0]}, {len(data['benchmarks'])} benchmarks, to {out_file}", markup=False)
-    else:
-        raise UsageError(f"format '{fmt}' unknown; allowed: bundle, pytest-benchmark")
 
 
 @app.command("import")
@@ -654,7 +679,7 @@ def import_files(
     fmt: Annotated[str, typer.Option("--format", help="auto, bundle or pytest-benchmark")] = "auto",
     db: DbOption = None,
 ) -> None:
-    """Import runs from files, all in one transaction; runs already in the store are skipped."""
+    """Import runs (and quality runs) from files, all in one transaction; runs already in the store are skipped."""
     from .core.errors import UsageError
     from .results.bundle import BundleError, import_runs, parse_bundle, read_json
     from .results.pytest_benchmark import looks_like_pytest_benchmark, parse_pytest_benchmark
@@ -663,11 +688,17 @@ def import_files(
     if fmt not in ("auto", "bundle", "pytest-benchmark"):
         raise UsageError(f"format '{fmt}' unknown; allowed: auto, bundle, pytest-benchmark")
     runs, sources = [], {}
+    quality_runs, quality_sources = [], {}
     for path in files:
         data = read_json(path)
         is_bundle = isinstance(data, dict) and "format" in data
         if fmt == "bundle" or (fmt == "auto" and is_bundle):
-            found = parse_bundle(data, path).runs
+            bundle = parse_bundle(data, path)
+            found = bundle.runs
+            for quality_run in bundle.quality_runs:
+                if quality_run.uuid not in quality_sources:
+                    quality_runs.append(quality_run)
+                    quality_sources[quality_run.uuid] = path
         elif fmt == "pytest-benchmark" or looks_like_pytest_benchmark(data):
             found = [parse_pytest_benchmark(data, path)]
         else:
@@ -677,12 +708,23 @@ def import_files(
                 runs.append(run)
                 sources[run.uuid] = path
     store = Store(db)
-    result = import_runs(store, runs)
+    result = import_runs(store, runs, quality_runs)
     for uuid, rid in result.imported:
         err.print(f"Imported run {rid} ({uuid}) from {sources[uuid]}", highlight=False, markup=False)
     for uuid in result.skipped:
         err.print(f"Skipped run {uuid} from {sources[uuid]}: already in {store.url}", highlight=False, markup=False)
-    err.print(f"{len(result.imported)} run(s) imported, {len(result.skipped)} already present")
+    for uuid, rid in result.quality_imported:
+        err.print(f"Imported quality run {rid} ({uuid}) from {quality_sources[uuid]}", highlight=False,
+                  markup=False)
+    for uuid in result.quality_skipped:
+        err.print(f"Skipped quality run {uuid} from {quality_sources[uuid]}: already in {store.url}",
+                  highlight=False, markup=False)
+    if runs or not quality_runs:
+        err.print(f"{len(result.imported)} run(s) imported, {len(result.skipped)} already present", markup=False,
+                  highlight=False)
+    if quality_runs:
+        err.print(f"{len(result.quality_imported)} quality run(s) imported, {len(result.quality_skipped)} already "
+                  "present", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
-"""Bundles: runs (with their UUID and provenance) and their measurements as one versioned JSON file.
+"""Bundles: runs (with their UUID and provenance) and their measurements, and quality runs and their
+results, as one versioned JSON file.
 
 A bundle moves results between stores (a GPU box to a laptop, CI artifacts to the leaderboard).
+Version 2 added the quality runs; version 1 files (speed runs only) are read as before.
 A file whose name ends in .gz is written gzip-compressed; gzip-compressed files are read as well.
 Reading is defensive because bundles come from elsewhere: the size is capped before parsing,
 duplicate JSON keys, duplicate run UUIDs and duplicate configurations are refused, and every field
@@ -15,7 +17,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,11 +27,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.records import utcnow
-from .models import Measurement, Run
+from .models import Measurement, QualityResult, QualityRun, Run
 from .store import Store, StoreError
 
 BUNDLE_FORMAT = "tbench-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # the version written; 2 added quality_runs
+READABLE_VERSIONS = (1, 2)
 MAX_BYTES = 256 * 2**20  # refuse bigger files before reading them: a bundle is never that large
 
 # JSON has no datetime: these fields alone are parsed from ISO strings (everything else is strict).
@@ -94,7 +97,9 @@ class MeasurementModel(_Strict):
     finished_at: Timestamp | None = None
 
 
-class RunModel(_Strict):
+class ProvenanceModel(_Strict):
+    """The columns that runs and quality runs share (a schema test keeps both tables equal)."""
+
     uuid: str = Field(min_length=1, max_length=36)
     status: str = Field(max_length=16)
     started_at: Timestamp
@@ -114,16 +119,65 @@ class RunModel(_Strict):
     git_commit: str | None = Field(default=None, max_length=64)
     sweep: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
+
+
+def _unique(keys: Iterable[str], what: str) -> None:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise ValueError(f"{what} '{key}' appears twice")
+        seen.add(key)
+
+
+class RunModel(ProvenanceModel):
     measurements: list[MeasurementModel] = Field(default_factory=list)
 
     @field_validator("measurements")
     @classmethod
     def _unique_configs(cls, value: list[MeasurementModel]) -> list[MeasurementModel]:
-        seen: set[str] = set()
-        for m in value:
-            if m.config_key in seen:
-                raise ValueError(f"configuration '{m.config_key}' appears twice")
-            seen.add(m.config_key)
+        _unique((m.config_key for m in value), "configuration")
+        return value
+
+
+class QualityResultModel(_Strict):
+    config_key: str = Field(min_length=1, max_length=400)
+    task: str = Field(min_length=1, max_length=16)
+    method: str = Field(min_length=1, max_length=128)
+    family: str = Field(max_length=16)
+    order_m: int | None = None
+    dims: str = Field(default="", max_length=128)
+    seq_len: int = Field(ge=0)
+    vocab: int = Field(ge=0)
+    items: int = Field(ge=0)
+    d_model: int = Field(ge=0)
+    layers: int = Field(ge=0)
+    heads: int = Field(ge=0)
+    mlp: bool
+    dtype: str = Field(max_length=8)
+    device: str = Field(max_length=16)
+    seed: int
+    lr: float
+    steps: int = Field(ge=0)
+    batch: int = Field(ge=0)
+    status: str = Field(min_length=1, max_length=16)
+    message: str = ""
+    provenance: str = ""
+    accuracy: float | None = None
+    scored: int = Field(default=0, ge=0)
+    by_distance: dict[str, Any] | None = None
+    final_loss: float | None = None
+    train_seconds: float | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+
+
+class QualityRunModel(ProvenanceModel):
+    results: list[QualityResultModel] = Field(default_factory=list)
+
+    @field_validator("results")
+    @classmethod
+    def _unique_configs(cls, value: list[QualityResultModel]) -> list[QualityResultModel]:
+        _unique((r.config_key for r in value), "quality configuration")
         return value
 
 
@@ -133,19 +187,20 @@ class BundleModel(_Strict):
     created_at: Timestamp
     tbench_version: str = ""
     runs: list[RunModel]
+    quality_runs: list[QualityRunModel] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_runs(self) -> BundleModel:
-        seen: set[str] = set()
-        for r in self.runs:
-            if r.uuid in seen:
-                raise ValueError(f"run uuid '{r.uuid}' appears twice")
-            seen.add(r.uuid)
+    def _consistent(self) -> BundleModel:
+        if self.version < 2 and self.quality_runs:
+            raise ValueError(f"quality_runs need bundle version 2, this file says version {self.version}")
+        _unique((r.uuid for r in self.runs), "run uuid")
+        _unique((r.uuid for r in self.quality_runs), "quality run uuid")
         return self
 
 
-_RUN_FIELDS = [f for f in RunModel.model_fields if f != "measurements"]
+_RUN_FIELDS = list(ProvenanceModel.model_fields)
 _MEASUREMENT_FIELDS = list(MeasurementModel.model_fields)
+_QUALITY_RESULT_FIELDS = list(QualityResultModel.model_fields)
 
 
 # --- reading files ---------------------------------------------------------------------------------
@@ -224,9 +279,11 @@ def parse_bundle(data: Any, source: str) -> BundleModel:
         raise BundleError(f"'{source}' is not a tbench bundle (the top level is not an object)")
     if data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"'{source}' is not a tbench bundle (format is {data.get('format')!r})")
-    if data.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"'{source}' has bundle version {data.get('version')!r}; this tbench reads version "
-                          f"{BUNDLE_VERSION}")
+    version = data.get("version")
+    # bool is an int to Python: `true` must not pass as version 1
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise BundleError(f"'{source}' has bundle version {version!r}; this tbench reads versions {readable}")
     try:
         return BundleModel.model_validate(data)
     except ValidationError as exc:
@@ -248,18 +305,33 @@ def _run_model(run: Run) -> RunModel:
     return RunModel.model_validate(data)
 
 
-def export_bundle(store: Store, run_ids: Iterable[int]) -> BundleModel:
+def _quality_run_model(run: QualityRun) -> QualityRunModel:
+    data = {f: getattr(run, f) for f in _RUN_FIELDS}
+    data["sweep"], data["environment"] = run.sweep or {}, run.environment or {}
+    data["results"] = [QualityResultModel(**{f: getattr(r, f) for f in _QUALITY_RESULT_FIELDS})
+                       for r in run.results]
+    return QualityRunModel.model_validate(data)
+
+
+def export_bundle(store: Store, run_ids: Iterable[int], quality_run_ids: Iterable[int] = ()) -> BundleModel:
+    """The runs and quality runs in the order given (imported into an empty store, they get ids 1, 2, ...
+    in that order)."""
     from .. import __version__
 
-    runs = []
+    runs, quality_runs = [], []
     with store.session() as session:
         for run_id in dict.fromkeys(run_ids):
             run = session.get(Run, run_id)
             if run is None:
                 raise StoreError(f"run {run_id} does not exist in '{store.url}'")
             runs.append(_run_model(run))
+        for run_id in dict.fromkeys(quality_run_ids):
+            quality_run = session.get(QualityRun, run_id)
+            if quality_run is None:
+                raise StoreError(f"quality run {run_id} does not exist in '{store.url}'")
+            quality_runs.append(_quality_run_model(quality_run))
     return BundleModel(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, created_at=utcnow(),
-                       tbench_version=__version__, runs=runs)
+                       tbench_version=__version__, runs=runs, quality_runs=quality_runs)
 
 
 def write_json(data: Any, path: str | Path) -> None:
@@ -293,12 +365,19 @@ def write_bundle(bundle: BundleModel, path: str | Path) -> None:
 class ImportResult:
     imported: list[tuple[str, int]]  # (uuid, new run id)
     skipped: list[str]  # uuids the store already had
+    quality_imported: list[tuple[str, int]] = field(default_factory=list)  # (uuid, new quality run id)
+    quality_skipped: list[str] = field(default_factory=list)
 
 
-def import_runs(store: Store, runs: list[RunModel]) -> ImportResult:
-    """All runs in one transaction: either every new run lands, or none does."""
+def import_runs(store: Store, runs: list[RunModel], quality_runs: list[QualityRunModel] | None = None) -> ImportResult:
+    """All runs and quality runs in one transaction: either every new one lands, or none does.
+    Each lands in the order given, so an empty store gives them the ids 1, 2, ... they had when exported
+    whole."""
+    quality_runs = quality_runs or []
     imported: list[tuple[str, Run]] = []
     skipped: list[str] = []
+    quality_imported: list[tuple[str, QualityRun]] = []
+    quality_skipped: list[str] = []
     try:
         with store.session() as session, session.begin():
             existing = set(session.scalars(select(Run.uuid).where(Run.uuid.in_([r.uuid for r in runs]))))
@@ -311,8 +390,20 @@ def import_runs(store: Store, runs: list[RunModel]) -> ImportResult:
                 run.measurements = [Measurement(**m.model_dump()) for m in model.measurements]
                 session.add(run)
                 imported.append((model.uuid, run))
+            existing = set(session.scalars(select(QualityRun.uuid).where(
+                QualityRun.uuid.in_([r.uuid for r in quality_runs]))))
+            for quality_model in quality_runs:
+                if quality_model.uuid in existing:
+                    quality_skipped.append(quality_model.uuid)
+                    continue
+                quality_run = QualityRun(**{f: getattr(quality_model, f) for f in _RUN_FIELDS})
+                quality_run.results = [QualityResult(**r.model_dump()) for r in quality_model.results]
+                session.add(quality_run)
+                quality_imported.append((quality_model.uuid, quality_run))
+            # New rows are inserted in the order they were added, so ids follow the bundle's order.
             session.flush()
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).splitlines()[0]
         raise StoreError(f"import into '{store.url}' failed, nothing was imported: {reason}") from None
-    return ImportResult([(uuid, run.id) for uuid, run in imported], skipped)
+    return ImportResult([(uuid, run.id) for uuid, run in imported], skipped,
+                        [(uuid, run.id) for uuid, run in quality_imported], quality_skipped)

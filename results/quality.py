@@ -101,6 +101,19 @@ def finish_quality_run(store: Store, run_id: int, status: str) -> None:
         run.finished_at = utcnow()
 
 
+def quality_run_id(store: Store, run_id: int | None = None) -> int:
+    """The id of a quality run that exists: the one asked for, or the latest."""
+    with store.session() as session:
+        if run_id is None:
+            found = session.scalars(select(QualityRun.id).order_by(QualityRun.id.desc()).limit(1)).first()
+            if found is None:
+                raise StoreError(f"no quality runs in '{store.url}' yet; make one with `tbench quality`")
+            return found
+        if session.get(QualityRun, run_id) is None:
+            raise StoreError(f"quality run {run_id} does not exist in '{store.url}'")
+        return run_id
+
+
 RESULT_COLUMNS = tuple(c.key for c in QualityResult.__table__.columns)
 
 

@@ -122,7 +122,9 @@ def _mutations(tmp_path: Path) -> dict[str, tuple[str, str]]:
     def case(name: str, data: object, needle: str) -> None:
         cases[name] = (data if isinstance(data, str) else json.dumps(data), needle)
 
-    case("wrong version", {**good, "version": 2}, "bundle version 2")
+    case("wrong version", {**good, "version": 3}, "bundle version 3; this tbench reads versions 1 and 2")
+    case("version not a number", {**good, "version": "2"}, "bundle version '2'")
+    case("version true", {**good, "version": True}, "bundle version True")
     case("not a bundle", {**good, "format": "other"}, "is not a tbench bundle")
     case("not json", "{not json", "is not valid JSON")
     case("top level list", [good], "is not a tbench bundle")

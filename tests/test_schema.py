@@ -7,16 +7,18 @@ import types
 import typing
 from dataclasses import fields
 
+import pytest
+from pydantic import Field, create_model
 from sqlalchemy import String
 
 from tbench.analysis.baselines import BaselineConfig
 from tbench.core.case import Case, DType, Family, Status, TimingMode
 from tbench.core.records import MeasurementRecord, Timing
-from tbench.results.bundle import MeasurementModel, RunModel
-from tbench.results.models import Measurement, Run
+from tbench.results.bundle import MeasurementModel, QualityResultModel, QualityRunModel, RunModel
+from tbench.results.models import Measurement, QualityResult, QualityRun, Run
 from tbench.results.store import _to_row
 
-SURROGATE = {"id", "run_id"}  # database keys: a bundle carries runs by UUID instead
+SURROGATE = {"id", "run_id", "quality_run_id"}  # database keys: a bundle carries runs by UUID instead
 
 
 def _columns(model: type) -> dict:
@@ -55,6 +57,48 @@ def test_bundle_measurement_model_agrees_with_the_table():
 
 def test_bundle_run_model_agrees_with_the_table():
     _agree(RunModel, Run, skip={"measurements"})
+
+
+def test_bundle_quality_result_model_agrees_with_the_table():
+    _agree(QualityResultModel, QualityResult)
+
+
+def test_bundle_quality_run_model_agrees_with_the_table():
+    _agree(QualityRunModel, QualityRun, skip={"results"})
+
+
+def _without(model: type, name: str) -> type:
+    """The pydantic model with one field dropped, as a forgotten field would leave it."""
+    kept = {k: (f.annotation, f) for k, f in model.model_fields.items() if k != name}
+    return create_model(f"{model.__name__}Without_{name}", **kept)
+
+
+def _with_length(model: type, name: str, length: int) -> type:
+    """The pydantic model with one string field's max_length changed."""
+    kept = {k: (f.annotation, f) for k, f in model.model_fields.items() if k != name}
+    kept[name] = (str, Field(max_length=length))
+    return create_model(f"{model.__name__}Len_{name}", **kept)
+
+
+@pytest.mark.parametrize(("model", "table", "skip", "dropped"), [
+    (MeasurementModel, Measurement, frozenset(), "median_ms"),
+    (RunModel, Run, {"measurements"}, "git_commit"),
+    (QualityResultModel, QualityResult, frozenset(), "accuracy"),
+    (QualityResultModel, QualityResult, frozenset(), "by_distance"),
+    (QualityRunModel, QualityRun, {"results"}, "sweep"),
+])
+def test_the_schema_check_fails_on_a_dropped_field(model, table, skip, dropped):
+    with pytest.raises(AssertionError, match=rf"only in table \['{dropped}'\]"):
+        _agree(_without(model, dropped), table, skip)
+
+
+def test_the_schema_check_fails_on_a_wrong_length_or_a_required_nullable():
+    with pytest.raises(AssertionError, match="task: bundle and table lengths differ"):
+        _agree(_with_length(QualityResultModel, "task", 17), QualityResult)
+    kept = {k: (f.annotation, f) for k, f in QualityResultModel.model_fields.items() if k != "accuracy"}
+    required = create_model("RequiredAccuracy", accuracy=(float, ...), **kept)
+    with pytest.raises(AssertionError, match="accuracy: nullable in the table, required in the bundle"):
+        _agree(required, QualityResult)
 
 
 def test_baseline_config_fields_are_table_columns():
