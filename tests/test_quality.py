@@ -146,3 +146,19 @@ def test_plan_expands_orders_and_refuses_bad_values():
             plan_quality(dataclasses.replace(QualityRequest(preset="tiny"), **bad), registry, available)
     with pytest.raises(UsageError, match="unavailable on cpu: needs a GPU"):
         plan_quality(QualityRequest(methods="sdpa-math"), registry, {**available, "sdpa-math": "needs a GPU"})
+
+
+def test_preset_batches_follow_the_token_budget_within_bounds():
+    registry = load_registry(plugins=False)
+    available = {m.name: None for m in registry}
+    tiny = plan_quality(QualityRequest(preset="tiny"), registry, available).settings
+    assert [tiny.batch(n) for n in tiny.lengths] == [64, 64]  # 2^15 tokens, capped at 64 sequences
+    default = plan_quality(QualityRequest(preset="default"), registry, available)
+    s = default.settings
+    # 2^18 tokens per step: capped at 256 sequences at N = 256 and 1024, 2^18 / 4096 = 64 at N = 4096
+    assert [s.batch(n) for n in s.lengths] == [256, 256, 64]
+    assert s.batch(2**20) == 64 and s.batch(16) == 256  # the bounds hold beyond the preset's lengths
+    # each model sees at least 1024 scored queries a step (16 per sequence): below that it stayed at chance
+    assert min(s.batch(n) for n in s.lengths) * s.items >= 1024
+    assert s.lrs == (3e-3,) and s.steps == 600
+    assert len(default.configurations) == len(s.lengths) * len(s.methods) * len(s.seeds)
