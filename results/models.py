@@ -34,10 +34,10 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(256))
 
 
-class Run(Base):
-    __tablename__ = "runs"
+class RunProvenance:
+    """The columns a run of either kind keeps about where and how it ran (speed runs in `runs`,
+    quality runs in `quality_runs`)."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[datetime] = mapped_column(DateTime)
@@ -55,8 +55,14 @@ class Run(Base):
     platform: Mapped[str] = mapped_column(String(255), default="")
     tbench_version: Mapped[str] = mapped_column(String(64), default="")
     git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    sweep: Mapped[dict] = mapped_column(JSON, default=dict)  # the sweep as asked, for resume
     environment: Mapped[dict] = mapped_column(JSON, default=dict)  # measured peaks, CPU, clocks
+
+
+class Run(RunProvenance, Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep: Mapped[dict] = mapped_column(JSON, default=dict)  # the sweep as asked, for resume
 
     measurements: Mapped[list[Measurement]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="Measurement.id"
@@ -134,7 +140,7 @@ class Measurement(Base):
 # --- the quality track (tbench quality): trained models' accuracy on synthetic recall tasks ----------
 
 
-class QualityRun(Base):
+class QualityRun(RunProvenance, Base):
     """One `tbench quality` invocation, with the provenance columns of `runs` (a schema test keeps
     them equal). Kept apart from `runs` so that speed commands (show, gate, resume) never meet a run
     without timings."""
@@ -142,25 +148,7 @@ class QualityRun(Base):
     __tablename__ = "quality_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    started_at: Mapped[datetime] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    command: Mapped[str] = mapped_column(Text, default="")
-    host: Mapped[str] = mapped_column(String(255), default="")
-    device: Mapped[str] = mapped_column(String(16))
-    gpu_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
-    driver: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    cuda: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    torch_version: Mapped[str] = mapped_column(String(64), default="")
-    triton_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    python_version: Mapped[str] = mapped_column(String(64), default="")
-    platform: Mapped[str] = mapped_column(String(255), default="")
-    tbench_version: Mapped[str] = mapped_column(String(64), default="")
-    git_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sweep: Mapped[dict] = mapped_column(JSON, default=dict)  # the quality sweep as asked
-    environment: Mapped[dict] = mapped_column(JSON, default=dict)
 
     results: Mapped[list[QualityResult]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="QualityResult.id"

@@ -4,7 +4,6 @@ each result committed on its own as soon as its model is scored, so a crash lose
 from __future__ import annotations
 
 import math
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..core.records import RunInfo, utcnow
 from .models import QualityResult, QualityRun
-from .store import Store, StoreError, _retrying
+from .store import Store, StoreError, _retrying, run_columns
 
 
 @dataclass
@@ -57,14 +56,7 @@ def _finite(x: float | None) -> float | None:
 
 
 def start_quality_run(store: Store, info: RunInfo) -> int:
-    values = dict(
-        uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
-        command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
-        gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
-        triton_version=info.triton_version, python_version=info.python_version, platform=info.platform,
-        tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
-        environment=info.environment,
-    )
+    values = run_columns(info)
 
     def insert() -> int:
         row = QualityRun(**values)

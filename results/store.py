@@ -39,6 +39,18 @@ from .url import DatabaseUrl, DatabaseUrlError, mask_text
 T = TypeVar("T")
 
 
+def run_columns(info: RunInfo) -> dict:
+    """The columns of a new run row (speed or quality) from its provenance, marked running."""
+    return dict(
+        uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
+        command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
+        gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
+        triton_version=info.triton_version, python_version=info.python_version, platform=info.platform,
+        tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
+        environment=info.environment,
+    )
+
+
 class StoreError(Exception):
     """A store problem worth one clear line to the user (bad URL, unreadable file, newer schema)."""
 
@@ -157,14 +169,7 @@ class Store:
     # --- writing ---------------------------------------------------------------------------------
 
     def start_run(self, info: RunInfo) -> int:
-        values = dict(
-            uuid=info.uuid or str(uuidlib.uuid4()), status="running", started_at=info.started_at,
-            command=info.command, host=info.host, device=info.device, gpu_name=info.gpu_name,
-            gpu_count=info.gpu_count, driver=info.driver, cuda=info.cuda, torch_version=info.torch_version,
-            triton_version=info.triton_version, python_version=info.python_version, platform=info.platform,
-            tbench_version=info.tbench_version, git_commit=info.git_commit, sweep=info.sweep,
-            environment=info.environment,
-        )
+        values = run_columns(info)
 
         def insert() -> int:
             # A fresh object per attempt: a failed flush leaves the old one tied to its session.
