@@ -4,6 +4,7 @@ must be set before any kernel is defined, hence at import time here."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,21 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     """The real `tbench` console script, in a subprocess."""
     exe = Path(sys.executable).parent / "tbench"
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def measurement_rows(db: Path | str, where: str = "1") -> list[dict]:
+    """The measurements of a SQLite store as dicts, in the order they were stored."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(f"SELECT * FROM measurements WHERE {where} ORDER BY id")]
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def hf_kernels_unshadowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m pytest` puts the repository's root on sys.path, where its kernels/ folder would be
+    found as the Hugging Face `kernels` package that transformers imports when one is installed."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != root])

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import measurement_rows as _rows
 from conftest import run_cli
 
 from tbench.core.case import Case
@@ -20,25 +20,12 @@ from tbench.core.sweep import Sweep
 from tbench.methods.catalog import load_registry
 
 pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _no_repository_root_on_the_path(monkeypatch):
-    # `python -m pytest` puts the repository's root on sys.path, where its kernels/ folder would be
-    # found as the Hugging Face `kernels` package that transformers imports when one is installed.
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+pytestmark = pytest.mark.usefixtures("hf_kernels_unshadowed")
 
 QUICK = ["--min-samples", "3", "--budget", "0.3", "--min-time", "0.02", "--quiet"]
 
-
-def _rows(db, where: str = "1") -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(f"SELECT * FROM measurements WHERE {where} ORDER BY id")]
-    finally:
-        con.close()
 
 
 def test_the_issue_command_stores_ok_layer_rows_with_time_and_memory(tmp_path, cli_env):

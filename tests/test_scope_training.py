@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import measurement_rows as _rows
 from conftest import run_cli
 
 from tbench.analysis.endtoend import depth_check
@@ -19,23 +18,11 @@ from tbench.core.case import Case
 from tbench.methods.catalog import load_registry
 
 pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--min-samples", "3", "--budget", "0.3", "--min-time", "0.02", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _no_repository_root_on_the_path(monkeypatch):
-    # as in test_scope.py: the repository's kernels/ folder must not shadow the `kernels` package
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+pytestmark = pytest.mark.usefixtures("hf_kernels_unshadowed")
 
-
-def _rows(db, where: str = "1") -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(f"SELECT * FROM measurements WHERE {where} ORDER BY id")]
-    finally:
-        con.close()
 
 
 def test_layer_training_step_stores_ok_rows_with_gradient_errors(tmp_path, cli_env):
