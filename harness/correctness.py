@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,6 +92,17 @@ def new_seed() -> int:
 
 def default_tolerance(dtype: DType, low_precision_error: float) -> float:
     return max(TOLERANCE_FLOOR[dtype], LOW_PRECISION_FACTOR * low_precision_error)
+
+
+def tolerance_for(dtype: DType, declared: float | None, plain_error: float | None) -> tuple[float, str]:
+    """The tolerance a comparison applies, and what set it: the method's declared one, else one
+    calibrated from the plain evaluation's error in the dtype, else (no plain evaluation: the
+    linear family) the family's."""
+    if declared is not None:
+        return declared, "declared by the method"
+    if plain_error is None:
+        return LINEAR_TOLERANCE[dtype], "the linear family's"
+    return default_tolerance(dtype, plain_error), "calibrated"
 
 
 def check_rows(case: Case, seed: int, count: int = ROWS) -> torch.Tensor:
@@ -236,10 +247,7 @@ def _check_output(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
         got = (out if picked is None else out[:, :, picked]).to(torch.float64)
 
     plain_error = float(_rel_l2_per_pair(plain, definition).max())
-    if tolerance is not None:
-        limit, source = float(tolerance(case)), "declared by the method"
-    else:
-        limit, source = default_tolerance(case.dtype, plain_error), "calibrated"
+    limit, source = tolerance_for(case.dtype, None if tolerance is None else float(tolerance(case)), plain_error)
     details.update(plain_error=plain_error)
     return _verdict(got, definition, exact, case, seed, limit, source, details,
                     f"; a plain {case.dtype} evaluation errs by {plain_error:.2g}")
@@ -307,30 +315,51 @@ def _with_gradients(result: CheckResult, graph_out: torch.Tensor | None, leaves:
         definition = _grads_of(definition_in(torch.float64), inputs, d_out, torch.float64)
         plain = _grads_of(definition_in(torch_dtype(case)), inputs, d_out, torch_dtype(case))
 
+    def where(name: str, per_pair: torch.Tensor) -> str:
+        worst_b, worst_h = divmod(int(per_pair.argmax()), per_pair.shape[1])
+        return f" (batch {worst_b}, {'head' if name == 'dq' else 'kv head'} {worst_h})"
+
+    return gradient_verdict(
+        result, details, GRADIENTS, lambda i: _rel_l2_per_pair(got[i].detach().to(torch.float64), definition[i]),
+        None if plain is None else lambda i: _rel_l2_per_pair(plain[i].to(torch.float64), definition[i]),
+        None if tolerance is None else float(tolerance(case)), case.dtype, seed, "its definition", where)
+
+
+def gradient_verdict(
+    result: CheckResult,
+    details: dict,
+    names: Sequence[str],
+    errors_of: Callable[[int], torch.Tensor],
+    plain_errors_of: Callable[[int], torch.Tensor] | None,
+    declared: float | None,
+    dtype: DType,
+    seed: int,
+    subject: str,
+    where: Callable[[str, torch.Tensor], str],
+) -> CheckResult:
+    """The forward's passing `result` extended by the gradients `names`, in order, each judged by its
+    worst relative L2 error (`errors_of(i)`: its errors per pair or batch) against a tolerance: the
+    method's `declared` one, else the one calibrated from the plain evaluation in the dtype
+    (`plain_errors_of(i)`), else, without a plain evaluation (the linear family), the family's. The
+    first gradient over its tolerance fails the check, named with `where(name, errors)`."""
     errors, limits, plain_errors = {}, {}, {}
-    for i, name in enumerate(GRADIENTS):
-        per_pair = _rel_l2_per_pair(got[i].detach().to(torch.float64), definition[i])
-        errors[name] = float(per_pair.max())
-        if tolerance is not None:
-            limits[name], source = float(tolerance(case)), "declared by the method"
-        elif plain is None:
-            limits[name], source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
-        else:
-            plain_errors[name] = float(_rel_l2_per_pair(plain[i].to(torch.float64), definition[i]).max())
-            limits[name], source = default_tolerance(case.dtype, plain_errors[name]), "calibrated"
+    for i, name in enumerate(names):
+        per = errors_of(i)
+        errors[name] = float(per.max())
+        if declared is None and plain_errors_of is not None:
+            plain_errors[name] = float(plain_errors_of(i).max())
+        limits[name], source = tolerance_for(dtype, declared, plain_errors.get(name))
         if not (math.isfinite(errors[name]) and errors[name] <= limits[name]):
-            worst_b, worst_h = divmod(int(per_pair.argmax()), per_pair.shape[1])
-            heads = "head" if name == "dq" else "kv head"
             details.update(grad_errors=errors, grad_tolerance=limits)
             return CheckResult(False, max(errors.values()), result.fidelity_rel_l2, result.fidelity_max_abs,
-                               f"gradient {name} relative L2 error {errors[name]:.3g} (batch {worst_b}, {heads} "
-                               f"{worst_h}) vs float64 autograd of its definition exceeds the {case.dtype} "
-                               f"tolerance {limits[name]:.3g} ({source}; check seed {seed})", details)
+                               f"gradient {name} relative L2 error {errors[name]:.3g}{where(name, per)} vs float64 "
+                               f"autograd of {subject} exceeds the {dtype} tolerance {limits[name]:.3g} ({source}; "
+                               f"check seed {seed})", details)
     details.update(grad_errors=errors, grad_tolerance=limits, grad_tolerance_source=source)
     if plain_errors:
         details["grad_plain_error"] = plain_errors
-    error = max([e for e in (result.error, *errors.values()) if e is not None])
-    return CheckResult(True, error, result.fidelity_rel_l2, result.fidelity_max_abs, result.message, details)
+    worst = max([e for e in (result.error, *errors.values()) if e is not None])
+    return CheckResult(True, worst, result.fidelity_rel_l2, result.fidelity_max_abs, result.message, details)
 
 
 def _verdict(got: torch.Tensor, definition: torch.Tensor, exact: torch.Tensor, case: Case, seed: int, limit: float,
@@ -370,8 +399,5 @@ def _check_linear(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
                                f"correctness not evaluated: a sequence longer than {MAX_RECURRENT_LENGTH} is too "
                                "long for the float64 recurrence", details)
         definition = reference(q, k, v, case)[:, :, picked].to(torch.float64)
-    if tolerance is not None:
-        limit, source = float(tolerance(case)), "declared by the method"
-    else:
-        limit, source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
+    limit, source = tolerance_for(case.dtype, None if tolerance is None else float(tolerance(case)), None)
     return _verdict(got, definition, exact, case, seed, limit, source, details)

@@ -32,14 +32,14 @@ from ..model.build import Built, build, make_input, memory_estimate
 from ..model.reference import layer_reference, model_reference
 from .correctness import (
     GRAD_SEED_OFFSET,
-    LINEAR_TOLERANCE,
     MAX_RECURRENT_LENGTH,
     CheckResult,
     _by_head_chunks,
     _definition,
     _whole,
     check_rows,
-    default_tolerance,
+    gradient_verdict,
+    tolerance_for,
 )
 from .passes import Step, make_step
 from .timing import TimingPolicy
@@ -192,15 +192,12 @@ def check_scoped(case: Case, method: Method, built: Built, seed: int,
         exact = evaluate(_attention_definition(case, method, exact=True), torch.float64)
     fidelity = float(_rel_per_batch(got, exact, base).max())
     max_abs = float((got - exact).abs().max())
-    if tolerance is not None:
-        limit, source = float(tolerance(attn_case)), "declared by the method"
-    elif linear:
-        limit, source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
-    else:
+    declared = None if tolerance is None else float(tolerance(attn_case))
+    plain_error = None
+    if declared is None and not linear:
         plain = evaluate(_attention_definition(case, method), out.dtype)
-        plain_error = float(_rel_per_batch(plain, definition, base).max())
-        details["plain_error"] = plain_error
-        limit, source = default_tolerance(case.dtype, plain_error), "calibrated"
+        plain_error = details["plain_error"] = float(_rel_per_batch(plain, definition, base).max())
+    limit, source = tolerance_for(case.dtype, declared, plain_error)
     details.update(tolerance=limit, tolerance_source=source)
     if not (math.isfinite(error) and error <= limit):
         worst = int(per_batch.argmax())
@@ -306,29 +303,14 @@ def _with_gradients(result: CheckResult, case: Case, method: Method, built: Buil
             return _rel_per_batch(grad, definition[0], base)
         return ((grad - definition[1]).norm() / definition[1].norm().clamp_min(1e-300)).reshape(1)
 
-    errors, limits, plain_errors = {}, {}, {}
-    for i, label in enumerate(SCOPED_GRADIENTS):
-        per = error(i, got[i])
-        errors[label] = float(per.max())
-        if tolerance is not None:
-            limits[label], source = float(tolerance(case.attention())), "declared by the method"
-        elif plain is None:
-            limits[label], source = LINEAR_TOLERANCE[case.dtype], "the linear family's"
-        else:
-            plain_errors[label] = float(error(i, plain[i]).max())
-            limits[label], source = default_tolerance(case.dtype, plain_errors[label]), "calibrated"
-        if not (math.isfinite(errors[label]) and errors[label] <= limits[label]):
-            details.update(grad_errors=errors, grad_tolerance=limits)
-            where = f" (batch {int(per.argmax())})" if i == 0 else ""
-            return CheckResult(False, max(errors.values()), result.fidelity_rel_l2, result.fidelity_max_abs,
-                               f"gradient {label} relative L2 error {errors[label]:.3g}{where} vs float64 autograd "
-                               f"of the {case.scope}'s definition exceeds the {case.dtype} tolerance "
-                               f"{limits[label]:.3g} ({source}; check seed {seed})", details)
-    details.update(grad_errors=errors, grad_tolerance=limits, grad_tolerance_source=source)
-    if plain_errors:
-        details["grad_plain_error"] = plain_errors
-    worst = max([e for e in (result.error, *errors.values()) if e is not None])
-    return CheckResult(True, worst, result.fidelity_rel_l2, result.fidelity_max_abs, result.message, details)
+    def where(name: str, per_batch: torch.Tensor) -> str:  # the input gradient has one error per sequence
+        return f" (batch {int(per_batch.argmax())})" if name == SCOPED_GRADIENTS[0] else ""
+
+    return gradient_verdict(
+        result, details, SCOPED_GRADIENTS, lambda i: error(i, got[i]),
+        None if plain is None else lambda i: error(i, plain[i]),
+        None if tolerance is None else float(tolerance(case.attention())), case.dtype, seed,
+        f"the {case.scope}'s definition", where)
 
 
 def depth_estimate(case: Case, median_ms: float) -> dict:
