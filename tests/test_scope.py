@@ -190,3 +190,25 @@ def test_the_layer_gate_passes_the_method_and_fails_a_wrong_operator(scope):
     assert not bad.passed and "vs its float64 definition exceeds" in bad.message
     exact_case = _layer_case("sdpa-math", "exact", scope=scope, layers=case.layers)
     assert check_scoped(exact_case, registry.get("sdpa-math"), built, seed=3).passed
+
+
+def test_the_layer_gate_catches_a_method_wrong_only_on_the_last_sequence_of_the_batch():
+    """The gate compares the batch's first and last sequences: a wrong batch stride shows on the last."""
+    import torch
+
+    from tbench.harness.scoped import build_for, check_scoped, checked_sequences
+
+    assert checked_sequences(1) == (0,) and checked_sequences(3) == (0, 2)
+    registry = load_registry(plugins=False)
+    case = _layer_case("sdpa-math", "exact", batch=3)
+    built, _ = build_for(case, 0)
+    method = registry.get("sdpa-math")
+    assert check_scoped(case, method, built, seed=3).passed
+
+    def last_sequence_wrong(q, k, v, case):
+        out = method.call(q, k, v, case)
+        return torch.cat([out[:-1], out[-1:] * 1.05])
+
+    bad = check_scoped(case, dataclasses.replace(method, call=last_sequence_wrong, bind=None), built, seed=3)
+    assert not bad.passed and "(batch 2)" in bad.message, bad.message
+    assert bad.details["sequences"] == [0, 2]
