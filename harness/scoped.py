@@ -184,6 +184,10 @@ def check_scoped(case: Case, method: Method, built: Built, seed: int,
     def evaluate(attention: Callable[..., torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         parts = []
         with torch.no_grad():
+            if linear:  # its gates are drawn for the whole batch, so its definition runs on the whole batch
+                whole_batch = (model_reference(built.module, inputs, attention, dtype) if x is None
+                               else layer_reference(layer, built.rotary, x, attention, rows, dtype))
+                return whole_batch[list(sequences)].to(torch.float64)
             for b in sequences:  # one sequence at a time: float64 copies of long ones are large
                 if x is None:
                     parts.append(model_reference(built.module, inputs[b : b + 1], attention, dtype))

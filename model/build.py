@@ -96,20 +96,20 @@ def _init_like_the_model(layer: torch.nn.Module, std: float) -> None:
 
 def make_input(case: Case, seed: int) -> torch.Tensor:
     """Standard normal hidden states (B, N, hidden) for a layer; uniform token ids (B, N) for a model.
-    Drawn on the CPU for reproducibility."""
+    Drawn on the case's device: at 128k x 5 the hidden states are 2.7 G numbers, 15-20 s to draw on
+    a CPU (the same seed gives the same inputs on one kind of device)."""
     shape = model_shape(case.model)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=case.device).manual_seed(seed)
     if case.scope is Scope.MODEL:
-        ids = torch.randint(shape.vocab, (case.batch, case.seq_len), generator=generator)
-        return ids.to(case.device)
-    x = torch.randn(case.batch, case.seq_len, shape.hidden, generator=generator, dtype=torch.float32)
-    return x.to(torch_dtype(case)).to(case.device)
+        return torch.randint(shape.vocab, (case.batch, case.seq_len), generator=generator, device=case.device)
+    x = torch.randn(case.batch, case.seq_len, shape.hidden, generator=generator, dtype=torch.float32,
+                    device=case.device)
+    return x.to(torch_dtype(case))
 
 
 def memory_estimate(case: Case) -> int:
     """Device bytes beyond the attention's own: the weights and the forward's largest activations
-    (under no_grad a layer holds its input, the residual, Q, K, V and the MLP's three inner tensors
-    at once, with the hidden states in float32 inside the norms). A training step (modes bwd and
+    (under no_grad, the larger of a layer's attention and MLP halves, below). A training step (modes bwd and
     fwd_bwd) adds the weights' gradients and, for every layer, what autograd saves for the
     backward: the norms' float32 inputs and outputs, the projections' inputs and outputs, Q and K
     before and after RoPE, the attention's output, and the MLP's gate, up, activation and product;
@@ -122,9 +122,14 @@ def memory_estimate(case: Case) -> int:
         weights += shape.vocab * shape.hidden * es
     tokens = case.batch * case.seq_len
     qkv = (shape.heads + 2 * shape.kv_heads) * shape.head_dim
-    activations = tokens * (6 * shape.hidden + 3 * shape.mlp + qkv) * es
-    norms = tokens * shape.hidden * 4 * 2
-    forward = weights + activations + norms
+    # Under no_grad a layer's peak is the larger of its two halves, not their sum (an H200 measured
+    # 68.2 GB at 128k x 5 for llama3-8b, which the sum put at 122 GB and skipped): around the
+    # attention it holds its input, the normed states and the norm's float32 copies, Q, K, V and the
+    # attention's output; in the MLP its input, the residual, the normed states and three of the
+    # MLP's inner tensors (the gate's activation, the up projection and their product).
+    attention_half = tokens * ((3 * shape.hidden + qkv) * es + 2 * 4 * shape.hidden)
+    mlp_half = tokens * (3 * shape.hidden + 3 * shape.mlp) * es
+    forward = weights + max(attention_half, mlp_half)
     if not case.mode.needs_backward:
         return int(forward)
     saved = tokens * ((6 * shape.hidden + 4 * shape.mlp + 3 * qkv) * es + 4 * 4 * shape.hidden)
