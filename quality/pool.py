@@ -35,17 +35,15 @@ from .plan import Configuration, QualityPlan
 DEFAULT_CUDA_JOBS = 4
 # On the CPU the workers would share the same cores: one, with all of them.
 DEFAULT_CPU_JOBS = 1
+# Torch threads of a worker on the CPU. One: a reduction split over more threads adds in another
+# order, and the results must not depend on --jobs (more jobs use more cores instead).
+CPU_WORKER_THREADS = 1
 # Seconds a stopped worker gets to exit before it is killed.
 _STOP_WAIT_S = 10.0
 
 
 def default_jobs(device: str) -> int:
     return DEFAULT_CUDA_JOBS if device.startswith("cuda") else DEFAULT_CPU_JOBS
-
-
-def cpu_threads(jobs: int, cores: int | None = None) -> int:
-    """Torch threads for each of `jobs` CPU workers: the cores shared out, at least one each."""
-    return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
 def _worker_main(conn: Connection, plan: QualityPlan, plugins: bool, threads: int | None) -> None:
@@ -157,7 +155,7 @@ def train_in_workers(plan: QualityPlan, configs: Sequence[Configuration], regist
     """Trains `configs` in up to `jobs` workers at once; `on_record` gets each record as it arrives
     (in the calling process, in completion order). Workers load the registry from the installed
     methods and plugins; `registry` (the same methods) names the failed ones."""
-    threads = cpu_threads(jobs) if plan.settings.device == "cpu" else None
+    threads = CPU_WORKER_THREADS if plan.settings.device == "cpu" else None
     pending = deque(configs)
     workers: list[_Worker] = []
     try:
