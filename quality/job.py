@@ -38,7 +38,10 @@ def failed_record(plan: QualityPlan, config: Configuration, registry: Registry, 
                   started_at: datetime) -> QualityRecord:
     """An `error` record for a configuration whose training never reported back (its process died)."""
     attention, model = _attention(plan, config, registry)
-    provenance = attention.method.provenance(attention.case(model, plan.settings.batch(config.seq_len)))
+    try:
+        provenance = attention.method.provenance(attention.case(model, plan.settings.batch(config.seq_len)))
+    except Exception:  # the record of a death must be stored whatever the method's provenance does
+        provenance = ""
     return make_record(plan, config, registry, "error", message=message, provenance=provenance,
                        started_at=started_at)
 
