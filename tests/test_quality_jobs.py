@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,10 @@ def _results(store: Store, run_id: int) -> dict[str, tuple]:
     return {r.config_key: (r.status, r.accuracy, r.final_loss, r.scored) for r in df.itertuples()}
 
 
-def test_two_workers_train_what_one_trains_and_in_process_trains(tmp_path):
+def test_two_workers_train_what_one_trains_and_in_process_trains(tmp_path, monkeypatch):
+    # A spawned worker runs the parent's __main__ file again; Streamlit's AppTest (the dashboard tests)
+    # leaves a temporary script there that cannot run alone. The CLI's __main__ is the tbench script.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     plan, registry = _tiny_plan()
     store = Store(str(tmp_path / "q.db"))
     threads = torch.get_num_threads()
