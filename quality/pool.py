@@ -79,8 +79,12 @@ def _serve(conn: Connection, plan: QualityPlan, plugins: bool, threads: int | No
             return
         record = train_configuration(plan, message[1], registry)
         conn.send(("record", record))
-        if record.status == "error" and any(m in record.message for m in POISON_MARKERS):
+        if _poisoned(record):
             return  # this process's CUDA context cannot be trusted: the parent starts a fresh worker
+
+
+def _poisoned(record: QualityRecord) -> bool:
+    return record.status == "error" and any(m in record.message for m in POISON_MARKERS)
 
 
 @contextmanager
@@ -119,11 +123,17 @@ class _Worker:
             self.process.start()
         child.close()
         self.config: Configuration | None = None
+        self.trained = 0  # configurations it has sent back
         self.started_at: datetime = utcnow()
 
-    def assign(self, config: Configuration) -> None:
+    def assign(self, config: Configuration) -> bool:
+        """Sends the worker a configuration; False if it is gone (it died idle)."""
+        try:
+            self.conn.send(("train", config))
+        except OSError:
+            return False
         self.config, self.started_at = config, utcnow()
-        self.conn.send(("train", config))
+        return True
 
     def receive(self) -> QualityRecord | str:
         """The record the worker sent, or (it died) how it died."""
@@ -131,6 +141,7 @@ class _Worker:
             if self.conn.poll():
                 message = self.conn.recv()
                 self.config = None
+                self.trained += 1
                 return message[1]
         except (EOFError, OSError):
             pass
@@ -162,9 +173,20 @@ def train_in_workers(plan: QualityPlan, configs: Sequence[Configuration], regist
         while pending or workers:
             while pending and len(workers) < jobs:
                 workers.append(_Worker(plan, plugins, threads))
-            for worker in workers:
-                if worker.config is None and pending:
-                    worker.assign(pending.popleft())
+            for worker in list(workers):
+                if worker.config is not None or not pending:
+                    continue
+                config = pending.popleft()
+                if worker.assign(config):
+                    continue
+                worker.kill()
+                workers.remove(worker)
+                if worker.trained:  # it died idle: a fresh worker takes the configuration
+                    pending.appendleft(config)
+                else:  # it died starting up, as the next one may: the configuration is charged, not retried
+                    on_record(_died(plan, config, registry, _death(worker.process.exitcode), utcnow()))
+            if pending and len(workers) < jobs:
+                continue
             ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
             for worker in list(workers):
                 if worker.conn not in ready and worker.process.sentinel not in ready:
@@ -173,7 +195,10 @@ def train_in_workers(plan: QualityPlan, configs: Sequence[Configuration], regist
                 got = worker.receive()
                 if isinstance(got, QualityRecord):
                     on_record(got)
-                    if not pending:
+                    if _poisoned(got):  # the worker exits: its CUDA context cannot be trusted
+                        worker.kill()
+                        workers.remove(worker)
+                    elif not pending:
                         worker.stop()
                         workers.remove(worker)
                     continue

@@ -160,6 +160,26 @@ def test_a_worker_that_dies_costs_only_its_configuration(tmp_path, plugin_env):
     assert _run_status(db) == ["failed"] and "Traceback" not in result.stderr
 
 
+def test_a_worker_whose_cuda_context_is_poisoned_is_replaced(tmp_path, plugin_env):
+    db, pids = tmp_path / "q.db", tmp_path / "pids.txt"
+    env = {**plugin_env, "TBENCH_TEST_PID_FILE": str(pids),
+           "TBENCH_TEST_RAISE": "CUDA error: an illegal memory access was encountered"}
+    result = run_cli(["quality", "--device", "cpu", "--preset", "tiny", "--methods", "test-slow", "--lengths", "32",
+                      "--seeds", "0,1", "--steps", "5", "--jobs", "1", "--db", str(db)], env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [s for s, _ in _rows(db).values()] == ["error", "error"]
+    assert all("illegal memory access" in m for _, m in _rows(db).values())
+    # one worker at a time, each configuration in a fresh one: the first worker was not trusted again
+    assert len(set(pids.read_text().split())) == 2
+    # an error that leaves the context sound keeps the worker
+    pids.unlink()
+    env["TBENCH_TEST_RAISE"] = "shape mismatch"
+    again = run_cli(["quality", "--device", "cpu", "--preset", "tiny", "--methods", "test-slow", "--lengths", "32",
+                     "--seeds", "0,1", "--steps", "5", "--jobs", "1", "--db", str(tmp_path / "r.db")], env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(set(pids.read_text().split())) == 1
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_ctrl_c_marks_the_run_interrupted_and_stops_every_worker(tmp_path, plugin_env):
     db = tmp_path / "q.db"
