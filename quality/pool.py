@@ -46,6 +46,13 @@ def default_jobs(device: str) -> int:
     return DEFAULT_CUDA_JOBS if device.startswith("cuda") else DEFAULT_CPU_JOBS
 
 
+def gpu_worker_threads(jobs: int, cores: int | None = None) -> int:
+    """Torch threads of each of `jobs` workers on a GPU, for their CPU work (drawing batches): the
+    cores shared out, so that the workers do not crowd each other off them. The batches do not
+    depend on it (a seeded generator draws them in order)."""
+    return max(1, (cores or os.cpu_count() or 1) // jobs)
+
+
 def _worker_main(conn: Connection, plan: QualityPlan, plugins: bool, threads: int | None) -> None:
     # The parent handles Ctrl-C, SIGTERM and SIGHUP (it kills the workers and marks the run).
     ignore_stop_signals()
@@ -166,7 +173,7 @@ def train_in_workers(plan: QualityPlan, configs: Sequence[Configuration], regist
     """Trains `configs` in up to `jobs` workers at once; `on_record` gets each record as it arrives
     (in the calling process, in completion order). Workers load the registry from the installed
     methods and plugins; `registry` (the same methods) names the failed ones."""
-    threads = CPU_WORKER_THREADS if plan.settings.device == "cpu" else None
+    threads = CPU_WORKER_THREADS if plan.settings.device == "cpu" else gpu_worker_threads(jobs)
     pending = deque(configs)
     workers: list[_Worker] = []
     try:

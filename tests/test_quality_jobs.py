@@ -23,7 +23,7 @@ from tbench.core.records import RunInfo
 from tbench.methods.catalog import load_registry
 from tbench.quality.job import make_record
 from tbench.quality.plan import QualityRequest, plan_quality
-from tbench.quality.pool import CPU_WORKER_THREADS, _death
+from tbench.quality.pool import CPU_WORKER_THREADS, _death, gpu_worker_threads
 from tbench.quality.prefetch import Prefetcher
 from tbench.quality.runner import IN_PROCESS, run_quality
 from tbench.quality.tasks import TaskSpec, generate
@@ -36,6 +36,16 @@ TASK = TaskSpec("mqar", 48, 32, 4)
 def _plain(seed: int, count: int) -> list:
     generator = torch.Generator().manual_seed(seed)
     return [generate(TASK, 8, generator) for _ in range(count)]
+
+
+def _drawn(spec: TaskSpec, threads: int, seed: int = 0) -> list:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        return [generate(spec, 64, generator) for _ in range(2)]
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _prefetched(seed: int, count: int) -> list:
@@ -59,6 +69,15 @@ def test_prefetched_batches_are_the_plain_loops_bit_for_bit():
     assert not _same(_prefetched(3, 7), _plain(4, 7))  # another seed differs: the comparison can fail
     assert not _same(_prefetched(3, 6), _plain(3, 7))
     assert _prefetched(3, 0) == []
+
+
+
+def test_batches_do_not_depend_on_the_thread_count():
+    # a worker on a GPU draws with its share of the cores; the default preset's largest batch
+    big = TaskSpec("mqar", 4096, 256, 16)
+    one, many = (_drawn(big, threads) for threads in (1, max(2, torch.get_num_threads())))
+    assert _same(one, many)
+    assert not _same(one, _drawn(big, 1, seed=1))
     assert not _batch_threads()
 
 
@@ -95,6 +114,7 @@ def test_worker_deaths_and_thread_shares_are_named():
     assert _death(-signal.SIGABRT) == "killed by SIGABRT"
     assert _death(-signal.SIGSEGV) == "killed by SIGSEGV"
     assert _death(3) == "exited with code 3"
+    assert gpu_worker_threads(4, cores=16) == 4 and gpu_worker_threads(4, cores=2) == 1
 
 
 def _tiny_plan(**overrides):
