@@ -69,7 +69,7 @@ def test_prefetched_batches_are_the_plain_loops_bit_for_bit():
     assert not _same(_prefetched(3, 7), _plain(4, 7))  # another seed differs: the comparison can fail
     assert not _same(_prefetched(3, 6), _plain(3, 7))
     assert _prefetched(3, 0) == []
-
+    assert not _batch_threads()
 
 
 def test_batches_do_not_depend_on_the_thread_count():
@@ -78,7 +78,6 @@ def test_batches_do_not_depend_on_the_thread_count():
     one, many = (_drawn(big, threads) for threads in (1, max(2, torch.get_num_threads())))
     assert _same(one, many)
     assert not _same(one, _drawn(big, 1, seed=1))
-    assert not _batch_threads()
 
 
 def test_prefetcher_stops_its_thread_when_training_stops_or_fails():
