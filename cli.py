@@ -407,10 +407,11 @@ def dashboard(
 @app.command()
 @friendly_errors
 def quality(
-    preset: Annotated[str, typer.Option(help="tiny (the CPU, well under a minute: MQAR at 32 and 48 tokens, "
-                                        "tensorized-ref and sdpa-math) or default (one GPU: MQAR at 256, 1024, 4096 "
-                                        "x tensorized m=2,3,4, tensorized-ref, an exact method, simple-gla, gla x "
-                                        "3 seeds x 1 learning rate, 600 steps)")] = "tiny",
+    preset: Annotated[str | None, typer.Option(help="tiny (the CPU, well under a minute: MQAR at 32 and 48 tokens, "
+                                               "tensorized-ref and sdpa-math) or default (one GPU: MQAR at 256, "
+                                               "1024, 4096 x tensorized m=2,3,4, tensorized-ref, an exact method, "
+                                               "simple-gla, gla x 3 seeds x 1 learning rate, 600 steps) "
+                                               "[default: tiny]", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
                                                show_default=False)] = None,
     task: Annotated[str | None, typer.Option(help="mqar, needle or copy [default: mqar]", show_default=False)] = None,
@@ -426,41 +427,76 @@ def quality(
                                             show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps per model [default: the preset's]",
                                               show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(help="Models trained at once, each in its own worker process on "
+                                             "the device [default: 4 on a GPU, 1 on the CPU]",
+                                             show_default=False)] = None,
+    resume: Annotated[str | None, typer.Option(metavar="RUN", help="Train only the configurations quality run "
+                                               "RUN (an id or 'latest') has no result for, with its settings, and "
+                                               "add them to it", show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """Train small models with each attention method on synthetic recall tasks; store held-out accuracy."""
     from .analysis.quality import accuracy_table
+    from .core.device import parse_device
+    from .core.errors import UsageError
     from .harness import provenance
     from .methods.catalog import load_registry
-    from .quality.plan import QualityRequest, plan_quality
-    from .quality.runner import run_quality
-    from .results.quality import quality_results
+    from .quality.plan import QualityPlan, QualityRequest, plan_quality
+    from .quality.pool import default_jobs
+    from .quality.runner import resume_plan, run_quality, train_into_run
+    from .results.quality import quality_results, quality_run_id
     from .results.store import Store
 
     started = time.monotonic()
-    from .core.device import parse_device
-    from .core.errors import UsageError
-
-    device = parse_device(device) if device is not None else _default_device()
-    if device_kind(device) == "cuda" and _default_device() == "cpu":
-        raise UsageError(f"device '{device}' asked for, but torch sees no CUDA GPU here")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"jobs {jobs} must be at least 1")
     registry = load_registry()
-    available = {m.name: (None if (a := m.availability(device_kind(device))).available else a.reason)
-                 for m in registry}
-    request = QualityRequest(preset=preset, device=device, task=task, methods=methods, orders=orders,
-                             lengths=lengths, seeds=seeds, lrs=lrs, steps=steps)
-    plan = plan_quality(request, registry, available)
-    for line in plan.left_out:
-        err.print(f"Left out (unavailable on {device}): {line}", markup=False, highlight=False)
-    store = Store(db)
-    info = provenance.collect(device, {"kind": "quality", "preset": preset, **plan.settings.as_dict()})
-    total = len(plan.configurations)
+    plan: QualityPlan
+    if resume is not None:
+        given = {"--preset": preset, "--device": device, "--task": task, "--methods": methods, "--orders": orders,
+                 "--lengths": lengths, "--seeds": seeds, "--lrs": lrs, "--steps": steps}
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise UsageError(f"--resume trains with the run's own settings; drop {', '.join(clash)}")
+        asked = None if resume == "latest" else _parse_quality_run_id(resume)
+        store = Store(db)
+        run_id = quality_run_id(store, asked)
+        plan, configs = resume_plan(store, run_id)
+        device = plan.settings.device
+        if device_kind(device) == "cuda" and _default_device() == "cpu":
+            raise UsageError(f"quality run {run_id} trained on '{device}', but torch sees no CUDA GPU here")
+        for name in dict.fromkeys(c.method for c in configs):
+            if name not in registry:
+                raise UsageError(f"quality run {run_id} trains method '{name}', which is not registered here")
+            if not (a := registry.get(name).availability(device_kind(device))).available:
+                raise UsageError(f"quality run {run_id} trains method '{name}', unavailable on {device}: {a.reason}")
+        err.print(f"Resuming quality run {run_id}: {len(configs)} of {len(plan.configurations)} configurations "
+                  "left to train", markup=False, highlight=False)
+    else:
+        device = parse_device(device) if device is not None else _default_device()
+        if device_kind(device) == "cuda" and _default_device() == "cpu":
+            raise UsageError(f"device '{device}' asked for, but torch sees no CUDA GPU here")
+        available = {m.name: (None if (a := m.availability(device_kind(device))).available else a.reason)
+                     for m in registry}
+        request = QualityRequest(preset=preset or "tiny", device=device, task=task, methods=methods, orders=orders,
+                                 lengths=lengths, seeds=seeds, lrs=lrs, steps=steps)
+        plan = plan_quality(request, registry, available)
+        configs = plan.configurations
+        for line in plan.left_out:
+            err.print(f"Left out (unavailable on {device}): {line}", markup=False, highlight=False)
+        store = Store(db)
+    total = len(configs)
 
     def report(i: int, rec: Any) -> None:
         shown = f"accuracy {rec.accuracy:.3f}" if rec.status == "ok" else f"{rec.status}: {rec.message}"
         err.print(f"[{i + 1}/{total}] {rec.config_key}: {shown}", markup=False, highlight=False)
 
-    outcome = run_quality(plan, registry, store, info, on_result=report)
+    workers = jobs or default_jobs(device)
+    if resume is not None:
+        outcome = train_into_run(plan, configs, registry, store, run_id, on_result=report, jobs=workers)
+    else:
+        info = provenance.collect(device, {"kind": "quality", "preset": preset or "tiny", **plan.settings.as_dict()})
+        outcome = run_quality(plan, registry, store, info, on_result=report, jobs=workers)
     table = accuracy_table(quality_results(store, [outcome.run_id]))
     view = Table(title=Text(f"quality run {outcome.run_id}: {plan.settings.task} accuracy on held-out sequences "
                             "(best learning rate per seed; mean ± std over seeds)"), header_style="bold")

@@ -3,7 +3,7 @@ configurations (method, order, length, seed, learning rate) they expand to."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
 
 from ..core.case import DType
@@ -197,6 +197,11 @@ def plan_quality(request: QualityRequest, registry: Registry, available: dict[st
     settings = replace(settings, methods=tuple(dict.fromkeys(pairs)))
     TaskSpec(settings.task, min(settings.lengths), settings.vocab, settings.items)  # refuses a too short length
 
+    return QualityPlan(settings, expand(settings), tuple(left_out))
+
+
+def expand(settings: Settings) -> tuple[Configuration, ...]:
+    """The configurations of the settings: lengths outermost, then methods, seeds, learning rates."""
     configurations = []
     for n in settings.lengths:
         for name, order in settings.methods:
@@ -204,4 +209,17 @@ def plan_quality(request: QualityRequest, registry: Registry, available: dict[st
             for seed in settings.seeds:
                 for lr in settings.lrs:
                     configurations.append(Configuration(name, order, dims, n, seed, lr))
-    return QualityPlan(settings, tuple(configurations), tuple(left_out))
+    return tuple(configurations)
+
+
+def settings_from_sweep(sweep: dict) -> Settings:
+    """The settings a quality run stored (`Settings.as_dict`), read back; UsageError if they are not there."""
+    try:
+        data = {f.name: sweep[f.name] for f in fields(Settings)}
+        return replace(Settings(**data), task=Task(data["task"]), lengths=tuple(data["lengths"]),
+                       methods=tuple((str(m), None if o is None else int(o)) for m, o in data["methods"]),
+                       seeds=tuple(data["seeds"]), lrs=tuple(data["lrs"]), dtype=DType(data["dtype"]),
+                       batch_bounds=tuple(data["batch_bounds"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"the run's stored settings cannot be read ({type(exc).__name__}: {exc}); "
+                         "only a run made by `tbench quality` can be resumed") from None

@@ -72,8 +72,8 @@ class TaskBatch:
     targets: torch.Tensor  # (B, N) int64; IGNORE where not scored
     distance: torch.Tensor  # (B, N) int64; for scored positions the distance to the recalled token, else 0
 
-    def to(self, device: str | torch.device) -> TaskBatch:
-        return TaskBatch(self.inputs.to(device), self.targets.to(device), self.distance.to(device))
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> TaskBatch:
+        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in (self.inputs, self.targets, self.distance)))
 
 
 def generate(spec: TaskSpec, batch: int, generator: torch.Generator) -> TaskBatch:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import AttentionSpec, ModelSpec, RecallModel
+from .prefetch import Prefetcher
 from .tasks import IGNORE, TaskBatch, TaskSpec, distance_bucket, generate
 
 # Held-out sequences come from a generator seeded apart from every training seed.
@@ -95,23 +96,30 @@ def evaluate(net: RecallModel, task: TaskSpec, spec: TrainSpec, device: str) -> 
     return score
 
 
+def _optimizer(net: RecallModel, spec: TrainSpec, device: str) -> torch.optim.AdamW:
+    # one fused kernel per step on CUDA instead of a few per parameter; on the CPU the foreach form
+    on_gpu = device.startswith("cuda")
+    return torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98),
+                             fused=on_gpu or None, foreach=None if on_gpu else True)
+
+
 def train(task: TaskSpec, model: ModelSpec, attention: AttentionSpec, spec: TrainSpec) -> TrainResult:
     """Trains from scratch (AdamW, warmup then cosine decay, gradients clipped at 1) on freshly
     generated sequences, then scores held-out ones."""
     started = time.perf_counter()
     net = build_model(task, model, attention, spec.seed)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+    optimizer = _optimizer(net, spec, attention.device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, spec))
     generator = torch.Generator().manual_seed(spec.seed)
     loss = torch.tensor(math.nan)
-    for _ in range(spec.steps):
-        batch = generate(task, spec.batch, generator).to(attention.device)
-        loss = _loss(net(batch.inputs), batch.targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+    with Prefetcher(lambda: generate(task, spec.batch, generator), spec.steps, attention.device) as batches:
+        for batch in batches:
+            loss = _loss(net(batch.inputs), batch.targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
     final_loss = float(loss.detach())
     score = evaluate(net, task, spec, attention.device)
     if attention.device.startswith("cuda"):

@@ -106,6 +106,33 @@ def quality_run_id(store: Store, run_id: int | None = None) -> int:
         return run_id
 
 
+def quality_run_sweep(store: Store, run_id: int) -> dict:
+    """The sweep a quality run was started with (its settings)."""
+    with store.session() as session:
+        run = session.get(QualityRun, run_id)
+        if run is None:
+            raise StoreError(f"quality run {run_id} does not exist in '{store.url}'")
+        return dict(run.sweep or {})
+
+
+def quality_statuses(store: Store, run_id: int) -> dict[str, str]:
+    """The stored configurations of a quality run: config key -> status."""
+    with store.session() as session:
+        rows = session.execute(select(QualityResult.config_key, QualityResult.status)
+                               .where(QualityResult.quality_run_id == run_id))
+        return {key: status for key, status in rows}
+
+
+def reopen_quality_run(store: Store, run_id: int) -> None:
+    """Marks a quality run running again, for more of its configurations to be added."""
+    with store.session() as session, session.begin():
+        run = session.get(QualityRun, run_id)
+        if run is None:
+            raise StoreError(f"quality run {run_id} does not exist")
+        run.status = "running"
+        run.finished_at = None
+
+
 RESULT_COLUMNS = tuple(c.key for c in QualityResult.__table__.columns)
 
 

@@ -3,7 +3,9 @@
 They are available only when TBENCH_TEST_PLUGIN=1, so an environment that has this plugin
 installed does not measure them by default. TBENCH_TEST_SLOWDOWN_S adds a sleep to `test-slow`;
 TBENCH_TEST_EXTRA_WORK=0.15 makes it do 15 % more attention work (the first 15 % of the query rows
-again, non-causal). The `test-bug-*` methods are subtly wrong, as real kernels can be.
+again, non-causal); TBENCH_TEST_RAISE makes it raise a RuntimeError with that message, and
+TBENCH_TEST_PID_FILE makes it append its process id to that file at each call. The `test-bug-*`
+methods are subtly wrong, as real kernels can be.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torc
 
 @method(name="test-slow", family="exact", description="SDPA with an optional sleep", availability=_available)
 def slow(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    if pid_file := os.environ.get("TBENCH_TEST_PID_FILE"):
+        with open(pid_file, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    if message := os.environ.get("TBENCH_TEST_RAISE"):
+        raise RuntimeError(message)
     delay = float(os.environ.get("TBENCH_TEST_SLOWDOWN_S", "0"))
     if delay:
         time.sleep(delay)
