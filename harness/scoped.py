@@ -246,17 +246,19 @@ def _layer_call(layer: torch.nn.Module, rotary: torch.nn.Module, x: torch.Tensor
 
 def _layer_gradients(layer: torch.nn.Module, rotary: torch.nn.Module, x: torch.Tensor, d_out: torch.Tensor,
                      rows: torch.Tensor | None, attention: Callable[..., torch.Tensor],
-                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                     dtype: torch.dtype, whole_batch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """dx and the q projection's weight gradient of the layer's definition (model/reference.py),
-    evaluated in `dtype` on a copy of the layer, one sequence at a time (their dWq summed)."""
+    evaluated in `dtype` on a copy of the layer, one sequence at a time (their dWq summed), or the
+    whole batch at once (`whole_batch`: a linear method's gates are drawn for the whole batch)."""
     copy = _copy_in(layer, dtype)
     weight = copy.self_attn.q_proj.weight
     dxs, dw = [], torch.zeros_like(weight)
-    for b in range(x.shape[0]):
-        leaf = x[b : b + 1].detach().to(dtype).requires_grad_(True)
+    parts = [slice(0, x.shape[0])] if whole_batch else [slice(b, b + 1) for b in range(x.shape[0])]
+    for part in parts:
+        leaf = x[part].detach().to(dtype).requires_grad_(True)
         with torch.enable_grad():
             out = layer_reference(copy, rotary, leaf, attention, rows, dtype)
-            grad = d_out[b : b + 1] if rows is None else d_out[b : b + 1, rows]
+            grad = d_out[part] if rows is None else d_out[part, rows]
             dx, dwq = torch.autograd.grad(out, (leaf, weight), grad.to(dtype))
         dxs.append(dx.to(torch.float64))
         dw += dwq
@@ -306,10 +308,11 @@ def _with_gradients(result: CheckResult, case: Case, method: Method, built: Buil
             return CheckResult(False, result.error, result.fidelity_rel_l2, result.fidelity_max_abs,
                                f"gradient {label} of the {case.scope}: {why}", details)
     base = d_out.to(torch.float64)
+    linear = case.family is Family.LINEAR
     definition = _layer_gradients(layer, built.rotary, x, d_out, rows, _attention_definition(case, method),
-                                  torch.float64)
+                                  torch.float64, whole_batch=linear)
     plain = None
-    if tolerance is None and case.family is not Family.LINEAR:
+    if tolerance is None and not linear:
         plain = _layer_gradients(layer, built.rotary, x, d_out, rows, _attention_definition(case, method), x.dtype)
 
     def error(i: int, grad: torch.Tensor) -> torch.Tensor:

@@ -212,3 +212,29 @@ def test_the_layer_gate_catches_a_method_wrong_only_on_the_last_sequence_of_the_
     bad = check_scoped(case, dataclasses.replace(method, call=last_sequence_wrong, bind=None), built, seed=3)
     assert not bad.passed and "(batch 2)" in bad.message, bad.message
     assert bad.details["sequences"] == [0, 2]
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_the_layer_gate_checks_a_linear_method_whose_gates_span_the_batch(mode):
+    """simple-gla's gates are drawn for the whole batch: its definition must see the whole batch
+    (evaluated one sequence at a time, the gates' batch did not match and the check raised)."""
+    from tbench.harness.scoped import build_for, check_scoped
+
+    registry = load_registry(plugins=False)
+    gla = registry.get("simple-gla")
+
+    def recurrence(q, k, v, case):  # simple-gla's float64 definition in the inputs' dtype, on any device
+        return gla.reference(q, k, v, case).to(q.dtype)
+
+    on_cpu = dataclasses.replace(gla, call=recurrence, bind=None, prepare=None, devices=frozenset({"cpu"}))
+    case = _layer_case("simple-gla", "linear", batch=3, mode=mode)
+    built, _ = build_for(case, 0)
+    good = check_scoped(case, on_cpu, built, seed=3)
+    assert good.passed, good.message
+    assert good.error < 1e-4
+
+    def scaled(q, k, v, case):
+        return recurrence(q, k, v, case) * 1.05
+
+    bad = check_scoped(case, dataclasses.replace(on_cpu, call=scaled), built, seed=3)
+    assert not bad.passed and "exceeds" in bad.message, bad.message
