@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The end-to-end sweep of docs/paper-figure5.md on one H200: llama3-8b shapes, batch 5 (the paper's),
 # N = 4k..128k; FlashAttention-2 (the paper's baseline) and -3 (the fastest exact kernel here),
-# tensorized m = 2, 3 and simple-gla. In order of what the figure needs: one decoder layer; the
-# model (embedding, one layer, final norm; its 32-layer time is estimated from it and checked once,
-# at 4k, with all 32 layers); the attention alone (the share of the layer's time it takes); the
-# paper's protocol (the mean of 50 forward passes) at layer scope up to 16k, beside tbench's.
+# tensorized m = 2, 3 and simple-gla. One decoder layer; the model (embedding, one layer, final norm;
+# its 32-layer time is estimated from it); the estimate checked once, at 4k, against all 32 layers.
 # Short sampling (3 samples, <= 1 s each). Configurations that cannot fit are stored as `skipped`.
+# benchmarks/e2e_h200_extras.sh adds the attention alone (its share of the layer) and the paper's
+# protocol (the mean of 50 forward passes).
 # Usage: benchmarks/e2e_h200.sh [DB]   (default e2e-h200.db; the runs are exported to DB.json.gz)
 set -euo pipefail
 DB=${1:-e2e-h200.db}
@@ -20,8 +20,6 @@ step() {  # a run, and how long it took
 }
 step --scope layer --lengths 4k..128k
 step --scope model --layers 1 --lengths 4k..128k
-step --scope op --lengths 4k..128k
 step --scope model --layers 32 --lengths 4k
-step --scope layer --lengths 4k..16k --protocol paper
 echo "end-to-end sweep took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
-tbench export 1 2 3 4 5 --out "$DB.json.gz" --db "$DB"   # the five runs above, in a fresh store
+tbench export 1 2 3 --out "$DB.json.gz" --db "$DB"   # the three runs above, in a fresh store

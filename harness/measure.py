@@ -283,7 +283,7 @@ def _warm_up(
     fn.release()
     rec.peak_bytes, rec.total_peak_bytes = peak.extra_bytes, peak.total_bytes
     step("graph capture" if timer.mode == "graph" else "timing")
-    timed = timer.prepare(fn.call, fn.setup)
+    timed = timer.prepare(fn.call, fn.setup, call_s=fastest)
     phases.enter(None)
     policy, passes = settings.policy, 1
     if case.protocol is TimingProtocol.PAPER:

@@ -139,6 +139,9 @@ class LinearOperator:
     gate_text: str
     fla: Callable[..., tuple]
     reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Case, Gates], torch.Tensor]
+    # Whether the backward goes through fla's gated chunk_bwd_dqkwg (per-token gates g), which fla
+    # refuses on Hopper under Triton 3.4.0 up to 3.7.1 (see backward_problem).
+    gated_backward: bool = False
 
 
 OPERATORS = (
@@ -148,7 +151,7 @@ OPERATORS = (
     LinearOperator("simple-gla", "fla.ops.simple_gla.chunk_simple_gla",
                    "Simple gated linear attention (one decay per head and token), fla-core",
                    head_gates, f"g = logsigmoid(N(0,1))/{GATE_NORMALISER:g} per (token, head)", _fla_simple_gla,
-                   _ref_decayed),
+                   _ref_decayed, gated_backward=True),
     LinearOperator("gla", "fla.ops.gla.chunk_gla",
                    "Gated linear attention (one decay per head, token and key dim), fla-core",
                    key_gates, f"g = logsigmoid(N(0,1))/{GATE_NORMALISER:g} per (token, head, key dim)", _fla_gla,
@@ -168,6 +171,37 @@ def fla_version() -> str:
         return metadata.version("fla-core")
     except metadata.PackageNotFoundError:
         return "version unknown"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def backward_problem(capability: tuple[int, int], triton_version: str, has_tilelang: bool) -> str | None:
+    """Why fla-core's gated backward cannot run here, or None. fla 0.6 raises at the first backward on
+    Hopper (sm 9.x) with Triton >= 3.4.0 and < 3.7.1 (wrong results in chunk_bwd_dqkwg, its issue
+    #640) unless tilelang is installed to replace that kernel; said before a run, not found in one."""
+    if capability[0] != 9 or has_tilelang:
+        return None
+    if (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1):
+        return (f"its backward is refused by fla-core on Hopper with Triton {triton_version} (gated chunk_bwd_dqkwg "
+                "gives wrong results under Triton 3.4.0 to 3.7.0); needs Triton >= 3.7.1 or tilelang")
+    return None
+
+
+def _gated_backward_problem(case: Case) -> str | None:
+    if not case.mode.needs_backward or not case.device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    import importlib.util
+
+    import triton
+
+    return backward_problem(torch.cuda.get_device_capability(torch.device(case.device)), triton.__version__,
+                            importlib.util.find_spec("tilelang") is not None)
 
 
 def _availability(device: str) -> Availability:
@@ -219,6 +253,7 @@ def linear_method(op: LinearOperator) -> Method:
         bind=bind,
         describe=describe,
         reference=reference,
+        unsupported=_gated_backward_problem if op.gated_backward else None,
     )(unbound)
 
 

@@ -53,7 +53,12 @@ def train_configuration(plan: QualityPlan, config: Configuration, registry: Regi
     spec = TrainSpec(steps=s.steps, batch=s.batch(config.seq_len), lr=config.lr, seed=config.seed,
                      eval_sequences=s.eval_sequences)
     started = utcnow()
-    provenance = attention.method.provenance(attention.case(model, spec.batch))
+    case = attention.case(model, spec.batch)
+    provenance = attention.method.provenance(case)
+    reason = attention.method.unsupported_reason(case)
+    if reason is not None:  # e.g. a method whose backward this build refuses: said, not raised mid-run
+        return make_record(plan, config, registry, "unsupported", message=reason, provenance=provenance,
+                           started_at=started)
     try:
         result = train(task, model, attention, spec)
     except torch.cuda.OutOfMemoryError as exc:

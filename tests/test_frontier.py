@@ -352,3 +352,28 @@ def test_each_new_method_passes_its_gate_on_the_gpu(name):
                    tolerance=method.tolerance, reference=method.reference)
     assert result.passed and result.error is not None, result.message
     assert method.provenance(case)
+
+
+@pytest.mark.parametrize(("capability", "triton_version", "tilelang", "refused"), [
+    ((9, 0), "3.6.0", False, True),       # the H200 here: fla-core raises at the first backward
+    ((9, 0), "3.4.0", False, True),
+    ((9, 0), "3.7.1", False, False),
+    ((9, 0), "3.3.1", False, False),
+    ((9, 0), "3.6.0+git1234", False, True),
+    ((9, 0), "3.6.0", True, False),       # tilelang replaces the kernel
+    ((8, 0), "3.6.0", False, False),      # not Hopper
+    ((10, 0), "3.6.0", False, False),
+])
+def test_simple_glas_backward_is_declared_unsupported_where_fla_refuses_it(capability, triton_version, tilelang,
+                                                                             refused):
+    from tbench.methods.linear import backward_problem
+
+    reason = backward_problem(capability, triton_version, tilelang)
+    assert (reason is not None) == refused
+    if refused:
+        assert triton_version in reason and "3.7.1" in reason
+
+
+def test_only_simple_gla_goes_through_flas_gated_backward():
+    gated = {op.name for op in OPERATORS if op.gated_backward}
+    assert gated == {"simple-gla"}

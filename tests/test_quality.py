@@ -130,6 +130,31 @@ def test_a_failing_configuration_does_not_lose_the_others(tmp_path):
     assert outcome.counts == {"error": 1, "ok": 1}
 
 
+def test_a_method_that_cannot_train_here_is_stored_unsupported_and_the_run_still_finishes(tmp_path):
+    registry = load_registry(plugins=False)
+    trained = []
+    exact = registry.get("sdpa-math")
+
+    def no_backward(case):
+        return "its backward is refused here" if case.mode.needs_backward else None
+
+    def call(q, k, v, case):
+        trained.append(case)
+        return exact.call(q, k, v, case)
+
+    forward_only = dataclasses.replace(exact, name="forward-only", call=call, unsupported=no_backward)
+    registry.add(forward_only)
+    plan = plan_quality(QualityRequest(preset="tiny", methods="forward-only,sdpa-math", lengths="32", steps=5),
+                        registry, {m.name: None for m in registry})
+    store = Store(str(tmp_path / "q.db"))
+    outcome = run_quality(plan, registry, store, RunInfo(command="test", device="cpu"))
+    df = quality_results(store, [outcome.run_id]).set_index("method")
+    assert df.loc["forward-only", "status"] == "unsupported"
+    assert df.loc["forward-only", "message"] == "its backward is refused here"
+    assert not trained  # refused before training, not raised in it
+    assert outcome.status == "finished" and outcome.counts == {"unsupported": 1, "ok": 1}
+
+
 def test_plan_expands_orders_and_refuses_bad_values():
     registry = load_registry(plugins=False)
     available = {m.name: None for m in registry}

@@ -192,6 +192,23 @@ def test_the_layer_gate_passes_the_method_and_fails_a_wrong_operator(scope):
     assert check_scoped(exact_case, registry.get("sdpa-math"), built, seed=3).passed
 
 
+def test_a_model_deeper_than_the_limit_is_checked_through_its_first_layer():
+    """The whole stack in float64 for two layers; beyond that the first layer, which still catches a
+    wrong attention."""
+    from tbench.harness.scoped import build_for, check_scoped
+
+    registry = load_registry(plugins=False)
+    method = registry.get("tensorized-ref")
+    impostor = dataclasses.replace(method, call=registry.get("sdpa-math").call, bind=None, prepare=None)
+    for layers, compared in ((2, "last hidden state"), (3, "first layer's output minus its input")):
+        case = _layer_case("tensorized-ref", "tensorized", order=2, dims=(16, 8), scope="model", layers=layers)
+        built, _ = build_for(case, 0)
+        good = check_scoped(case, method, built, seed=3)
+        assert good.passed and good.details["compared"].startswith(compared), good.details
+        bad = check_scoped(case, impostor, built, seed=3)
+        assert not bad.passed and "vs its float64 definition exceeds" in bad.message
+
+
 def test_the_layer_gate_catches_a_method_wrong_only_on_the_last_sequence_of_the_batch():
     """The gate compares the batch's first and last sequences: a wrong batch stride shows on the last."""
     import torch

@@ -182,6 +182,24 @@ def test_event_samples_hold_the_gpu_until_the_host_has_issued_the_call():
         assert samples[4] < 1.0, (mode, samples)  # the kernel alone; without the hold, >= 5 ms
 
 
+@pytest.mark.gpu
+def test_a_long_call_is_probed_once_for_its_host_time_a_short_one_five_times():
+    from tbench.harness.timing import LONG_CALL_S, make_timer
+
+    x = torch.zeros(1024, device="cuda")
+    calls = []
+
+    def call():
+        calls.append(1)
+        x.add_(1)
+
+    timer = make_timer("events", "cuda")
+    for call_s, probes in ((None, 5), (LONG_CALL_S / 10, 5), (LONG_CALL_S, 1), (3.0, 1)):
+        calls.clear()
+        timer.prepare(call, call_s=call_s)
+        assert len(calls) == probes, (call_s, len(calls))
+
+
 def test_swinging_clocks_need_more_bursts_than_independent_samples_suggest():
     # Each 10-sample burst runs at one clock, drawn anew per burst (+-4 %); samples within a burst
     # vary by 0.2 %. Per sample the median looks precise after 10 samples; the burst medians do not.
