@@ -17,6 +17,7 @@ from importlib import metadata
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 
 from ..core.case import Case
 from ..kernels.linear_reference import delta_rule_recurrence, gated_recurrence, retention_log_decay
@@ -173,21 +174,13 @@ def fla_version() -> str:
         return "version unknown"
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for part in text.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def backward_problem(capability: tuple[int, int], triton_version: str, has_tilelang: bool) -> str | None:
     """Why fla-core's gated backward cannot run here, or None. fla 0.6 raises at the first backward on
     Hopper (sm 9.x) with Triton >= 3.4.0 and < 3.7.1 (wrong results in chunk_bwd_dqkwg, its issue
     #640) unless tilelang is installed to replace that kernel; said before a run, not found in one."""
     if capability[0] != 9 or has_tilelang:
         return None
-    if (3, 4, 0) <= _version_tuple(triton_version) < (3, 7, 1):
+    if Version("3.4.0") <= Version(triton_version) < Version("3.7.1"):
         return (f"its backward is refused by fla-core on Hopper with Triton {triton_version} (gated chunk_bwd_dqkwg "
                 "gives wrong results under Triton 3.4.0 to 3.7.0); needs Triton >= 3.7.1 or tilelang")
     return None
