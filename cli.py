@@ -500,11 +500,14 @@ def quality(
     table = accuracy_table(quality_results(store, [outcome.run_id]))
     view = Table(title=Text(f"quality run {outcome.run_id}: {plan.settings.task} accuracy on held-out sequences "
                             "(best learning rate per seed; mean ± std over seeds)"), header_style="bold")
-    for column in ("method", "N", "accuracy", "min", "max", "seeds", "failed"):
+    for column in ("method", "N", "accuracy", "min", "max", "seeds", "failed", "unsupported"):
         view.add_column(column)
     for _, row in table.iterrows():
-        view.add_row(Text(row["series"]), str(row["seq_len"]), f"{row['mean']:.3f} ± {row['std']:.3f}",
-                     f"{row['min']:.3f}", f"{row['max']:.3f}", str(row["seeds"]), str(row["failed"]))
+        trained = row["seeds"] > 0
+        view.add_row(Text(row["series"]), str(row["seq_len"]),
+                     f"{row['mean']:.3f} ± {row['std']:.3f}" if trained else "-",
+                     f"{row['min']:.3f}" if trained else "-", f"{row['max']:.3f}" if trained else "-",
+                     str(row["seeds"]), str(row["failed"]), str(row["unsupported"]))
     out.print(view)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
     err.print(f"Quality run {outcome.run_id} {outcome.status}: {counts or 'nothing to train'} in "

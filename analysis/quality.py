@@ -24,22 +24,35 @@ def best_per_seed(df: pd.DataFrame) -> pd.DataFrame:
     return best.assign(series=[series_name(m, o) for m, o in zip(best["method"], best["order_m"], strict=True)])
 
 
+# Statuses of a configuration that trained no model, counted apart: `unsupported` was declared before
+# training (the method cannot run backward here), the others broke while training.
+UNSUPPORTED = "unsupported"
+
+
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation, min and max over seeds of each series' best accuracy, by length;
-    with the number of seeds and the configurations that failed."""
-    columns = ["task", "series", "method", "order_m", "seq_len", "mean", "std", "min", "max", "seeds", "failed"]
-    best = best_per_seed(df)
-    if best.empty:
+    with the number of seeds that trained and the configurations that did not: `failed` (an error,
+    out of memory) and `unsupported` (declared before training). A series and length where nothing
+    trained keeps its row, with no accuracy and zero seeds, so that a reader sees why it is empty."""
+    columns = ["task", "series", "method", "order_m", "seq_len", "mean", "std", "min", "max", "seeds", "failed",
+               "unsupported"]
+    if df.empty:
         return pd.DataFrame(columns=columns)
-    grouped = best.groupby(["task", "series", "seq_len"], sort=True)
-    table = grouped["accuracy"].agg(["mean", "std", "min", "max", "count"]).reset_index()
-    table = table.rename(columns={"count": "seeds"})
-    first = grouped[["method", "order_m"]].first().reset_index()
-    table = table.merge(first, on=["task", "series", "seq_len"])
-    failed = df[df["status"] != "ok"].assign(
-        series=lambda d: [series_name(m, o) for m, o in zip(d["method"], d["order_m"], strict=True)])
-    fails = failed.groupby(["task", "series", "seq_len"]).size().rename("failed").reset_index()
-    table = table.merge(fails, on=["task", "series", "seq_len"], how="left")
-    table["failed"] = table["failed"].fillna(0).astype(int)
-    table["std"] = table["std"].fillna(0.0)
+    keys = ["task", "series", "seq_len"]
+    named = df.assign(series=[series_name(m, o) for m, o in zip(df["method"], df["order_m"], strict=True)])
+    table = named.groupby(keys, sort=True)[["method", "order_m"]].first().reset_index()
+    best = best_per_seed(df)
+    if not best.empty:
+        stats = best.groupby(keys)["accuracy"].agg(["mean", "std", "min", "max", "count"]).reset_index()
+        table = table.merge(stats.rename(columns={"count": "seeds"}), on=keys, how="left")
+    else:
+        table = table.assign(mean=float("nan"), std=float("nan"), min=float("nan"), max=float("nan"), seeds=0)
+    not_ok = named[named["status"] != "ok"]
+    counts = {"failed": not_ok[not_ok["status"] != UNSUPPORTED], UNSUPPORTED: not_ok[not_ok["status"] == UNSUPPORTED]}
+    for column, rows in counts.items():
+        table = table.merge(rows.groupby(keys).size().rename(column).reset_index(), on=keys, how="left")
+        table[column] = table[column].fillna(0).astype(int)
+    table["seeds"] = table["seeds"].fillna(0).astype(int)
+    trained = table["seeds"] > 0
+    table.loc[trained, "std"] = table.loc[trained, "std"].fillna(0.0)  # one seed: no spread
     return table[columns]

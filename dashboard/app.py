@@ -491,7 +491,7 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
 
 def accuracy_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     fig = go.Figure()
-    for series, rows in table.groupby("series", sort=True):
+    for series, rows in table[table["seeds"] > 0].groupby("series", sort=True):
         rows = rows.sort_values("seq_len")
         fig.add_trace(go.Scatter(
             x=rows["seq_len"], y=rows["mean"], mode="lines+markers", name=series,
@@ -508,11 +508,12 @@ def speed_quality_figure(points: pd.DataFrame, colours: dict[str, str]) -> go.Fi
     fig = go.Figure()
     for _, row in points.iterrows():
         fig.add_trace(go.Scatter(
-            x=[row["median_ms"]], y=[row["mean"]], mode="markers+text", name=row["series"], text=[row["series"]],
-            textposition="top center", marker={"size": 12, "color": colours.get(row["series"])},
+            x=[row["median_ms"]], y=[row["mean"]], mode="markers", name=row["series"],
+            hovertemplate=f"{row['series']}<br>%{{x:.4g}} ms<br>accuracy %{{y:.3f}}<extra></extra>",
+            marker={"size": 12, "color": colours.get(row["series"])},
             error_y={"type": "data", "array": [row["std"]]}))
     fig.update_xaxes(type="log", title_text="median forward time (ms, log scale)")
-    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(range=[-0.02, 1.08])  # the markers at 0 and 1 whole
     return _layout(fig, "MQAR accuracy (mean over seeds ± std)", log_y=False)
 
 
@@ -533,16 +534,18 @@ def quality_view(url: str, shown: str) -> None:
     st.caption("Held-out accuracy at the scored positions of a small model trained with each attention "
                "method; for each seed the best learning rate of the sweep, then the mean over seeds (bars: "
                "the lowest and highest seed).")
-    if table.empty:
+    if not (table["seeds"] > 0).any():
         st.info("No configuration of this task trained successfully.")
     else:
         colours = colour_map(table["series"].unique())
         st.plotly_chart(accuracy_figure(table, colours), key="quality_accuracy")
+    if not table.empty:
         shown = pd.DataFrame({"method": table["series"], "N": table["seq_len"].map(data.format_length),
-                              "accuracy (mean)": table["mean"].map("{:.3f}".format),
-                              "std": table["std"].map("{:.3f}".format), "min": table["min"].map("{:.3f}".format),
-                              "max": table["max"].map("{:.3f}".format), "seeds": table["seeds"],
-                              "failed": table["failed"]})
+                              **{label: table[column].map(lambda v: data.fmt_number(v, ".3f"))
+                                 for label, column in (("accuracy (mean)", "mean"), ("std", "std"), ("min", "min"),
+                                                       ("max", "max"))},
+                              "seeds": table["seeds"], "failed": table["failed"],
+                              "unsupported": table["unsupported"]})
         st.dataframe(shown, hide_index=True, width="stretch")
         distances = quality_data.distance_table(df, task)
         if not distances.empty:
@@ -551,13 +554,20 @@ def quality_view(url: str, shown: str) -> None:
             pivot.columns = [f"d ≥ {c}" for c in pivot.columns]
             st.dataframe(pivot.map("{:.2f}".format).reset_index(), hide_index=True, width="stretch")
     st.subheader("Speed against quality")
-    speed_len, quality_len, points = quality_data.speed_quality(df, _speed(url, gpu), "mqar")
+    lengths = sorted(int(n) for n in table[table["seeds"] > 0]["seq_len"].unique()) if task == "mqar" else []
+    chosen = quality_data.chart_length(table) if task == "mqar" else None
+    if lengths:
+        chosen = choose(st.sidebar.selectbox, "MQAR length (speed-quality chart)", lengths, "qlen", default=chosen,
+                        format_func=data.format_length)
+    speed_len, quality_len, points = quality_data.speed_quality(df, _speed(url, gpu), "mqar", chosen)
     if points.empty:
         st.info(f"No method has both an MQAR accuracy and a forward timing on {gpu}; run `tbench run` on the "
                 "same device to draw this chart.")
         return
     st.caption(f"One point per method (and order m): median forward time at N = {data.format_length(speed_len)} "
-               f"(the largest length timed on {gpu}) against MQAR accuracy at N = {data.format_length(quality_len)}.")
+               f"(the largest length timed on {gpu}) against MQAR accuracy at N = {data.format_length(quality_len)} "
+               "(by default the longest length some method solves, mean accuracy >= "
+               f"{quality_data.SOLVED:g}; the sidebar picks another).")
     st.plotly_chart(speed_quality_figure(points, colour_map(points["series"])), key="speed_quality")
 
 

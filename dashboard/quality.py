@@ -1,6 +1,7 @@
 """The Quality view's data, without Streamlit: quality results read from the store, accuracy by
 length per method (mean and spread over seeds), and the speed-quality points (time at the largest
-measured length from the speed runs on the same device, against MQAR accuracy)."""
+measured length from the speed runs on the same device, against MQAR accuracy at a chosen length,
+by default the longest that some method solves)."""
 
 from __future__ import annotations
 
@@ -67,17 +68,32 @@ def speed_at_largest(speed: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
     return largest, at.groupby("series", as_index=False)["median_ms"].min()
 
 
-def speed_quality(quality: pd.DataFrame, speed: pd.DataFrame, task: str = "mqar") -> tuple[int | None, int | None,
-                                                                                             pd.DataFrame]:
+# A method "solves" the task at a length where its mean accuracy over seeds reaches this.
+SOLVED = 0.9
+
+
+def chart_length(table: pd.DataFrame) -> int | None:
+    """The quality length the speed-quality chart shows by default: the longest at which some method
+    solves the task (where accuracies can tell methods apart), else the longest trained."""
+    trained = table[table["seeds"] > 0]
+    if trained.empty:
+        return None
+    solved = trained[trained["mean"] >= SOLVED]
+    return int((solved if not solved.empty else trained)["seq_len"].max())
+
+
+def speed_quality(quality: pd.DataFrame, speed: pd.DataFrame, task: str = "mqar", quality_len: int | None = None
+                  ) -> tuple[int | None, int | None, pd.DataFrame]:
     """(speed length, quality length, points): one point per series measured in both, with its median
-    time at the largest speed length and its mean accuracy (and spread) at the largest quality length."""
+    time at the largest speed length and its mean accuracy (and spread) at `quality_len` (default:
+    `chart_length`)."""
     table = accuracy_by_length(quality, task)
     largest, times = speed_at_largest(speed)
-    if table.empty or largest is None:
-        return largest, None, pd.DataFrame(columns=["series", "median_ms", "mean", "std", "seeds"])
-    quality_len = int(table["seq_len"].max())
-    acc = table[table["seq_len"] == quality_len][["series", "mean", "std", "seeds"]]
-    return largest, quality_len, times.merge(acc, on="series").sort_values("series").reset_index(drop=True)
+    quality_len = chart_length(table) if quality_len is None else quality_len
+    if quality_len is None or largest is None:
+        return largest, quality_len, pd.DataFrame(columns=["series", "median_ms", "mean", "std", "seeds"])
+    at = table[(table["seq_len"] == quality_len) & (table["seeds"] > 0)][["series", "mean", "std", "seeds"]]
+    return largest, quality_len, times.merge(at, on="series").sort_values("series").reset_index(drop=True)
 
 
 def distance_table(df: pd.DataFrame, task: str = "mqar") -> pd.DataFrame:
