@@ -1,5 +1,6 @@
-"""Which earlier positions influence each output of causal tensorized attention, measured: the
-gradient of each output row of the float64 reference with respect to q, k and v."""
+"""Which earlier positions influence each output of causal tensorized attention: measured (the
+gradient of each output row of the float64 reference with respect to q, k and v), and what that
+leaves a recall task (the share of its scored positions that can reach every token they need)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from ..kernels.reference import tensorized_attention_f64
+from .tasks import IGNORE, Task, TaskBatch
 
 
 def measured_reach(n: int, dims: Sequence[int], head_dim: int = 4, seed: int = 0,
@@ -25,3 +27,37 @@ def measured_reach(n: int, dims: Sequence[int], head_dim: int = 4, seed: int = 0
         size = sum(g[0, 0].abs().sum(dim=-1) for g in grads)  # (n,): influence of each input position
         reach.append([bool(s > threshold) for s in size.tolist()])
     return reach
+
+
+def _coordinates(positions: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """(..., ) positions -> (..., m) row-major coordinates (the last axis innermost)."""
+    coords = []
+    for size in reversed(tuple(dims)):
+        coords.append(positions % size)
+        positions = positions // size
+    return torch.stack(coords[::-1], dim=-1)
+
+
+def needed_positions(task: Task, batch: TaskBatch) -> list[torch.Tensor]:
+    """For each position of the batch, the positions whose tokens its answer needs (meaningful where
+    it is scored): mqar and needle need the key (`distance` back) and the value after it; copy needs
+    the content token it reproduces."""
+    position = torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs)
+    source = position - batch.distance
+    return [source] if Task(task) is Task.COPY else [source, source + 1]
+
+
+def reachable_share(task: Task, batch: TaskBatch, dims: Sequence[int]) -> float:
+    """The share of the batch's scored positions from which every token the answer needs is
+    reachable under the spec's causal rule for the fold `dims` (its coordinates <= the scored
+    position's on every axis). Whatever a stack of causal tensorized attention layers learns, a
+    scored position outside this share can only guess, so its accuracy is at most the share plus
+    the guessing rate on the rest. Exact causal attention is the fold (N,): share 1."""
+    scored = batch.targets != IGNORE
+    if not bool(scored.any()):
+        raise ValueError("the batch has no scored position")
+    here = _coordinates(torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs), dims)
+    ok = scored.clone()
+    for needed in needed_positions(task, batch):
+        ok &= (_coordinates(needed, dims) <= here).all(dim=-1)
+    return float(ok.sum()) / float(scored.sum())

@@ -16,9 +16,9 @@ from tbench.methods.catalog import load_registry
 from tbench.methods.registry import Registry, always_available, method
 from tbench.quality.model import AttentionSpec, ModelSpec
 from tbench.quality.plan import QualityRequest, plan_quality
-from tbench.quality.reachability import measured_reach
+from tbench.quality.reachability import measured_reach, reachable_share
 from tbench.quality.runner import run_quality
-from tbench.quality.tasks import IGNORE, TaskSpec, distance_bucket, generate
+from tbench.quality.tasks import IGNORE, Task, TaskBatch, TaskSpec, distance_bucket, generate
 from tbench.quality.train import TrainSpec, train
 from tbench.results.quality import quality_results
 from tbench.results.store import Store
@@ -89,6 +89,32 @@ def test_reach_rule_excludes_earlier_tokens_of_later_columns():
     lower = [[x <= p for x in range(16)] for p in range(16)]
     assert measured_reach(16, (4, 4)) != lower
     assert reach_picture(reach).splitlines()[1 + 7].endswith("########........")
+
+
+@pytest.mark.parametrize(("n", "dims"), [(64, (8, 8)), (64, (4, 4, 4)), (60, (8, 8))])
+def test_reachable_share_counts_queries_that_reach_their_key_and_value(n, dims):
+    batch = _mqar(n=n, pairs=6, batch=32, seed=3)
+    reach = causal_reach(n, dims)
+    rows, cols = (batch.targets != IGNORE).nonzero(as_tuple=True)
+    keys = cols - batch.distance[rows, cols]
+    by_rule = [reach[p][key] and reach[p][key + 1] for p, key in zip(cols.tolist(), keys.tolist(), strict=True)]
+    share = reachable_share(Task.MQAR, batch, dims)
+    assert share == pytest.approx(sum(by_rule) / len(by_rule)) and 0 < share < 1
+    assert reachable_share(Task.MQAR, batch, (n,)) == 1.0  # exact causal attention reaches everything
+
+
+def test_reachable_share_needs_the_value_as_well_as_the_key():
+    # fold 4x4: key at 0 = (0, 0), its value at 1 = (0, 1), asked at 4 = (1, 0): the key is in reach
+    # and the value is not, so the query cannot be answered
+    inputs = torch.zeros(1, 16, dtype=torch.long)
+    targets = torch.full((1, 16), IGNORE)
+    distance = torch.zeros(1, 16, dtype=torch.long)
+    targets[0, 4], distance[0, 4] = 7, 4
+    assert reachable_share(Task.MQAR, TaskBatch(inputs, targets, distance), (4, 4)) == 0.0
+    targets[0, 5], distance[0, 5] = 7, 5  # asked at 5 = (1, 1): both in reach
+    assert reachable_share(Task.MQAR, TaskBatch(inputs, targets, distance), (4, 4)) == 0.5
+    with pytest.raises(ValueError, match="no scored position"):
+        reachable_share(Task.MQAR, TaskBatch(inputs, torch.full((1, 16), IGNORE), distance), (4, 4))
 
 
 TINY_TASK = TaskSpec("mqar", 32, 32, 4)
