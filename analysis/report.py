@@ -9,6 +9,7 @@ from rich.text import Text
 from ..core.case import MODE_NAMES, TIMED_STATUSES
 from .endtoend import DEPTH_TOLERANCE
 from .families import sort_by_family
+from .roofline import roofline, roofline_text
 from .speedup import with_speedup
 
 SHAPE_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "device", "scope", "model",
@@ -35,7 +36,8 @@ STATUS_STYLE = {"ok": "green", "oom": "red", "error": "red", "wrong": "bold red"
                 "unsupported": "yellow", "skipped": "yellow", "unchecked": "bold yellow"}
 
 TEXT_COLUMNS = ("family", "method", "dims", "mode", "status")
-HEADERS = ["family", "N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "mem", "speedup", "err"]
+HEADERS = ["family", "N", "method", "m", "dims", "status", "ms", "spread", "TFLOP/s", "TB/s", "roofline", "mem",
+           "speedup", "err"]
 
 
 def _flags(state: object) -> list[str]:
@@ -45,7 +47,7 @@ def _flags(state: object) -> list[str]:
     return [flag for flag in ("busy", "noisy") if state.get(flag)]
 
 
-def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, wide: bool) -> list[dict]:
+def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -> list[dict]:
     """Rows as display strings, grouped by shape, then by family (in FAMILY_ORDER), then ordered by
     length, method, order and mode (fwd, bwd, fwd_bwd: the order a training step runs them)."""
     df = df.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in df})
@@ -59,11 +61,8 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
     for row in df.itertuples(index=False):
         status = str(row.status)
         tflops, tbps = _num(row.tflops, ".3g"), _num(row.tbps, ".3g")
-        if wide and peaks and status in TIMED_STATUSES:
-            if row.tflops and peaks.get("matmul_tflops"):
-                tflops += f" ({100 * row.tflops / peaks['matmul_tflops']:.0f}%)"
-            if row.tbps and peaks.get("copy_tbps"):
-                tbps += f" ({100 * row.tbps / peaks['copy_tbps']:.0f}%)"
+        # the larger of the two shares of the peaks, and which it is (analysis/roofline.py)
+        floor = roofline(row.tflops, row.tbps, str(row.dtype), peaks) if status in TIMED_STATUSES else None
         spread = ("-" if pd.isna(row.p20_ms) or not row.median_ms else
                   f"-{100 * (1 - row.p20_ms / row.median_ms):.1f}/+{100 * (row.p80_ms / row.median_ms - 1):.1f}%")
         rows.append({
@@ -74,18 +73,21 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None, w
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "mode": str(getattr(row, "mode", "fwd")),
             "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
+            "roofline": roofline_text(floor),
             "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
             "err": _num(row.fidelity_rel_l2, ".2e"),
         })
     return rows
 
 
-def _headers(df: pd.DataFrame) -> list[str]:
-    """HEADERS, with a mode column after dims when the rows time more than one pass."""
+def _headers(df: pd.DataFrame, roofline: bool) -> list[str]:
+    """HEADERS, with a mode column after dims when the rows time more than one pass, and the
+    roofline column only if asked for."""
+    headers = HEADERS if roofline else [h for h in HEADERS if h != "roofline"]
     if "mode" in df and df["mode"].nunique() > 1:
-        at = HEADERS.index("dims") + 1
-        return [*HEADERS[:at], "mode", *HEADERS[at:]]
-    return HEADERS
+        at = headers.index("dims") + 1
+        return [*headers[:at], "mode", *headers[at:]]
+    return headers
 
 
 def _shape_title(shape: tuple) -> str:
@@ -100,18 +102,24 @@ def _shape_title(shape: tuple) -> str:
 
 def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | None = None,
               wide: bool = False) -> Table:
-    """One row per configuration. `wide` adds the share of the device's measured peaks."""
+    """One row per configuration. `wide` adds the roofline: the share of the floor the device's
+    measured peaks set, and which floor binds."""
+    rows = formatted_rows(df, baseline, peaks)
+    # the roofline needs the run's measured peaks; a narrow terminal keeps its width for the rest
+    with_roofline = wide and any(r["roofline"] != "-" for r in rows)
     # Method names, messages and titles come from the store or from imported files: they are
     # shown as written (Text), never read as console markup.
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
         f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
-        "err: relative L2 deviation from exact attention") if baseline else None)
-    headers = _headers(df)
+        "err: relative L2 deviation from exact attention"
+        + ("; roofline: the device's floor for the row (max of minimum bytes / measured copy bandwidth and "
+           "FLOPs / measured matmul rate) as a share of its time, and which floor binds" if with_roofline else ""))
+        if baseline else None)
+    headers = _headers(df, with_roofline)
     for name in headers:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
         table.add_column(Text(label), justify="left" if name in TEXT_COLUMNS else "right",
                          no_wrap=name in ("N", "ms"))
-    rows = formatted_rows(df, baseline, peaks, wide)
     many_shapes = len({r["shape"] for r in rows}) > 1 or any(r["shape"][7] != "op" for r in rows)
     previous, family = None, None
     for r in rows:
@@ -137,8 +145,8 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
 
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
-    rows = formatted_rows(df, baseline, peaks, wide=True)
-    columns = _headers(df)
+    rows = formatted_rows(df, baseline, peaks)
+    columns = _headers(df, any(r["roofline"] != "-" for r in rows))
     headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
     lines = []
     for shape in dict.fromkeys(r["shape"] for r in rows):

@@ -404,7 +404,9 @@ def leaderboard_view(df: pd.DataFrame, baseline: str | None, colours: dict[str, 
     st.subheader(f"Leaderboard at N = {data.format_length(n)}")
     st.caption(f"{ok} of {len(table)} configurations ran; ranked by median time (fastest first). A failed "
                "configuration shows its status in every metric. Fidelity: relative L2 deviation from exact "
-               "attention. Memory: peak beyond the inputs, and in total.")
+               "attention. Memory: peak beyond the inputs, and in total. Roofline: the device's floor for the "
+               "configuration, max(minimum bytes / copy bandwidth, FLOPs / matmul rate) with both measured at the "
+               "start of its run, as a share of its median time, and which floor binds.")
     shown = data.format_leaderboard(table, baseline)
     st.dataframe(_style_status(shown), hide_index=True, width="stretch")
     st.plotly_chart(ranking_figure(table, colours), key="ranking")

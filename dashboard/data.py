@@ -18,6 +18,7 @@ from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from ..analysis.endtoend import end_to_end
 from ..analysis.families import FAMILY_ORDER as FAMILY_ORDER
 from ..analysis.families import sort_by_family
+from ..analysis.roofline import Bound, Roofline, roofline_text, with_roofline
 from ..analysis.speedup import BaselineChoice as BaselineChoice
 from ..analysis.speedup import baseline_candidates as baseline_candidates
 from ..analysis.speedup import ok_methods as ok_methods
@@ -329,7 +330,19 @@ def load_slice(engine: Engine, gpu: str, shape: Shape, run_id: int | None = None
         stmt = stmt.join(newest, and_(m.config_key == newest.c.config_key, m.run_id == newest.c.run_id))
     with engine.connect() as conn:
         df = _frame(conn.execute(stmt.order_by(m.id)).all(), list(SLICE_COLUMNS))
-    return df.astype({"order_m": "Int64", "seq_len": "int64"}) if not df.empty else df
+    if df.empty:
+        return df.assign(roofline=pd.Series(dtype=float), bound=pd.Series(dtype=str))
+    peaks = load_peaks(engine, sorted({int(r) for r in df["run_id"]}))
+    df = with_roofline(df.assign(dtype=shape.dtype), peaks).drop(columns="dtype")
+    return df.astype({"order_m": "Int64", "seq_len": "int64"})
+
+
+def load_peaks(engine: Engine, run_ids: Sequence[int]) -> dict[int, dict]:
+    """The device peaks each run measured at its start (copy bandwidth, matmul rate), by run id;
+    a run without them is left out."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.id, Run.environment).where(Run.id.in_(list(run_ids)))).all()
+    return {int(run): env["peaks"] for run, env in rows if isinstance(env, dict) and env.get("peaks")}
 
 
 def load_run_measurements(engine: Engine, run_id: int, samples: bool = True) -> pd.DataFrame:
@@ -399,8 +412,8 @@ def _mib(value: object) -> str:
     return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
 
 
-LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s", "peak MiB", "total MiB",
-                       "fidelity (rel L2)")
+LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s", "roofline", "peak MiB",
+                       "total MiB", "fidelity (rel L2)")
 
 
 def status_text(status: str, throttled: object = None) -> str:
@@ -408,6 +421,13 @@ def status_text(status: str, throttled: object = None) -> str:
         text = "ok" if status == "ok" else UNCHECKED_TEXT
         return f"{text} (clocks limited)" if throttled is True else text
     return STATUS_MARKERS.get(status, status)
+
+
+def _roofline_cell(share: object, bound: object) -> str:
+    """'63% flops' where the run measured its device's peaks, else 'n/a'."""
+    if share is None or pd.isna(share) or not bound:  # type: ignore[arg-type]
+        return "n/a"
+    return roofline_text(Roofline(float(share), Bound(str(bound))))  # type: ignore[arg-type]
 
 
 def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
@@ -438,6 +458,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
             "speedup": metric(speedup),
             "TFLOP/s": metric(fmt_number(row.tflops, ".3g")),
             "TB/s": metric(fmt_number(row.tbps, ".3g")),
+            "roofline": metric(_roofline_cell(row.roofline, row.bound)),
             "peak MiB": metric(_mib(row.peak_bytes)),
             "total MiB": metric(_mib(row.total_peak_bytes)),
             # Fidelity is measured before timing, so a row that failed later can still have it.

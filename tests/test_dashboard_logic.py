@@ -72,7 +72,7 @@ def rows(*specs: tuple) -> pd.DataFrame:
             "peak_bytes": 2**20 * n if ok else None, "total_peak_bytes": 2**21 * n if ok else None,
             "tflops": 100.0 / median if ok else None, "tbps": None, "check_error": None,
             "fidelity_rel_l2": 1e-3 if family == "tensorized" else 1e-7, "fidelity_max_abs": None,
-            "throttled": False,
+            "throttled": False, "roofline": 0.5 if ok else float("nan"), "bound": "flops" if ok else "",
         })
     return pd.DataFrame(records).astype({"order_m": "Int64"})
 
@@ -159,11 +159,13 @@ def test_leaderboard_ranks_ok_rows_and_marks_every_failure():
     assert shown.loc["tensorized", "median ms"] == "1"
     assert shown.loc["tensorized", "TB/s"] == "n/a"  # ok, but not measured
     assert shown.loc["full", "peak MiB"] == "2,048"
+    assert shown.loc["tensorized", "roofline"] == "50% flops"
     for status in failures:
         row = shown.loc[f"method-{status}"]
         marker = data.STATUS_MARKERS[status]
         assert row["status"] == marker and row["rank"] == ""
-        for column in ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s", "peak MiB", "total MiB"):
+        for column in ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s", "roofline", "peak MiB",
+                       "total MiB"):
             assert row[column] == marker, (status, column)
         assert row["message"] == f"{status} happened"
     # no metric cell is ever blank or zero

@@ -40,7 +40,7 @@ def store_path(tmp_path) -> str:
 
 
 def test_rows_are_grouped_by_family_within_each_shape(store_path):
-    rows = formatted_rows(Store(store_path, readonly=True).measurements(), "sdpa-math", None, wide=False)
+    rows = formatted_rows(Store(store_path, readonly=True).measurements(), "sdpa-math", None)
     order = [(r["shape"][1], r["family"], int(r["N"])) for r in rows]
     expected = [(heads, family, n) for heads in (2, 4) for family in ("exact", "tensorized", "linear", "sparse")
                 for n in (256, 512)]

@@ -74,7 +74,7 @@ def test_every_per_shape_view_gets_operator_speedups(url):
 
 def test_report_speedups_are_taken_within_each_scope_and_protocol(url):
     df = Store(url, readonly=True).measurements()
-    rows = formatted_rows(df, "flash2", None, wide=False)
+    rows = formatted_rows(df, "flash2", None)
     speedup = {(r["shape"][7], r["shape"][10], r["method"], int(r["N"])): r["speedup"] for r in rows}
     assert speedup[("op", "tbench", "tensorized", 4096)] == "4.00x"  # 2.0 / 0.5 ms
     assert speedup[("layer", "tbench", "tensorized", 4096)] == "2.00x"  # 10 / 5 ms

@@ -56,7 +56,7 @@ def _value(text: str) -> float | None:
 
 def terminal(df: pd.DataFrame, baseline: str) -> dict[tuple, float | None]:
     return {(r["shape"][1], int(r["N"]), r["method"], r["m"]): _value(r["speedup"])
-            for r in formatted_rows(df, baseline, None, wide=False)}
+            for r in formatted_rows(df, baseline, None)}
 
 
 def markdown(df: pd.DataFrame, baseline: str) -> dict[tuple, float | None]:
