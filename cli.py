@@ -427,6 +427,8 @@ def quality(
                                             show_default=False)] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps per model [default: the preset's]",
                                               show_default=False)] = None,
+    items: Annotated[int | None, typer.Option(help="Items per sequence: key-value pairs (mqar), content tokens "
+                                              "(copy) [default: the preset's]", show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option(help="Models trained at once, each in its own worker process on "
                                              "the device [default: 4 on a GPU, 1 on the CPU]",
                                              show_default=False)] = None,
@@ -436,6 +438,8 @@ def quality(
     db: DbOption = None,
 ) -> None:
     """Train small models with each attention method on synthetic recall tasks; store held-out accuracy."""
+    import pandas as pd
+
     from .analysis.quality import accuracy_table
     from .core.device import parse_device
     from .core.errors import UsageError
@@ -454,7 +458,7 @@ def quality(
     plan: QualityPlan
     if resume is not None:
         given = {"--preset": preset, "--device": device, "--task": task, "--methods": methods, "--orders": orders,
-                 "--lengths": lengths, "--seeds": seeds, "--lrs": lrs, "--steps": steps}
+                 "--lengths": lengths, "--seeds": seeds, "--lrs": lrs, "--steps": steps, "--items": items}
         clash = [name for name, value in given.items() if value is not None]
         if clash:
             raise UsageError(f"--resume trains with the run's own settings; drop {', '.join(clash)}")
@@ -479,7 +483,7 @@ def quality(
         available = {m.name: (None if (a := m.availability(device_kind(device))).available else a.reason)
                      for m in registry}
         request = QualityRequest(preset=preset or "tiny", device=device, task=task, methods=methods, orders=orders,
-                                 lengths=lengths, seeds=seeds, lrs=lrs, steps=steps)
+                                 lengths=lengths, seeds=seeds, lrs=lrs, steps=steps, items=items)
         plan = plan_quality(request, registry, available)
         configs = plan.configurations
         for line in plan.left_out:
@@ -498,21 +502,41 @@ def quality(
         info = provenance.collect(device, {"kind": "quality", "preset": preset or "tiny", **plan.settings.as_dict()})
         outcome = run_quality(plan, registry, store, info, on_result=report, jobs=workers)
     table = accuracy_table(quality_results(store, [outcome.run_id]))
+    reach = _reachable(plan)
     view = Table(title=Text(f"quality run {outcome.run_id}: {plan.settings.task} accuracy on held-out sequences "
-                            "(best learning rate per seed; mean ± std over seeds)"), header_style="bold")
-    for column in ("method", "N", "accuracy", "min", "max", "seeds", "failed", "unsupported"):
+                            "(best learning rate per seed; mean ± std over seeds)"), header_style="bold",
+                 caption=Text("reachable: the share of the scored positions that can reach every token their "
+                              "answer needs under the method's causal fold (-: not a folded method)"))
+    for column in ("method", "N", "accuracy", "min", "max", "seeds", "failed", "unsupported", "reachable"):
         view.add_column(column)
     for _, row in table.iterrows():
         trained = row["seeds"] > 0
+        order = None if pd.isna(row["order_m"]) else int(row["order_m"])
+        share = reach.get((row["method"], order, int(row["seq_len"])))
         view.add_row(Text(row["series"]), str(row["seq_len"]),
                      f"{row['mean']:.3f} ± {row['std']:.3f}" if trained else "-",
                      f"{row['min']:.3f}" if trained else "-", f"{row['max']:.3f}" if trained else "-",
-                     str(row["seeds"]), str(row["failed"]), str(row["unsupported"]))
+                     str(row["seeds"]), str(row["failed"]), str(row["unsupported"]),
+                     f"{share:.3f}" if share is not None else "-")
     out.print(view)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
     err.print(f"Quality run {outcome.run_id} {outcome.status}: {counts or 'nothing to train'} in "
               f"{_duration(time.monotonic() - started)} (wall time); stored in {store.url}",
               markup=False, highlight=False)
+
+
+def _reachable(plan: Any) -> dict[tuple[str, int | None, int], float]:
+    """{(method, order, N): reachable share} for the plan's tensorized configurations."""
+    from .quality.reachability import reachable_shares
+    from .quality.tasks import TaskSpec
+
+    s = plan.settings
+    shares: dict[tuple[str, int | None, int], float] = {}
+    for n in s.lengths:
+        folds = {(c.method, c.order): c.dims for c in plan.configurations if c.seq_len == n and c.dims}
+        found = reachable_shares(TaskSpec(s.task, n, s.vocab, s.items), folds.values())
+        shares.update({(method, order, n): found[dims] for (method, order), dims in folds.items()})
+    return shares
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)

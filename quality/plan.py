@@ -90,6 +90,7 @@ class QualityRequest:
     seeds: str | None = None
     lrs: str | None = None
     steps: int | None = None
+    items: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def plan_quality(request: QualityRequest, registry: Registry, available: dict[st
         if request.steps < 1:
             raise UsageError(f"steps {request.steps} must be at least 1")
         settings = replace(settings, steps=request.steps)
+    if request.items is not None:
+        settings = replace(settings, items=request.items)  # the task spec below says if it fits
     orders = _ints(request.orders, "orders", 1) if request.orders is not None else None
 
     left_out: list[str] = []

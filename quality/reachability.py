@@ -4,12 +4,12 @@ leaves a recall task (the share of its scored positions that can reach every tok
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..kernels.reference import tensorized_attention_f64
-from .tasks import IGNORE, Task, TaskBatch
+from .tasks import IGNORE, Task, TaskBatch, TaskSpec, generate
 
 
 def measured_reach(n: int, dims: Sequence[int], head_dim: int = 4, seed: int = 0,
@@ -61,3 +61,14 @@ def reachable_share(task: Task, batch: TaskBatch, dims: Sequence[int]) -> float:
     for needed in needed_positions(task, batch):
         ok &= (_coordinates(needed, dims) <= here).all(dim=-1)
     return float(ok.sum()) / float(scored.sum())
+
+
+# Held-out sequences drawn to estimate a reachable share: enough that its sampling error is < 0.01.
+SHARE_SEQUENCES = 512
+
+
+def reachable_shares(task: TaskSpec, folds: Iterable[tuple[int, ...]], seed: int = 0) -> dict[tuple[int, ...], float]:
+    """reachable_share of each fold on the same `SHARE_SEQUENCES` sequences of the task, drawn from
+    `seed` (a fold of one axis, exact causal attention, gives 1)."""
+    batch = generate(task, SHARE_SEQUENCES, torch.Generator().manual_seed(seed))
+    return {dims: reachable_share(task.task, batch, dims) for dims in dict.fromkeys(folds)}

@@ -189,10 +189,14 @@ def test_plan_expands_orders_and_refuses_bad_values():
     keys = [c.key for c in plan.configurations]
     assert len(keys) == len(set(keys)) == 2 * 3 * 2
     assert "tensorized-ref|N100|m2|8x16|seed1|lr0.001" in keys  # 100 does not factor: padded to 8x16
+    assert plan.settings.items == 4  # the tiny preset's; --items sets another
+    assert plan_quality(QualityRequest(preset="tiny", items=2), registry, available).settings.items == 2
     for bad, match in ((dict(preset="huge"), "preset 'huge' unknown"), (dict(lrs="fast"), "learning rates 'fast'"),
                        (dict(lrs="2"), "between 0 and 1"), (dict(seeds="-1"), "seeds '-1'"),
                        (dict(methods="nope"), "method 'nope' unknown"), (dict(lengths="8"), "at least 12 tokens"),
-                       (dict(orders="0"), "orders '0'"), (dict(task="sort"), "task 'sort' unknown")):
+                       (dict(orders="0"), "orders '0'"), (dict(task="sort"), "task 'sort' unknown"),
+                       (dict(items=0), "at least one item, not 0"), (dict(items=11), "at least 33 tokens"),
+                       (dict(items=16, lengths="100"), "vocabulary of at least 34 tokens")):
         with pytest.raises(UsageError, match=match):
             plan_quality(dataclasses.replace(QualityRequest(preset="tiny"), **bad), registry, available)
     with pytest.raises(UsageError, match="unavailable on cpu: needs a GPU"):

@@ -8,6 +8,10 @@ import sqlite3
 import pytest
 from conftest import run_cli
 
+from tbench.core.folding import resolve_dims
+from tbench.quality.reachability import reachable_shares
+from tbench.quality.tasks import TaskSpec
+
 
 def test_tiny_preset_stores_accuracy_rows(tmp_path, cli_env):
     db = tmp_path / "quality.db"
@@ -24,6 +28,14 @@ def test_tiny_preset_stores_accuracy_rows(tmp_path, cli_env):
     assert run[0][:2] == ("finished", "cpu") and run[0][2] and "quality" in run[0][3]
     assert speed_runs == 0  # quality runs never show up among the speed runs
     assert "sdpa-math" in result.stdout and "tensorized-ref m=2" in result.stdout
+    # the reachable share of the tensorized rows, as the reachability module gives it for their folds
+    cells = {(r[0], r[1]): r[-1] for r in ([c.strip() for c in line.split("│")[1:-1]]
+                                           for line in result.stdout.splitlines() if line.startswith("│"))}
+    for n in (32, 48):
+        dims = resolve_dims(n, 2)
+        share = reachable_shares(TaskSpec("mqar", n, 32, 4), [dims])[dims]
+        assert cells[("tensorized-ref m=2", str(n))] == f"{share:.3f}" and 0 < share < 1
+        assert cells[("sdpa-math", str(n))] == "-"
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -32,6 +44,7 @@ def test_tiny_preset_stores_accuracy_rows(tmp_path, cli_env):
     (["--methods", "flash2"], "method 'flash2' is unavailable on cpu"),
     (["--lengths", "4"], "needs sequences of at least 12 tokens"),
     (["--device", "tpu"], "device 'tpu' unknown"),
+    (["--items", "12"], "mqar with 12 items needs sequences of at least 36 tokens, not 32"),
 ])
 def test_bad_values_are_one_line_and_exit_2(tmp_path, cli_env, args, message):
     db = tmp_path / "never.db"
