@@ -4,6 +4,7 @@ must be set before any kernel is defined, hence at import time here."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def cli_env() -> dict[str, str]:
     env.pop("TBENCH_DB", None)
     env["COLUMNS"] = "200"
     return env
+
+
+def ctrl_c_reaches_child() -> None:
+    """Popen's preexec_fn for a child that a test stops with SIGINT: a shell without job control
+    starts background commands (a CI step run with `&`, say) with SIGINT ignored, and the child
+    would inherit that; a terminal's Ctrl-C reaches a foreground command whose SIGINT is default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import ctrl_c_reaches_child, run_cli
 
 SMALL = ["--device", "cpu", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--budget", "0.3",
          "--min-samples", "3", "--quiet"]
@@ -76,7 +76,7 @@ def test_ctrl_c_stops_cleanly_with_a_partial_summary(tmp_path, plugin_env):
     exe = Path(sys.executable).parent / "tbench"
     proc = subprocess.Popen([str(exe), "run", "--lengths", "64,128,256,512", "--methods", "test-slow",
                              "--db", str(db), *SMALL, "--budget", "1"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_child)
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import ctrl_c_reaches_child, run_cli
 
 from tbench.core.records import RunInfo
 from tbench.methods.catalog import load_registry
@@ -207,7 +207,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_every_worker(tmp_path, plugi
     proc = subprocess.Popen([str(exe), "quality", "--device", "cpu", "--preset", "tiny", "--methods",
                              "sdpa-math,test-hang", "--lengths", "32", "--steps", "5", "--jobs", "2", "--db", str(db)],
                             env=plugin_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ctrl_c_reaches_child)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (db.exists() and _rows_or_none(db)):
