@@ -447,6 +447,7 @@ def quality(
     from .methods.catalog import load_registry
     from .quality.plan import QualityPlan, QualityRequest, plan_quality
     from .quality.pool import default_jobs
+    from .quality.reachability import plan_reachable_shares
     from .quality.runner import resume_plan, run_quality, train_into_run
     from .results.quality import quality_results, quality_run_id
     from .results.store import Store
@@ -502,7 +503,7 @@ def quality(
         info = provenance.collect(device, {"kind": "quality", "preset": preset or "tiny", **plan.settings.as_dict()})
         outcome = run_quality(plan, registry, store, info, on_result=report, jobs=workers)
     table = accuracy_table(quality_results(store, [outcome.run_id]))
-    reach = _reachable(plan)
+    reach = plan_reachable_shares(plan.settings, plan.configurations)
     view = Table(title=Text(f"quality run {outcome.run_id}: {plan.settings.task} accuracy on held-out sequences "
                             "(best learning rate per seed; mean ± std over seeds)"), header_style="bold",
                  caption=Text("reachable: the share of the scored positions that can reach every token their "
@@ -523,20 +524,6 @@ def quality(
     err.print(f"Quality run {outcome.run_id} {outcome.status}: {counts or 'nothing to train'} in "
               f"{_duration(time.monotonic() - started)} (wall time); stored in {store.url}",
               markup=False, highlight=False)
-
-
-def _reachable(plan: Any) -> dict[tuple[str, int | None, int], float]:
-    """{(method, order, N): reachable share} for the plan's tensorized configurations."""
-    from .quality.reachability import reachable_shares
-    from .quality.tasks import TaskSpec
-
-    s = plan.settings
-    shares: dict[tuple[str, int | None, int], float] = {}
-    for n in s.lengths:
-        folds = {(c.method, c.order): c.dims for c in plan.configurations if c.seq_len == n and c.dims}
-        found = reachable_shares(TaskSpec(s.task, n, s.vocab, s.items), folds.values())
-        shares.update({(method, order, n): found[dims] for (method, order), dims in folds.items()})
-    return shares
 
 
 db_app = typer.Typer(help="The results database: schema migrations.", no_args_is_help=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..core.case import Status
+
 SERIES_KEYS = ["task", "method", "order_m", "seq_len"]
 
 
@@ -22,11 +24,6 @@ def best_per_seed(df: pd.DataFrame) -> pd.DataFrame:
                         ascending=[True, True, True, True, True, False], kind="stable")
     best = ok.drop_duplicates(["task", "method", "_order", "seq_len", "seed"]).drop(columns="_order")
     return best.assign(series=[series_name(m, o) for m, o in zip(best["method"], best["order_m"], strict=True)])
-
-
-# Statuses of a configuration that trained no model, counted apart: `unsupported` was declared before
-# training (the method cannot run backward here), the others broke while training.
-UNSUPPORTED = "unsupported"
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -47,8 +44,11 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
         table = table.merge(stats.rename(columns={"count": "seeds"}), on=keys, how="left")
     else:
         table = table.assign(mean=float("nan"), std=float("nan"), min=float("nan"), max=float("nan"), seeds=0)
-    not_ok = named[named["status"] != "ok"]
-    counts = {"failed": not_ok[not_ok["status"] != UNSUPPORTED], UNSUPPORTED: not_ok[not_ok["status"] == UNSUPPORTED]}
+    # configurations that trained no model: `unsupported` was declared before training (the method
+    # cannot run backward here), the others broke while training
+    not_ok = named[named["status"] != Status.OK]
+    unsupported = not_ok["status"] == Status.UNSUPPORTED
+    counts = {"failed": not_ok[~unsupported], "unsupported": not_ok[unsupported]}
     for column, rows in counts.items():
         table = table.merge(rows.groupby(keys).size().rename(column).reset_index(), on=keys, how="left")
         table[column] = table[column].fillna(0).astype(int)

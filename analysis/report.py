@@ -80,6 +80,11 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -
     return rows
 
 
+def _has_roofline(rows: list[dict]) -> bool:
+    """Whether any row has a roofline (its run measured the device's peaks): no column of dashes."""
+    return any(r["roofline"] != "-" for r in rows)
+
+
 def _headers(df: pd.DataFrame, roofline: bool) -> list[str]:
     """HEADERS, with a mode column after dims when the rows time more than one pass, and the
     roofline column only if asked for."""
@@ -106,7 +111,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     measured peaks set, and which floor binds."""
     rows = formatted_rows(df, baseline, peaks)
     # the roofline needs the run's measured peaks; a narrow terminal keeps its width for the rest
-    with_roofline = wide and any(r["roofline"] != "-" for r in rows)
+    with_roofline = wide and _has_roofline(rows)
     # Method names, messages and titles come from the store or from imported files: they are
     # shown as written (Text), never read as console markup.
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
@@ -146,7 +151,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
     rows = formatted_rows(df, baseline, peaks)
-    columns = _headers(df, any(r["roofline"] != "-" for r in rows))
+    columns = _headers(df, _has_roofline(rows))
     headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
     lines = []
     for shape in dict.fromkeys(r["shape"] for r in rows):

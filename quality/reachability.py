@@ -4,11 +4,14 @@ leaves a recall task (the share of its scored positions that can reach every tok
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
 
+from ..core.folding import coordinates
 from ..kernels.reference import tensorized_attention_f64
+from .plan import Configuration, Settings
 from .tasks import IGNORE, Task, TaskBatch, TaskSpec, generate
 
 
@@ -30,12 +33,10 @@ def measured_reach(n: int, dims: Sequence[int], head_dim: int = 4, seed: int = 0
 
 
 def _coordinates(positions: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """(..., ) positions -> (..., m) row-major coordinates (the last axis innermost)."""
-    coords = []
-    for size in reversed(tuple(dims)):
-        coords.append(positions % size)
-        positions = positions // size
-    return torch.stack(coords[::-1], dim=-1)
+    """(...,) positions -> (..., m) coordinates, looked up in a table of `coordinates` for every
+    position of the fold (positions lie in [0, prod(dims)))."""
+    table = torch.tensor([coordinates(p, dims) for p in range(math.prod(dims))])
+    return table[positions]
 
 
 def needed_positions(task: Task, batch: TaskBatch) -> list[torch.Tensor]:
@@ -56,10 +57,12 @@ def reachable_share(task: Task, batch: TaskBatch, dims: Sequence[int]) -> float:
     scored = batch.targets != IGNORE
     if not bool(scored.any()):
         raise ValueError("the batch has no scored position")
-    here = _coordinates(torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs), dims)
+    positions = torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs)
+    here = _coordinates(positions, dims)
     ok = scored.clone()
     for needed in needed_positions(task, batch):
-        ok &= (_coordinates(needed, dims) <= here).all(dim=-1)
+        # a position that is not scored may point anywhere (distance 0, plus one): clamp, it is masked anyway
+        ok &= (_coordinates(needed.clamp(0, batch.inputs.shape[1] - 1), dims) <= here).all(dim=-1)
     return float(ok.sum()) / float(scored.sum())
 
 
@@ -72,3 +75,14 @@ def reachable_shares(task: TaskSpec, folds: Iterable[tuple[int, ...]], seed: int
     `seed` (a fold of one axis, exact causal attention, gives 1)."""
     batch = generate(task, SHARE_SEQUENCES, torch.Generator().manual_seed(seed))
     return {dims: reachable_share(task.task, batch, dims) for dims in dict.fromkeys(folds)}
+
+
+def plan_reachable_shares(settings: Settings, configurations: Iterable[Configuration]
+                          ) -> dict[tuple[str, int | None, int], float]:
+    """{(method, order, N): reachable share} for the folded configurations of a quality plan."""
+    shares: dict[tuple[str, int | None, int], float] = {}
+    for n in settings.lengths:
+        folds = {(c.method, c.order): c.dims for c in configurations if c.seq_len == n and c.dims}
+        found = reachable_shares(TaskSpec(settings.task, n, settings.vocab, settings.items), folds.values())
+        shares.update({(method, order, n): found[dims] for (method, order), dims in folds.items()})
+    return shares

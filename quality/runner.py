@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..core.case import Status
 from ..core.errors import UsageError
 from ..core.records import RunInfo
 from ..harness.signals import stop_on_signals
@@ -87,7 +88,7 @@ def train_into_run(plan: QualityPlan, configs: Sequence[Configuration], registry
             raise
     statuses = quality_statuses(store, run_id)
     # a configuration the method cannot train here (said before training) does not make the run fail
-    complete = all(statuses.get(c.key) in ("ok", "unsupported") for c in plan.configurations)
+    complete = all(statuses.get(c.key) in (Status.OK, Status.UNSUPPORTED) for c in plan.configurations)
     finish_quality_run(store, run_id, "finished" if complete else "failed")
     return QualityOutcome(run_id, "finished" if complete else "finished with failures",
                           dict(Counter(statuses.values())), time.monotonic() - started)
