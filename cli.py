@@ -591,8 +591,10 @@ def gate(
                                                 "counts, in microseconds")] = 20.0,
     alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm over the configurations)")]
     = 0.01,
-    run_noise: Annotated[float, typer.Option("--run-noise", help="Relative standard deviation of a whole run's "
-                                             "level, allowed on each side (0.02 = 2%)")] = 0.02,
+    run_noise: Annotated[float | None, typer.Option("--run-noise", help="Relative standard deviation of a whole "
+                                                    "run's level, allowed on each side (0.02 = 2%) [default: 2% "
+                                                    "on a GPU, 3% when a side ran on a CPU]",
+                                                    show_default=False)] = None,
     allow_cross_device: Annotated[bool, typer.Option("--allow-cross-device", help="Compare runs from different "
                                                      "GPU models")] = False,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Configurations missing or failing in "

@@ -24,6 +24,7 @@ from ..core.device import device_kind
 from ..core.records import MeasurementRecord, utcnow
 from ..kernels.tensors import make_inputs
 from ..methods.registry import Method, Registry
+from .allocator import keep_heap
 from .correctness import check, new_seed
 from .devicestate import ClockTrace, DeviceMonitor, clock_summary
 from .memory import free_bytes, measure_peak, preflight
@@ -115,6 +116,7 @@ def measure_group(
         return
     first = cases[0]
     device = first.device
+    keep_heap(device)
     monitor = DeviceMonitor(device)
     timer: Timer = make_timer(first.timing, device)
     active: list[_Active] = []

@@ -13,6 +13,7 @@ import torch
 
 from .. import __version__
 from ..core.records import RunInfo
+from . import allocator
 
 
 def git_commit() -> str | None:
@@ -79,8 +80,15 @@ def collect(device: str, sweep: dict, argv: list[str] | None = None) -> RunInfo:
         tbench_version=__version__,
         git_commit=git_commit(),
         sweep=sweep,
-        environment={"cpu": cpu_name(), "cpu_count": _cpu_count(), "torch_threads": torch.get_num_threads()},
+        environment=_environment(device),
     )
+
+
+def _environment(device: str) -> dict:
+    environment = {"cpu": cpu_name(), "cpu_count": _cpu_count(), "torch_threads": torch.get_num_threads()}
+    if (heap := allocator.describe(device)) is not None:
+        environment["cpu_allocator"] = heap
+    return environment
 
 
 def _cpu_count() -> int:

@@ -134,14 +134,19 @@ def test_bad_baseline_name_and_file(three_runs, tmp_path):
 
 # --- default settings: a 15 % slowdown fails, an A/A passes ----------------------------------------
 
-WORK_RUN = ["run", "--lengths", "1024", "--methods", "test-slow,sdpa-math", "--device", "cpu", "--heads", "2",
+# One configuration, a compute-bound call (SDPA's fused CPU path, no page faults): its run-to-run level
+# moves about 2 % on a quiet 2-core machine, inside what the CPU default allows (3 %). SDPA's math path
+# at this size is bound by its 8 MB score matrix and moved 8 % between processes even with a steady heap
+# (docs/gate.md): no default that catches 15 % with one run a side can call that noise SAME.
+WORK_RUN = ["run", "--lengths", "1024", "--methods", "test-slow", "--device", "cpu", "--heads", "2",
             "--kv-heads", "1", "--head-dim", "32", "--no-causal", "--min-samples", "20", "--budget", "2", "--quiet"]
 WORK_KEY = "test-slow|N1024|m-|-|B1|H2|KV1|D32|fp32|full|cpu"
 
 
 @pytest.fixture(scope="module")
 def work_runs(tmp_path_factory, plugin_path):
-    """Run 1 baseline, run 2 with test-slow doing 15 % more attention work, run 3 a repeat of run 1."""
+    """Run 1 baseline, run 2 a repeat of run 1 (next to it in time), run 3 with test-slow doing 15 % more
+    attention work."""
     import os
 
     folder = tmp_path_factory.mktemp("gate-work")
@@ -150,7 +155,7 @@ def work_runs(tmp_path_factory, plugin_path):
     env.update(PYTHONPATH=os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH", "")) if p),
                TBENCH_TEST_PLUGIN="1", COLUMNS="200", OMP_NUM_THREADS="1")
     env.pop("TBENCH_DB", None)
-    for extra in ("0", "0.15", "0"):
+    for extra in ("0", "0", "0.15"):
         result = run_cli([*WORK_RUN, "--db", str(db)], {**env, "TBENCH_TEST_EXTRA_WORK": extra})
         assert result.returncode == 0, result.stderr
     return db, env
@@ -158,14 +163,14 @@ def work_runs(tmp_path_factory, plugin_path):
 
 def test_fifteen_percent_more_work_is_slower_with_default_settings(work_runs):
     db, env = work_runs
-    result = run_cli(["gate", "--baseline", "1", "--candidate", "2", "--db", str(db)], env)
+    result = run_cli(["gate", "--baseline", "1", "--candidate", "3", "--db", str(db)], env)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert f"SLOWER {WORK_KEY}" in result.stderr
 
 
 def test_aa_of_two_identical_runs_passes_with_default_settings(work_runs):
     db, env = work_runs
-    result = run_cli(["gate", "--baseline", "1", "--candidate", "3", "--db", str(db)], env)
+    result = run_cli(["gate", "--baseline", "1", "--candidate", "2", "--db", str(db)], env)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stderr.startswith("PASS")
 
