@@ -17,6 +17,7 @@ from rich.text import Text
 
 from .core.device import device_kind
 from .core.folding import FoldingError
+from .core.sweep import BEST_EXACT
 
 app = typer.Typer(
     help="Benchmark long-sequence attention kernels: tensorized attention against exact attention.",
@@ -116,9 +117,9 @@ def run(
                                                 show_default=False)] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods [default: all available]",
                                                 show_default=False)] = None,
-    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: the first of flash2, "
-                                                 "sdpa-cudnn, flash3, flash4, xformers, sdpa-efficient, flex, "
-                                                 "sdpa-math, full that is measured]", show_default=False)] = None,
+    baseline: Annotated[str | None, typer.Option(help="Method for speedups, or 'best': the fastest exact method "
+                                                 "on each shape [default: best when the sweep has an exact "
+                                                 "method]", show_default=False)] = None,
     dims: Annotated[str | None, typer.Option(help="Explicit folding dims for tensorized methods, e.g. 256x512 "
                                              "(needs a single --orders)", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:N or cpu [default: cuda if present]",
@@ -197,8 +198,8 @@ def run(
         err.print(f"Preset {plan.preset} measures {', '.join(sweep.methods)}; also available here: "
                   f"{', '.join(plan.left_out)} (add them with --methods)", markup=False, highlight=False)
     if previous is None:
-        _check_available(registry, [*sweep.methods, sweep.baseline] if methods is not None else [sweep.baseline],
-                         sweep.device)
+        asked = [*sweep.methods, sweep.baseline] if methods is not None else [sweep.baseline]
+        _check_available(registry, [name for name in asked if name != BEST_EXACT], sweep.device)
         store = Store(db)  # only once the request is known to be good: a refused run leaves no file behind
     runner = Runner(store, registry, plan.options, console=err, show_progress=not quiet)
     if previous is not None:
@@ -328,7 +329,8 @@ def runs(db: DbOption = None) -> None:
 def show(
     run_id: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id [default: latest]",
                                                  show_default=False)] = None,
-    baseline: Annotated[str | None, typer.Option(help="Method for speedups [default: the run's]",
+    baseline: Annotated[str | None, typer.Option(help="Method for speedups, or 'best': the fastest exact method "
+                                                 "on each shape [default: the run's]",
                                                  show_default=False)] = None,
     markdown: Annotated[str | None, typer.Option(help="Also write the table as Markdown to this file",
                                                  show_default=False)] = None,
@@ -355,8 +357,9 @@ def show(
         out.print("This run has no measurements yet.")
         return
     measured = sorted(set(df["method"]))
-    if asked is not None and asked not in measured:
-        fail(f"baseline '{asked}' is not a method of run {run_row.id}; its methods: {', '.join(measured)}")
+    if asked is not None and asked != BEST_EXACT and asked not in measured:
+        fail(f"baseline '{asked}' is not a method of run {run_row.id}; allowed: {BEST_EXACT} (the fastest exact "
+             f"method on each shape) or one of its methods: {', '.join(measured)}")
     if asked is None:  # the run's baseline failed everywhere: the next in the preference order
         baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.case import MODE_NAMES, TIMED_STATUSES
+from ..core.sweep import BEST_EXACT
 from .endtoend import DEPTH_TOLERANCE
 from .families import sort_by_family
 from .roofline import roofline, roofline_text
@@ -115,7 +116,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     # Method names, messages and titles come from the store or from imported files: they are
     # shown as written (Text), never read as console markup.
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
-        f"ms: median; spread: p20-p80 around it; x{baseline}: speedup over {baseline}; "
+        f"ms: median; spread: p20-p80 around it; {_speedup_legend(df, baseline)}; "
         "err: relative L2 deviation from exact attention"
         + ("; roofline: the device's floor for the row (max of minimum bytes / measured copy bandwidth and "
            "FLOPs / measured matmul rate) as a share of its time, and which floor binds" if with_roofline else ""))
@@ -148,12 +149,22 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     return table
 
 
+def _speedup_legend(df: pd.DataFrame, baseline: str | None) -> str:
+    """What the speedup column is against; for the fastest exact method, which methods that was."""
+    if baseline != BEST_EXACT:
+        return f"x{baseline}: speedup over {baseline}"
+    frame = df.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in df})
+    fastest = with_speedup(frame, baseline)["baseline_method"].dropna().unique()
+    return (f"x{baseline}: speedup over the fastest exact method measured on the same shape "
+            f"({', '.join(sorted(fastest)) or 'none here'})")
+
+
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
     rows = formatted_rows(df, baseline, peaks)
     columns = _headers(df, _has_roofline(rows))
     headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
-    lines = []
+    lines = [f"{_speedup_legend(df, baseline)}.", ""] if baseline == BEST_EXACT else []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
                   "|" + "|".join("---:" if h not in TEXT_COLUMNS else "---" for h in columns) + "|"]

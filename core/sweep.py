@@ -52,6 +52,14 @@ BASELINE_PREFERENCE: tuple[str, ...] = ("flash2", "sdpa-cudnn", "flash3", "flash
                                         "flex", "sdpa-math", "full")
 
 
+# The baseline that is no single method: on each shape, the fastest exact method with an ok
+# measurement there. Every tensorized, linear or sparse row then faces the strongest exact
+# competitor of its own shape and pass (FlashAttention-3 for forward rows on a Hopper GPU, where
+# its wheel has no backward; another kernel for the backward rows), never a slower stand-in. A
+# method cannot be registered under this name.
+BEST_EXACT = "best"
+
+
 def preferred_baseline(names: Iterable[str]) -> str | None:
     """The first of BASELINE_PREFERENCE among `names`, or None when none of them is there."""
     present = set(names)
@@ -184,8 +192,9 @@ class Sweep:
         for name in self.methods:
             if name not in registry:
                 raise UsageError(f"method '{name}' unknown; known: {', '.join(registry.names())}")
-        if self.baseline is not None and self.baseline not in registry:
-            raise UsageError(f"baseline '{self.baseline}' unknown; known: {', '.join(registry.names())}")
+        if self.baseline is not None and self.baseline != BEST_EXACT and self.baseline not in registry:
+            raise UsageError(f"baseline '{self.baseline}' unknown; allowed: {BEST_EXACT} (the fastest exact "
+                             f"method on each shape) or one of {', '.join(registry.names())}")
         for h in self.heads:
             for kv in self.kv_heads:
                 if kv > h or h % kv:

@@ -14,7 +14,7 @@ import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
 from tbench.core.case import MODE_NAMES
-from tbench.core.sweep import BASELINE_PREFERENCE
+from tbench.core.sweep import BEST_EXACT
 from tbench.dashboard import data
 from tbench.dashboard import quality as quality_data
 from tbench.dashboard.compare import compare_runs
@@ -22,7 +22,7 @@ from tbench.results.url import masked
 
 VIEWS = ("Leaderboard", "Families", "Speedup curves", "Time and memory", "Crossover", "Order m", "End to end",
          "Quality", "Compare runs", "Run details")
-DEFAULT_BASELINE = BASELINE_PREFERENCE[0]
+DEFAULT_BASELINE = BEST_EXACT
 CACHE_TTL_S = 60  # new runs show up within a minute without a reload
 LATEST = "latest"
 
@@ -182,7 +182,7 @@ def speedup_figure(points: pd.DataFrame, baseline: str, colours: dict[str, str])
     _unchecked_marks(fig, points, "speedup", colours)
     fig.add_hline(y=1.0, line={"color": "grey", "width": 1, "dash": "dot"})
     _length_axis(fig, points["seq_len"])
-    return _layout(fig, f"speedup vs {baseline} (×, log scale)")
+    return _layout(fig, f"speedup vs {data.baseline_label(baseline)} (×, log scale)")
 
 
 def _failure_marks(fig: go.Figure, points: pd.DataFrame, column: str, colours: dict[str, str],
@@ -395,7 +395,7 @@ def show_empty(url: str, state: data.StoreState) -> None:
 
 def leaderboard_view(df: pd.DataFrame, baseline: str | None, colours: dict[str, str]) -> None:
     lengths = sorted(df["seq_len"].unique())
-    base_ok = df[(df["method"] == baseline) & df["status"].isin(data.TIMED_STATUSES)]["seq_len"]
+    base_ok = df[data.baseline_rows(df, baseline) & df["status"].isin(data.TIMED_STATUSES)]["seq_len"]
     default = int(base_ok.max()) if not base_ok.empty else int(lengths[-1])
     n = choose(st.sidebar.select_slider, "Length N (leaderboard)", [int(x) for x in lengths], "n",
                default=default, format_func=data.format_length)
@@ -430,7 +430,8 @@ def speedup_view(points: pd.DataFrame, baseline: str | None, colours: dict[str, 
     if baseline is None:
         st.warning("No baseline has an ok measurement on this GPU and shape, so there are no speedups.")
         return
-    st.caption(f"Speedup = {baseline} median / method median at the same length; the band spans the method's "
+    st.caption(f"Speedup = {data.baseline_label(baseline)}'s median / method median at the same length; the band "
+               "spans the method's "
                "own p20–p80 times. Above the dotted line the method is faster than the baseline.")
     st.plotly_chart(speedup_figure(points, baseline, colours), key="speedup")
 
@@ -452,7 +453,8 @@ def crossover_view(df: pd.DataFrame, baseline: str | None) -> None:
         st.warning("No baseline has an ok measurement on this GPU and shape, so there is no crossover.")
         return
     table = data.crossover_table(df, baseline)
-    st.caption(f"Efficiency length: the shortest N from which the method stays faster than {baseline}, "
+    st.caption(f"Efficiency length: the shortest N from which the method stays faster than "
+               f"{data.baseline_label(baseline)}, "
                "interpolated between the measured lengths (log of the time ratio, linear in log2 N). A "
                "length where the baseline ran out of memory (or was skipped as too big, or timed out) counts as "
                "a win, one where the method did as a loss.")
@@ -483,9 +485,10 @@ def order_view(df: pd.DataFrame, baseline: str | None) -> None:
         "status": [data.status_text(s, t) for s, t in zip(rows["status"], rows["throttled"], strict=True)],
         "median ms": [data.fmt_number(v, ".4g") if s in data.TIMED_STATUSES else data.status_text(s)
                       for v, s in zip(rows["median_ms"], rows["status"], strict=True)],
-        f"speedup vs {baseline}": [data.fmt_number(v, ".2f", "no baseline") + ("×" if not pd.isna(v) else "")
-                                   if s in data.TIMED_STATUSES else data.status_text(s)
-                                   for v, s in zip(rows["speedup"], rows["status"], strict=True)],
+        f"speedup vs {data.baseline_label(baseline)}": [
+            data.fmt_number(v, ".2f", "no baseline") + ("×" if not pd.isna(v) else "")
+            if s in data.TIMED_STATUSES else data.status_text(s)
+            for v, s in zip(rows["speedup"], rows["status"], strict=True)],
         "fidelity (rel L2)": [data.fmt_number(v, ".2e") for v in rows["fidelity_rel_l2"]],
     })
     st.dataframe(_style_status(shown), hide_index=True, width="stretch")
@@ -744,8 +747,9 @@ def baseline_selection(df: pd.DataFrame) -> tuple[str | None, str]:
     fallback = data.pick_baseline(df, DEFAULT_BASELINE)
     baseline = choose(st.sidebar.selectbox, "Baseline", data.baseline_candidates(df), "baseline",
                       default=fallback.method,
-                      help=f"Speedups are relative to this method; default {DEFAULT_BASELINE}, else the best "
-                           "exact method measured.")
+                      format_func=lambda name: f"{name} (fastest exact on each shape)" if name == BEST_EXACT else name,
+                      help="Speedups are relative to this method; by default the fastest exact method measured "
+                           "on each shape.")
     if baseline is None:
         return None, fallback.note
     if baseline == fallback.method:

@@ -21,12 +21,15 @@ from ..analysis.families import sort_by_family
 from ..analysis.roofline import Bound, Roofline, roofline_text, with_roofline
 from ..analysis.speedup import BaselineChoice as BaselineChoice
 from ..analysis.speedup import baseline_candidates as baseline_candidates
+from ..analysis.speedup import baseline_label as baseline_label
+from ..analysis.speedup import baseline_rows as baseline_rows
 from ..analysis.speedup import ok_methods as ok_methods
 from ..analysis.speedup import pick_baseline as pick_baseline
 from ..analysis.speedup import with_speedup
 
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
 from ..core.case import TIMED_STATUSES, Scope, TimingProtocol
+from ..core.sweep import BEST_EXACT
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
@@ -439,8 +442,9 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
         ok = row.status in TIMED_STATUSES
         marker = status_text(row.status)
         metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
-        if row.method == baseline and ok and row.median_ms == row.baseline_ms:
-            # the row that sets the baseline time (a baseline at several orders m has one)
+        if ok and row.method == row.baseline_method and row.median_ms == row.baseline_ms:
+            # the row that sets the baseline time (a baseline at several orders m has one; the
+            # fastest exact method may be another method at each length)
             speedup = "1.00× (baseline)"
         elif ok and pd.isna(row.baseline_ms):
             speedup = "no baseline"
@@ -572,13 +576,26 @@ def _ratio(method_row: pd.Series | None, base_row: pd.Series | None) -> float:
     return math.nan
 
 
+def _baseline_points(points: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The baseline's point at each length, indexed by length: its fastest timed row there, else a
+    failed one (so that a length where the baseline ran out of memory still counts)."""
+    rows = points[baseline_rows(points, baseline)]
+    # timed first, then capacity failures (they count as the baseline losing), then other statuses
+    rows = rows.assign(_failed=[0 if s in TIMED_STATUSES else 1 if s in CAPACITY_FAILURES else 2
+                                for s in rows["status"]])
+    rows = rows.sort_values(["seq_len", "_failed", "median_ms"], na_position="last", kind="stable")
+    return rows.drop_duplicates("seq_len").drop(columns="_failed").set_index("seq_len")
+
+
 def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per method and order m: the efficiency length against the baseline, and the speedup at the
     longest length where both were measured."""
     points = curve_points(df)
-    base = points[points["method"] == baseline].set_index("seq_len")
+    base = _baseline_points(points, baseline)
+    # against the fastest exact method, exact methods themselves are not crossing candidates
+    rivals = ~baseline_rows(points, baseline) if baseline == BEST_EXACT else points["method"] != baseline
     records = []
-    for series, rows in points[points["method"] != baseline].groupby("series", sort=True):
+    for series, rows in points[rivals].groupby("series", sort=True):
         lengths, ratios = [], []
         for _, row in rows.iterrows():
             n = int(row["seq_len"])

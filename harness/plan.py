@@ -11,12 +11,13 @@ import uuid
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from ..core.case import Mode, Scope
+from ..core.case import Family, Mode, Scope
 from ..core.device import DeviceKind, device_kind, parse_device, parse_device_indices
 from ..core.errors import UsageError
 from ..core.folding import parse_dims
 from ..core.shapes import MODEL_SHAPES, ModelShape
 from ..core.sweep import (
+    BEST_EXACT,
     Catalog,
     Sweep,
     parse_dtypes,
@@ -277,7 +278,7 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
         causal=[values.causal if request.causal is None else request.causal],
         device=device,
         timing=mode,
-        baseline=request.baseline or preferred_baseline(methods) or methods[0],
+        baseline=request.baseline or _default_baseline(methods, registry),
         dims=parse_dims(request.dims) if request.dims else None,
         seed=request.seed,
         modes=parse_modes(request.modes) if request.modes is not None else [Mode.FWD.value],
@@ -286,6 +287,15 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
     )
     sweep.validate(registry)
     return sweep
+
+
+def _default_baseline(methods: list[str], registry: Catalog) -> str:
+    """The fastest exact method on each shape when the sweep measures an exact method; otherwise
+    the preferred one, or the first method (a sweep of tensorized methods compares among them)."""
+    # an unknown name is left to Sweep.validate, which says so in one line
+    if any(name in registry and registry.get(name).family is Family.EXACT for name in methods):
+        return BEST_EXACT
+    return preferred_baseline(methods) or methods[0]
 
 
 def _scope_axes(request: RunRequest, values: PresetValues) -> dict:

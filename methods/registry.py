@@ -15,6 +15,7 @@ import torch
 
 from ..core.case import DTYPE_NAMES, Case, Family
 from ..core.device import device_kind
+from ..core.sweep import BEST_EXACT
 
 Call = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Case], torch.Tensor]
 Prepare = Callable[
@@ -151,6 +152,9 @@ class Registry:
     def add(self, item: Method) -> None:
         if item.name in self.methods:
             raise ValueError(f"method name '{item.name}' is registered twice")
+        if item.name == BEST_EXACT:
+            raise ValueError(f"method name '{item.name}' is reserved: it names the fastest exact method on "
+                             "each shape as a baseline")
         self.methods[item.name] = item
 
     def get(self, name: str) -> Method:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tbench.core.case import STATUS_NAMES as STATUSES
+from tbench.core.sweep import BEST_EXACT
 from tbench.dashboard import data
 from tbench.dashboard.compare import classify_ratio, compare_runs
 from tbench.dashboard.launch import free_port, streamlit_command
@@ -102,19 +103,49 @@ def test_crossover_table_on_known_measurements():
 # --- baseline and speedups ------------------------------------------------------------------------
 
 
-def test_pick_baseline_prefers_flash2_then_the_best_exact_method():
+def test_pick_baseline_prefers_the_fastest_exact_method_on_each_shape():
     with_flash = rows(("flash2", "exact", None, 1024, "ok", 1.0), ("full", "exact", None, 1024, "ok", 2.0))
-    assert data.pick_baseline(with_flash).method == "flash2"
+    choice = data.pick_baseline(with_flash)
+    assert choice.method == BEST_EXACT and "fastest exact method on each shape" in choice.note
+    assert data.pick_baseline(with_flash, "full").method == "full"
     no_flash = rows(("full", "exact", None, 1024, "ok", 2.0), ("sdpa-math", "exact", None, 1024, "ok", 3.0),
                     ("flash2", "exact", None, 2048, "unsupported", None),
                     ("tensorized", "tensorized", 2, 1024, "ok", 0.5))
-    choice = data.pick_baseline(no_flash)
-    assert choice.method == "sdpa-math"
-    assert "sdpa-math" in choice.note and "flash2 has no ok measurement" in choice.note
-    assert data.pick_baseline(no_flash, "full").method == "full"
-    assert data.baseline_candidates(no_flash) == ["sdpa-math", "full", "tensorized"]
+    # a named baseline without ok rows falls back on the fastest exact method, and says so
+    choice = data.pick_baseline(no_flash, "flash2")
+    assert choice.method == BEST_EXACT
+    assert "full, sdpa-math" in choice.note and "flash2 has no ok measurement" in choice.note
+    assert data.baseline_candidates(no_flash) == [BEST_EXACT, "sdpa-math", "full", "tensorized"]
     only_tensorized = rows(("tensorized", "tensorized", 2, 1024, "ok", 0.5))
     assert data.pick_baseline(only_tensorized).method is None
+    assert data.baseline_candidates(only_tensorized) == ["tensorized"]
+
+
+def test_the_fastest_exact_baseline_is_chosen_per_length():
+    df = rows(("flash2", "exact", None, 1024, "ok", 1.0), ("flash3", "exact", None, 1024, "ok", 2.0),
+              ("flash2", "exact", None, 4096, "ok", 8.0), ("flash3", "exact", None, 4096, "ok", 4.0),
+              ("flash3", "exact", None, 16384, "oom", None), ("flash2", "exact", None, 16384, "ok", 64.0),
+              ("tensorized", "tensorized", 2, 1024, "ok", 0.5), ("tensorized", "tensorized", 2, 4096, "ok", 1.0),
+              ("tensorized", "tensorized", 2, 16384, "ok", 2.0), ("sage", "approximate", None, 1024, "ok", 0.1))
+    out = data.with_speedup(df, BEST_EXACT).set_index(["method", "seq_len"])
+    assert out.loc[("tensorized", 1024), "baseline_method"] == "flash2"
+    assert out.loc[("tensorized", 4096), "baseline_method"] == "flash3"
+    assert out.loc[("tensorized", 16384), "baseline_method"] == "flash2"  # flash3 failed there
+    assert list(out.loc["tensorized", "speedup"]) == pytest.approx([2.0, 4.0, 32.0])
+    # an exact row faces the fastest exact row of its length: the slower one is below 1
+    assert out.loc[("flash2", 4096), "speedup"] == pytest.approx(0.5)
+    # a row of another family is never the baseline, however fast
+    assert out.loc[("flash2", 1024), "speedup"] == pytest.approx(1.0)
+    shown = data.format_leaderboard(data.leaderboard(df, 4096, BEST_EXACT), BEST_EXACT).set_index("method")
+    assert shown.loc["flash3", "speedup"] == "1.00× (baseline)" and shown.loc["flash2", "speedup"] == "0.50×"
+    # crossover against the fastest exact method: exact methods are not candidates; a length where
+    # every exact method failed for capacity counts as a win
+    crossing = data.crossover_table(df, BEST_EXACT).set_index("series")
+    assert set(crossing.index) == {"tensorized m=2", "sage"}
+    assert crossing.loc["tensorized m=2", "kind"] == "always"
+    assert crossing.loc["tensorized m=2", "speedup at longest"] == "32.00× at 16k"
+    with pytest.raises(ValueError, match="family column"):
+        data.with_speedup(df.drop(columns="family"), BEST_EXACT)
 
 
 def test_speedup_and_its_spread():

@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from tbench.core.case import Family
 from tbench.core.errors import UsageError
-from tbench.core.sweep import Sweep
+from tbench.core.sweep import BEST_EXACT, Sweep
 from tbench.harness.plan import HEADLINE_METHODS, PRESETS, Preset, RunRequest, parse_preset, plan_run, run_uuid
 from tbench.harness.timing import TimingPolicy
 from tbench.methods.catalog import load_registry
@@ -62,12 +62,21 @@ def test_quick_is_short_and_explicit_options_win(registry):
     assert (asked.policy.min_time_s, asked.policy.budget_s) == (0.5, 3.0)
 
 
-def test_baseline_follows_the_one_preference_order(registry):
+def test_baseline_is_the_fastest_exact_method_unless_named(registry):
     plan = plan_run(RunRequest(methods="full,sdpa-math,tensorized-ref"), registry, gpus=0)
-    assert plan.sweep.baseline == "sdpa-math"  # before full; no flash2 here
+    assert plan.sweep.baseline == BEST_EXACT
+    # no exact method in the sweep: the tensorized one is its own baseline
     only_tensorized = plan_run(RunRequest(methods="tensorized-ref"), registry, gpus=0)
     assert only_tensorized.sweep.baseline == "tensorized-ref"
     assert plan_run(RunRequest(methods="full,sdpa-math", baseline="full"), registry, gpus=0).sweep.baseline == "full"
+    with pytest.raises(UsageError, match="baseline 'fastest' unknown; allowed: best"):
+        plan_run(RunRequest(methods="full,sdpa-math", baseline="fastest"), registry, gpus=0)
+
+
+def test_a_method_cannot_take_the_name_of_the_fastest_exact_baseline(registry):
+    taken = dataclasses.replace(registry.get("sdpa-math"), name=BEST_EXACT)
+    with pytest.raises(ValueError, match="'best' is reserved"):
+        Registry().add(taken)
 
 
 def test_resumed_sweep_keeps_its_axes(registry):
@@ -115,7 +124,7 @@ def test_cli_cpu_preset_with_overrides(tmp_path, cli_env):
                       "--db", str(db)], cli_env)
     assert result.returncode == 0, result.stderr
     sweep = sqlite3.connect(db).execute("select sweep from runs").fetchone()[0]
-    assert '"heads": [2]' in sweep and '"dtypes": ["fp32"]' in sweep and '"baseline": "sdpa-math"' in sweep
+    assert '"heads": [2]' in sweep and '"dtypes": ["fp32"]' in sweep and '"baseline": "best"' in sweep
 
 
 def _everything_available() -> Registry:

@@ -13,7 +13,7 @@ from tbench.analysis.report import formatted_rows, run_markdown
 from tbench.analysis.speedup import pick_baseline, with_speedup
 from tbench.core.case import Case
 from tbench.core.records import MeasurementRecord, RunInfo, Timing
-from tbench.core.sweep import BASELINE_PREFERENCE, preferred_baseline
+from tbench.core.sweep import BASELINE_PREFERENCE, BEST_EXACT, preferred_baseline
 from tbench.dashboard import data
 from tbench.results.store import Store
 
@@ -123,6 +123,8 @@ def test_one_baseline_order_for_cli_report_and_dashboard(store):
     assert BASELINE_PREFERENCE[:2] == ("flash2", "sdpa-cudnn")
     assert preferred_baseline(["sdpa-math", "sdpa-efficient", "tensorized"]) == "sdpa-efficient"
     assert preferred_baseline(["tensorized"]) is None
-    # no flash2 in this store: the best exact method with ok rows, in the same order
-    assert pick_baseline(store.measurements()).method == "sdpa-math"
+    # by default the fastest exact method on each shape; a named one without ok rows falls back on it
+    assert pick_baseline(store.measurements()).method == BEST_EXACT
+    assert pick_baseline(store.measurements(), "flash2").method == BEST_EXACT
+    assert pick_baseline(store.measurements(), "sdpa-math").method == "sdpa-math"
     assert data.pick_baseline is pick_baseline
