@@ -1,6 +1,6 @@
 """GPU benchmark of a training step's attention: forward, and forward + backward, of the Triton
-tensorized kernel (kernels/tensorized_autograd.py) against the SDPA composition under autograd
-(kernels/tensorized_sdpa.py) and cuDNN SDPA.
+tensorized kernel (kernels/tensorized_autograd.py), kept or recomputed intermediates, against the
+SDPA composition under autograd (kernels/tensorized_sdpa.py) and cuDNN SDPA.
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims): checks the
 Triton gradients against the composition's (relative L2 of dQ, dK, dV), then times with
@@ -85,10 +85,14 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         def sdpa_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_sdpa(q, k, v, dims, True)
 
+        def recompute_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_train(q, k, v, dims, True, recompute=True)
+
         grad = torch.randn_like(q)
         error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), _grads(sdpa_fn, q, k, v, grad),
                                                 strict=True))
-        for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-sdpa", sdpa_fn, None)):
+        for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-recompute", recompute_fn, None),
+                              ("tensorized-sdpa", sdpa_fn, None)):
             rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
                             0.0, err))
     return rows

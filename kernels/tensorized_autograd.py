@@ -3,7 +3,9 @@ kernels/tensorized_triton.py, saving what kernels/tensorized_backward.py needs, 
 torch.autograd.Function.
 
 Saved between the passes: every hop's output in the input dtype (the last is the result) and
-every hop's per-row log-sum-exp in float32; q, k, v are held by reference, not copied.
+every hop's per-row log-sum-exp in float32; q, k, v are held by reference, not copied. With
+`recompute`, only the result and the log-sum-exps are kept, and the backward runs hops 1..m-1 of
+the forward again: (m - 1) B H N D elements less held between the passes, for that much forward work.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .tensorized_backward import SavedForward, backward_from_saved, forward_with_saved
+from .tensorized_backward import SavedForward, backward_from_saved, forward_with_saved, recompute_intermediates
 from .tensorized_triton import unsupported_reason
 
 
@@ -25,19 +27,25 @@ class TensorizedAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
-                causal: bool, scale: float) -> torch.Tensor:
+                causal: bool, scale: float, recompute: bool) -> torch.Tensor:
         saved = forward_with_saved(q, k, v, dims, causal, scale)
-        ctx.save_for_backward(q, k, v, *saved.outputs, *saved.lses)
-        ctx.dims, ctx.causal, ctx.scale = dims, causal, scale
+        kept = saved.outputs[-1:] if recompute else saved.outputs
+        ctx.save_for_backward(q, k, v, *kept, *saved.lses)
+        ctx.dims, ctx.causal, ctx.scale, ctx.recompute = dims, causal, scale, recompute
         return saved.outputs[-1]
 
     @staticmethod
     def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, v, *rest = ctx.saved_tensors
         m = len(ctx.dims)
-        saved = SavedForward(tuple(rest[:m]), tuple(rest[m:]))
-        dq, dk, dv = backward_from_saved(d_out, q, k, v, saved, ctx.dims, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None, None
+        if ctx.recompute:
+            outputs = (*recompute_intermediates(q, k, v, ctx.dims, ctx.causal, ctx.scale), rest[0])
+            lses = tuple(rest[1:])
+        else:
+            outputs, lses = tuple(rest[:m]), tuple(rest[m:])
+        dq, dk, dv = backward_from_saved(d_out, q, k, v, SavedForward(outputs, lses), ctx.dims, ctx.causal,
+                                         ctx.scale)
+        return dq, dk, dv, None, None, None, None
 
 
 def tensorized_attention_train(
@@ -47,9 +55,11 @@ def tensorized_attention_train(
     dims: Sequence[int],
     causal: bool,
     scale: float | None = None,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """Tensorized attention over `dims` (prod >= N) with a backward: (B, H, N, D) in q's dtype that
-    torch.autograd differentiates with respect to q, k and v. Raises ValueError (see
+    torch.autograd differentiates with respect to q, k and v. `recompute` keeps less between the
+    passes and runs the forward's first m - 1 hops again in the backward. Raises ValueError (see
     tensorized_triton.unsupported_reason) for configurations the kernels lack."""
     reason = unsupported_reason(q, k, v, dims, causal)
     if reason is not None:
@@ -59,4 +69,4 @@ def tensorized_attention_train(
     if not scale > 0:
         raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
-    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale)
+    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute)

@@ -384,6 +384,24 @@ def forward_with_saved(
     return SavedForward(tuple(outputs), tuple(lses))
 
 
+def recompute_intermediates(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float
+) -> tuple[torch.Tensor, ...]:
+    """The outputs of hops 1..m-1 again, for a forward that kept only the result and the log-sum-exps.
+    Each hop runs exactly as in `forward_with_saved` (a log-sum-exp is written, to a scratch buffer, so
+    the same kernel and config produce the same bits)."""
+    batch, heads, n, _ = q.shape
+    scratch = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+    outputs: list[torch.Tensor] = []
+    value = v
+    for axis in hop_axes(len(dims))[:-1]:
+        target = torch.empty_like(q, memory_format=torch.contiguous_format)
+        _launch_hop(q, k, value, target, dims, axis, causal, scale, lse=scratch)
+        outputs.append(target)
+        value = target
+    return tuple(outputs)
+
+
 def backward_from_saved(
     d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, saved: SavedForward,
     dims: tuple[int, ...], causal: bool, scale: float,

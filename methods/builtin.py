@@ -9,10 +9,11 @@ from .linear import LINEAR_METHODS
 from .registry import Method
 from .sage import sage
 from .sparse import sliding_window_attention
-from .tensorized import tensorized_ref, tensorized_sdpa, tensorized_triton
+from .tensorized import tensorized_recompute, tensorized_ref, tensorized_sdpa, tensorized_triton
 
 BUILTIN_METHODS: tuple[Method, ...] = (
     tensorized_triton,
+    tensorized_recompute,
     tensorized_ref,
     tensorized_sdpa,
     full,

@@ -180,3 +180,27 @@ def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: C
     from ..kernels.tensorized_triton import tensorized_attention_triton
 
     return tensorized_attention_triton(q, k, v, case.dims, case.causal, case.softmax_scale)
+
+
+def _recompute_unsupported(case: Case) -> str | None:
+    if not case.mode.needs_backward:
+        return "the same forward as tensorized; it differs only in what a training step keeps (bwd, fwd_bwd)"
+    return None
+
+
+@method(
+    name="tensorized-recompute",
+    family="tensorized",
+    description="tbench's Triton kernels for training, keeping only the result between the passes and "
+                "running the first m - 1 hops again in the backward (less memory, more work)",
+    availability=_triton_availability,
+    head_dims=frozenset({32, 64, 128}),
+    memory_estimate=_triton_memory,
+    describe=_triton_describe,
+    unsupported=_recompute_unsupported,
+)
+def tensorized_recompute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    assert case.dims is not None, "tensorized methods need resolved dims"
+    from ..kernels.tensorized_autograd import tensorized_attention_train
+
+    return tensorized_attention_train(q, k, v, case.dims, case.causal, case.softmax_scale, recompute=True)

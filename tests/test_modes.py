@@ -181,7 +181,19 @@ def test_bad_modes_are_refused_in_one_line(tmp_path, cli_env):
     assert "Traceback" not in result.stderr and not (tmp_path / "x.db").exists()
 
 
-@pytest.mark.parametrize("name", ["tensorized", "tensorized-ref"])
+def test_the_recomputing_method_runs_only_where_it_differs():
+    from tbench.methods.catalog import load_registry
+
+    method = load_registry().get("tensorized-recompute")
+    kwargs = dict(method="tensorized-recompute", family="tensorized", seq_len=64, batch=1, heads=2, kv_heads=1,
+                  head_dim=32, dtype="fp32", causal=True, device="cpu", order=2, dims=(8, 8))
+    reason = method.unsupported_reason(Case(**kwargs, mode="fwd"))
+    assert reason is not None and "same forward as tensorized" in reason
+    assert method.unsupported_reason(Case(**kwargs, mode="bwd")) is None
+    assert method.unsupported_reason(Case(**kwargs, mode="fwd_bwd")) is None
+
+
+@pytest.mark.parametrize("name", ["tensorized", "tensorized-recompute", "tensorized-ref"])
 def test_tensorized_gradients_pass_the_check_and_a_wrong_dk_fails(name):
     # `tensorized` differentiates through the Triton backward (Triton's interpreter on a CPU)
     from tbench.harness.correctness import check

@@ -130,6 +130,40 @@ def test_triton_gradients_match_float64_spec(case: Case, poisoned_gradients: Non
     _check_against_spec(tensorized_attention_train, case)
 
 
+def _recomputing(q, k, v, dims, causal):
+    return tensorized_attention_train(q, k, v, dims, causal, recompute=True)
+
+
+@pytest.mark.parametrize("case", [KERNEL_CASES[2], KERNEL_CASES[4], KERNEL_CASES[6]], ids=str)
+def test_recomputed_intermediates_give_the_same_gradients(case: Case, poisoned_gradients: None) -> None:
+    """m = 3 and 4 with GQA, and bf16 with batch 2 and strided rows: the backward that runs hops
+    1..m-1 again is as exact as the one that kept them, and equal to it bit for bit."""
+    _check_against_spec(_recomputing, case)
+    kept = _grads(tensorized_attention_train, case, case.dtype, DEVICE)
+    again = _grads(_recomputing, case, case.dtype, DEVICE)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), kept, again, strict=True):
+        assert torch.equal(a, b), f"{case}: {name} differs when recomputed"
+
+
+def _held_between_passes(fn, case: Case) -> int:
+    """Bytes autograd keeps from the forward for the backward, beyond q, k and v themselves."""
+    q, k, v, _ = (x.to(DEVICE).requires_grad_() for x in _inputs(case))
+    held: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or t, lambda t: t):
+        out = fn(q, k, v, case.resolved_dims, case.causal)
+    inputs = {x.data_ptr() for x in (q, k, v)}
+    del out
+    return sum(t.numel() * t.element_size() for t in held if t.data_ptr() not in inputs)
+
+
+def test_recompute_keeps_one_output_instead_of_m() -> None:
+    case = Case(64, 3, True, heads=4, kv_heads=2, dims=(4, 4, 4))
+    e = case.batch * case.heads * case.n * case.head_dim * 4  # one hop output, fp32
+    lses = 3 * case.batch * case.heads * case.n * 4
+    assert _held_between_passes(tensorized_attention_train, case) == 3 * e + lses
+    assert _held_between_passes(_recomputing, case) == e + lses
+
+
 BLOCKED_CASES = [
     Case(50, 3, False, heads=4, kv_heads=2),
     Case(30, 2, True, heads=4, kv_heads=1, batch=2, layout="bnhd"),
