@@ -4,10 +4,11 @@ glibc's malloc serves a large block (a score matrix, an intermediate) either fro
 keeps, or from a fresh `mmap`, which the kernel fills page by page on first touch (a minor page
 fault per 4 KiB, zeroed). Which one depends on a threshold glibc moves as the process frees memory,
 so the same call in two processes differs by the faults alone: measured on a 2-core x86 machine,
-SDPA's math path at N=1024 (fp32, 2 heads) took 8.3 to 17.7 ms in six fresh processes with 1,700 to
-3,400 faults a call, and 7.5 to 7.9 ms with 0 faults once both thresholds were fixed; at N=4096,
-310 ms with 74,000 faults against 188 ms with none. The faults are the allocator's history, not the
-method's cost, and they made an A/A comparison of two identical runs fail by 25 %.
+SDPA's math path at N=1024 (fp32, 2 heads, one thread) took 8.3 to 17.7 ms in nine fresh processes
+(1,700 to 3,400 faults a call where counted), and 7.0 to 8.9 ms with no fault in twelve once both
+thresholds were fixed; at N=4096, 310 ms with 74,000 faults a call against 188 ms with none. The
+faults are the allocator's history, not the method's cost, and they made an A/A comparison of two
+identical runs fail by 25 %.
 
 So the process that times CPU cases keeps freed memory on its heap (mmap and trim thresholds fixed
 at 1 GiB): after a few warm-up calls (the heap settles as freed blocks are reused) a steady
