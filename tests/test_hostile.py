@@ -128,7 +128,8 @@ def test_show_unknown_baseline_names_the_methods(tmp_path, cli_env):
     made = run_cli(["run", "--lengths", "64", "--methods", "sdpa-math,full", *SMALL, "--db", db], cli_env)
     assert made.returncode == 0, made.stderr
     _one_line_error(run_cli(["show", "--baseline", "nosuch", "--db", db], cli_env),
-                    "baseline 'nosuch' is not a method of run 1; its methods: full, sdpa-math")
+                    "baseline 'nosuch' is not a method of run 1; allowed: best (the fastest exact method on "
+                    "each shape) or one of its methods: full, sdpa-math")
     shown = run_cli(["show", "--baseline", "full", "--db", db], cli_env)
     assert shown.returncode == 0 and "1.00x" in shown.stdout
 
