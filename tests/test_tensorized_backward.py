@@ -240,3 +240,13 @@ def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool) -> None:
         assert not torch.isnan(g).any(), f"NaN in {name}"
         err = _worst_head_err(g, r)
         assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
+
+
+@pytest.mark.gpu
+def test_gpu_recompute_matches_the_kept_intermediates_bit_for_bit() -> None:
+    """The compiled kernels rerun in the backward give back the forward's intermediates exactly."""
+    case = Case(8192 - 5, 3, True, BF16, heads=8, kv_heads=2, head_dim=128)
+    kept = _grads(tensorized_attention_train, case, BF16, "cuda")
+    again = _grads(_recomputing, case, BF16, "cuda")
+    for name, a, b in zip(("out", "dq", "dk", "dv"), kept, again, strict=True):
+        assert torch.equal(a, b), f"{case}: {name} differs when recomputed"
