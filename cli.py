@@ -360,7 +360,7 @@ def show(
     if asked is not None and asked != BEST_EXACT and asked not in measured:
         fail(f"baseline '{asked}' is not a method of run {run_row.id}; allowed: {BEST_EXACT} (the fastest exact "
              f"method on each shape) or one of its methods: {', '.join(measured)}")
-    if asked is None:  # the run's baseline failed everywhere: the next in the preference order
+    if asked is None:  # the run's baseline failed everywhere (or it named none): the fastest exact method
         baseline = pick_baseline(df, baseline).method
     peaks = (run_row.environment or {}).get("peaks")
     out.print(run_table(df, baseline, title=f"run {run_row.id}", peaks=peaks, wide=out.width >= 150))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..core.case import TIMED_STATUSES
-from ..core.sweep import BASELINE_PREFERENCE
+from ..core.sweep import preferred_baseline
 
 # The attention shape shared by an op row and the layer around it.
 ATTENTION_KEY = ["method", "order_m", "dims", "seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype",
@@ -45,7 +45,7 @@ def end_to_end(df: pd.DataFrame) -> pd.DataFrame:
     scoped["per_layer_ms"] = scoped["ms"] / scoped["layers"].clip(lower=1)
     references = [m for m in REFERENCES if m in set(scoped["method"])]
     if not references:
-        fallback = next((m for m in BASELINE_PREFERENCE if m in set(scoped["method"])), None)
+        fallback = preferred_baseline(scoped["method"])
         references = [fallback] if fallback else []
     for reference in references:
         base = (scoped[scoped["method"] == reference].groupby(SCOPED_KEY, dropna=False)["ms"].min()

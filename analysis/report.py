@@ -69,7 +69,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -
         rows.append({
             "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
             "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
-            "flags": _flags(row.device_state),
+            "flags": _flags(row.device_state), "baseline_method": row.baseline_method,
             "family": str(row.family), "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "mode": str(getattr(row, "mode", "fwd")),
@@ -116,7 +116,7 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     # Method names, messages and titles come from the store or from imported files: they are
     # shown as written (Text), never read as console markup.
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
-        f"ms: median; spread: p20-p80 around it; {_speedup_legend(df, baseline)}; "
+        f"ms: median; spread: p20-p80 around it; {_speedup_legend(rows, baseline)}; "
         "err: relative L2 deviation from exact attention"
         + ("; roofline: the device's floor for the row (max of minimum bytes / measured copy bandwidth and "
            "FLOPs / measured matmul rate) as a share of its time, and which floor binds" if with_roofline else ""))
@@ -149,12 +149,11 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     return table
 
 
-def _speedup_legend(df: pd.DataFrame, baseline: str | None) -> str:
+def _speedup_legend(rows: list[dict], baseline: str | None) -> str:
     """What the speedup column is against; for the fastest exact method, which methods that was."""
     if baseline != BEST_EXACT:
         return f"x{baseline}: speedup over {baseline}"
-    frame = df.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in df})
-    fastest = with_speedup(frame, baseline)["baseline_method"].dropna().unique()
+    fastest = {r["baseline_method"] for r in rows if isinstance(r["baseline_method"], str)}
     return (f"x{baseline}: speedup over the fastest exact method measured on the same shape "
             f"({', '.join(sorted(fastest)) or 'none here'})")
 
@@ -164,7 +163,7 @@ def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = No
     rows = formatted_rows(df, baseline, peaks)
     columns = _headers(df, _has_roofline(rows))
     headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
-    lines = [f"{_speedup_legend(df, baseline)}.", ""] if baseline == BEST_EXACT else []
+    lines = [f"{_speedup_legend(rows, baseline)}.", ""] if baseline == BEST_EXACT else []
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines += [f"**{_shape_title(shape)}**", "", "| " + " | ".join(headers) + " |",
                   "|" + "|".join("---:" if h not in TEXT_COLUMNS else "---" for h in columns) + "|"]

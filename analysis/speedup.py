@@ -99,7 +99,7 @@ def pick_baseline(df: pd.DataFrame, requested: str | None = BEST_EXACT) -> Basel
     if requested == BEST_EXACT and exact:
         return BaselineChoice(BEST_EXACT, "Speedups are against **the fastest exact method on each shape** "
                                           f"(of {', '.join(exact)}).")
-    if requested and requested != BEST_EXACT and requested in ok_methods(df):
+    if requested in ok_methods(df):
         return BaselineChoice(requested, f"Speedups are against **{requested}**.")
     if not exact:
         return BaselineChoice(None, "No exact method has an ok measurement here, so there is no baseline "

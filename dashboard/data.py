@@ -29,7 +29,6 @@ from ..analysis.speedup import with_speedup
 
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
 from ..core.case import TIMED_STATUSES, Scope, TimingProtocol
-from ..core.sweep import BEST_EXACT
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
@@ -592,8 +591,8 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     longest length where both were measured."""
     points = curve_points(df)
     base = _baseline_points(points, baseline)
-    # against the fastest exact method, exact methods themselves are not crossing candidates
-    rivals = ~baseline_rows(points, baseline) if baseline == BEST_EXACT else points["method"] != baseline
+    # every series but the baseline's own (against the fastest exact method: every exact method)
+    rivals = ~baseline_rows(points, baseline)
     records = []
     for series, rows in points[rivals].groupby("series", sort=True):
         lengths, ratios = [], []

@@ -19,7 +19,6 @@ CUDA cases are untouched (their tensors live in the caching allocator, not in ma
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt(3) parameter numbers, from glibc's malloc.h
@@ -29,10 +28,12 @@ THRESHOLD_BYTES = 1 << 30
 
 
 def glibc() -> ctypes.CDLL | None:
+    """The C library this process already runs on, if it is glibc (the symbols of the running
+    program, so nothing is searched for or loaded)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None

@@ -27,7 +27,6 @@ from ..core.sweep import (
     parse_names,
     parse_protocol,
     parse_scope,
-    preferred_baseline,
 )
 from .measure import MeasureSettings
 from .runner import RunOptions
@@ -291,11 +290,11 @@ def _sweep(request: RunRequest, values: PresetValues, device: str, registry: Cat
 
 def _default_baseline(methods: list[str], registry: Catalog) -> str:
     """The fastest exact method on each shape when the sweep measures an exact method; otherwise
-    the preferred one, or the first method (a sweep of tensorized methods compares among them)."""
+    the first method (a sweep of tensorized methods compares among them)."""
     # an unknown name is left to Sweep.validate, which says so in one line
     if any(name in registry and registry.get(name).family is Family.EXACT for name in methods):
         return BEST_EXACT
-    return preferred_baseline(methods) or methods[0]
+    return methods[0]
 
 
 def _scope_axes(request: RunRequest, values: PresetValues) -> dict:

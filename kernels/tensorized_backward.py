@@ -368,13 +368,15 @@ class SavedForward:
 
 
 def forward_with_saved(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float,
+    hops: int | None = None,
 ) -> SavedForward:
-    """The forward of kernels/tensorized_triton.py, keeping each hop's output and log-sum-exp."""
+    """The forward of kernels/tensorized_triton.py, keeping each hop's output and log-sum-exp; only
+    its first `hops` hops when given."""
     batch, heads, n, _ = q.shape
     outputs, lses = [], []
     value = v
-    for axis in hop_axes(len(dims)):
+    for axis in hop_axes(len(dims))[:hops]:
         target = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
         _launch_hop(q, k, value, target, dims, axis, causal, scale, lse=lse)
@@ -387,19 +389,9 @@ def forward_with_saved(
 def recompute_intermediates(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float
 ) -> tuple[torch.Tensor, ...]:
-    """The outputs of hops 1..m-1 again, for a forward that kept only the result and the log-sum-exps.
-    Each hop runs exactly as in `forward_with_saved` (a log-sum-exp is written, to a scratch buffer, so
-    the same kernel and config produce the same bits)."""
-    batch, heads, n, _ = q.shape
-    scratch = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
-    outputs: list[torch.Tensor] = []
-    value = v
-    for axis in hop_axes(len(dims))[:-1]:
-        target = torch.empty_like(q, memory_format=torch.contiguous_format)
-        _launch_hop(q, k, value, target, dims, axis, causal, scale, lse=scratch)
-        outputs.append(target)
-        value = target
-    return tuple(outputs)
+    """The outputs of hops 1..m-1 again, for a forward that kept only the result and the log-sum-exps:
+    the same hops of `forward_with_saved`, so the same kernels and configs produce the same bits."""
+    return forward_with_saved(q, k, v, dims, causal, scale, hops=len(dims) - 1).outputs
 
 
 def backward_from_saved(
