@@ -1,9 +1,10 @@
 """GPU benchmark of a training step's attention: forward, and forward + backward, of the Triton
 tensorized kernel (kernels/tensorized_autograd.py), kept or recomputed intermediates, against the
-SDPA composition under autograd (kernels/tensorized_sdpa.py) and cuDNN SDPA.
+SDPA composition under autograd (kernels/tensorized_sdpa.py; `tensorized-sdpa` with the per-hop plan
+its bind chooses, `tensorized-ref` with K repeated on later hops) and cuDNN SDPA.
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims): checks the
-Triton gradients against the composition's (relative L2 of dQ, dK, dV), then times with
+Triton and the tensorized-sdpa gradients against tensorized-ref's (relative L2 of dQ, dK, dV), then times with
 triton.testing.do_bench (median, L2 flushed before every rep). Prints one line per configuration.
 
     python3 benchmarks/train_bench.py [--lengths 16k,32k,128k] [--orders 2,3] [--json PATH]
@@ -23,7 +24,8 @@ import triton.testing
 from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
-from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
+from tbench.methods.tensorized import HOP_CANDIDATES, _median_cuda_seconds
 
 B, H, H_KV, D = 1, 32, 8, 128
 
@@ -37,7 +39,7 @@ class Row:
     fwd_ms: float
     fwd_bwd_ms: float
     ratio: float  # fwd_bwd / fwd
-    grad_rel_l2: float | None  # worst of dQ, dK, dV against the composition's
+    grad_rel_l2: float | None  # worst of dQ, dK, dV against tensorized-ref's (SDPA, K repeated)
 
 
 def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,17 +84,25 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         def triton_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_train(q, k, v, dims, True)
 
-        def sdpa_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+        with torch.no_grad():  # the plan tensorized-sdpa's bind chooses
+            plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds)
+        print(f"N={n} m={m}: tensorized-sdpa plans {plans}", flush=True)
+
+        def sdpa_fn(dims: tuple[int, ...] = dims, plans: tuple[HopPlan, ...] = plans) -> torch.Tensor:
+            return tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
+
+        def ref_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_sdpa(q, k, v, dims, True)
 
         def recompute_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_train(q, k, v, dims, True, recompute=True)
 
         grad = torch.randn_like(q)
-        error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), _grads(sdpa_fn, q, k, v, grad),
-                                                strict=True))
+        reference = _grads(ref_fn, q, k, v, grad)
+        error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), reference, strict=True))
+        sdpa_error = max(_rel(a, b) for a, b in zip(_grads(sdpa_fn, q, k, v, grad), reference, strict=True))
         for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-recompute", recompute_fn, None),
-                              ("tensorized-sdpa", sdpa_fn, None)):
+                              ("tensorized-sdpa", sdpa_fn, sdpa_error), ("tensorized-ref", ref_fn, None)):
             rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
                             0.0, err))
     return rows
@@ -111,7 +121,7 @@ def main() -> None:
     for row in rows:
         row.ratio = row.fwd_bwd_ms / row.fwd_ms
         err = f"{row.grad_rel_l2:.2e}" if row.grad_rel_l2 is not None else "-"
-        print(f"N={row.n:>6} m={row.m} {row.dims:>9} {row.method:<16} fwd {row.fwd_ms:8.3f} ms  "
+        print(f"N={row.n:>6} m={row.m} {row.dims:>9} {row.method:<20} fwd {row.fwd_ms:8.3f} ms  "
               f"fwd+bwd {row.fwd_bwd_ms:8.3f} ms  x{row.ratio:4.2f}  grad err {err}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -15,7 +15,8 @@ positions a*L*C + i*C + c, and positions >= N are never read or written.
 
 Two kernels per hop, neither with atomics: one program per (batch, kv head, slice, key block)
 computes dK and dV (looping over the group's query heads and the query blocks), one program per
-(batch, head, slice, query block) computes dQ.
+(batch, head, slice, query block) computes dQ and Delta, and runs first. Short slices take one
+packed kernel that does all of it per tile of whole slices.
 """
 
 from __future__ import annotations
@@ -44,8 +45,37 @@ from .tensorized_triton import (
 
 
 @triton.jit
+def _dkdv_tile(
+    k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n, offs_d, start, stop,
+    stride_qn, stride_don, C, qk_scale,
+    CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dK and dV of one key block over the query blocks in [start, stop). Without CAUSAL_MASK no score
+    is masked: rows past the slice's end load as zero (q, dO, lse and Delta), which adds exactly
+    zero to dK and dV, and key rows past it are never stored."""
+    for q_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_M):
+        offs_m = q_at + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < valid
+        pos_m = base + offs_m * C
+        q = tl.load(q_base + pos_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + pos_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse = tl.load(lse_base + pos_m, mask=row_ok, other=0.0)
+        delta = tl.load(delta_base + pos_m, mask=row_ok, other=0.0)
+        # transposed tiles (keys x queries), so that dK and dV come out row-major
+        s_t = _dot(k, tl.trans(q), None, DOT_PRECISION)
+        p_t = tl.exp2(s_t * qk_scale - lse[None, :])
+        if CAUSAL_MASK:
+            p_t = tl.where((offs_n[:, None] <= offs_m[None, :]) & row_ok[None, :], p_t, 0.0)
+        dv = _dot(_narrow(p_t, do.dtype), do, dv, DOT_PRECISION)
+        dp_t = _dot(v, tl.trans(do), None, DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = _dot(_narrow(ds_t, q.dtype), q, dk, DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -55,11 +85,12 @@ def _dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dK (added to the float32 accumulator) and dV of one key block of one slice for one kv head.
-    With SUM_DV the value has one head per kv head (first hop), and dV sums over the group's query
-    heads; otherwise the value has one head per query head and each gets its own dV rows."""
+    """dK and dV of one key block of one slice for one kv head. dK is this hop's share plus, with
+    ACCUMULATE, what dk_src holds, written to dk_dst in its dtype. With SUM_DV the value has one head
+    per kv head (first hop), and dV sums over the group's query heads; otherwise the value has one
+    head per query head and each gets its own dV rows."""
     pid = tl.program_id(0)
     k_blocks = tl.cdiv(L, BLOCK_N)
     kb = pid % k_blocks
@@ -80,36 +111,29 @@ def _dkdv_kernel(
                     mask=key_ok[:, None], other=0.0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-        # causal: only query coordinates >= the block's first key coordinate see it
+        # causal: query blocks before the key block see none of it; those that meet the diagonal
+        # are masked; from the first query at or after the block's last key on, none is
         lo = 0
+        diagonal_end = 0
         if CAUSAL:
             lo = (k_start // BLOCK_M) * BLOCK_M
+            diagonal_end = tl.minimum(tl.cdiv(k_start + BLOCK_N - 1, BLOCK_M) * BLOCK_M, valid)
+            diagonal_end = tl.maximum(diagonal_end, lo)
         for hg in range(0, _loop_bound(GROUP)):
             h = hk * GROUP + hg
             v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos_n[:, None] * stride_vn
                         + offs_d[None, :], mask=key_ok[:, None], other=0.0)
             q_base = q_ptr + b * stride_qb + h * stride_qh
             do_base = do_ptr + b * stride_dob + h * stride_doh
-            row_base = b * stride_lb + h * stride_lh
-            for start in range(_loop_bound(lo), _loop_bound(valid), BLOCK_M):
-                offs_m = start + tl.arange(0, BLOCK_M)
-                row_ok = offs_m < valid
-                pos_m = base + offs_m * C
-                q = tl.load(q_base + pos_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-                do = tl.load(do_base + pos_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None],
-                             other=0.0)
-                lse = tl.load(lse_ptr + row_base + pos_m, mask=row_ok, other=0.0)
-                delta = tl.load(delta_ptr + row_base + pos_m, mask=row_ok, other=0.0)
-                # transposed tiles (keys x queries), so that dK and dV come out row-major
-                s_t = _dot(k, tl.trans(q), None, DOT_PRECISION)
-                ok = key_ok[:, None] & row_ok[None, :]
-                if CAUSAL:
-                    ok = ok & (offs_n[:, None] <= offs_m[None, :])
-                p_t = tl.where(ok, tl.exp2(s_t * qk_scale - lse[None, :]), 0.0)
-                dv = _dot(_narrow(p_t, do.dtype), do, dv, DOT_PRECISION)
-                dp_t = _dot(v, tl.trans(do), None, DOT_PRECISION)
-                ds_t = p_t * (dp_t - delta[None, :])
-                dk = _dot(_narrow(ds_t, q.dtype), q, dk, DOT_PRECISION)
+            lse_base = lse_ptr + b * stride_lb + h * stride_lh
+            delta_base = delta_ptr + b * stride_lb + h * stride_lh
+            if CAUSAL:
+                dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n,
+                                    offs_d, lo, diagonal_end, stride_qn, stride_don, C, qk_scale,
+                                    True, DOT_PRECISION, BLOCK_M)
+            dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n,
+                                offs_d, diagonal_end, valid, stride_qn, stride_don, C, qk_scale,
+                                False, DOT_PRECISION, BLOCK_M)
             if not SUM_DV:
                 tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + pos_n[:, None] * stride_dvn + offs_d[None, :],
                          _narrow(dv, dv_ptr.dtype.element_ty), mask=key_ok[:, None])
@@ -117,26 +141,61 @@ def _dkdv_kernel(
         if SUM_DV:
             tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos_n[:, None] * stride_dvn + offs_d[None, :],
                      _narrow(dv, dv_ptr.dtype.element_ty), mask=key_ok[:, None])
-        dk_at = dk_ptr + b * stride_dkb + hk * stride_dkh + pos_n[:, None] * stride_dkn + offs_d[None, :]
-        # each program owns its rows of the accumulator: a plain read-add-write, no atomics
-        acc = tl.load(dk_at, mask=key_ok[:, None], other=0.0)
-        tl.store(dk_at, acc + dk * sm_scale, mask=key_ok[:, None])
+        dk_offset = b * stride_dkb + hk * stride_dkh + pos_n[:, None] * stride_dkn + offs_d[None, :]
+        dk = dk * sm_scale
+        if ACCUMULATE:
+            # each program owns its rows of the accumulator: a plain read-add-write, no atomics
+            dk += tl.load(dk_src_ptr + dk_offset, mask=key_ok[:, None], other=0.0)
+        tl.store(dk_dst_ptr + dk_offset, _narrow(dk, dk_dst_ptr.dtype.element_ty), mask=key_ok[:, None])
+
+
+@triton.jit
+def _dq_tile(
+    q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, start, stop, stride_kn, stride_vn, C,
+    qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dQ of one query block over the key blocks in [start, stop). Without MASK every key of those
+    blocks is real and visible to every query of the block."""
+    for k_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_N):
+        offs_n = k_at + tl.arange(0, BLOCK_N)
+        pos_n = base + offs_n * C
+        if MASK:
+            key_ok = offs_n < valid
+            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
+            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
+        s = _dot(q, tl.trans(k), None, DOT_PRECISION)
+        p = tl.exp2(s * qk_scale - lse[:, None])
+        if MASK:
+            ok = (offs_m[:, None] < valid) & key_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(ok, p, 0.0)
+        dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(_narrow(ds, k.dtype), k, dq, DOT_PRECISION)
+    return dq
 
 
 @triton.jit
 def _dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_src_ptr, dq_dst_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don,
     stride_lb, stride_lh,
     stride_dqb, stride_dqh, stride_dqn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dQ of one query block of one slice for one query head, added to the float32 accumulator."""
+    """dQ of one query block of one slice for one query head (plus, with ACCUMULATE, what dq_src
+    holds), written to dq_dst in its dtype. It also forms the block's Delta = rowsum(dO * O) and
+    stores it for the dK/dV kernel, which runs after it."""
     pid = tl.program_id(0)
     q_blocks = tl.cdiv(L, BLOCK_M)
     qb = pid % q_blocks
@@ -158,39 +217,41 @@ def _dq_kernel(
                     mask=row_ok[:, None], other=0.0)
         do = tl.load(do_ptr + b * stride_dob + h * stride_doh + pos_m[:, None] * stride_don + offs_d[None, :],
                      mask=row_ok[:, None], other=0.0)
-        lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + pos_m, mask=row_ok, other=0.0)
-        delta = tl.load(delta_ptr + b * stride_lb + h * stride_lh + pos_m, mask=row_ok, other=0.0)
+        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        row_at = b * stride_lb + h * stride_lh + pos_m
+        tl.store(delta_ptr + row_at, delta, mask=row_ok)
+        lse = tl.load(lse_ptr + row_at, mask=row_ok, other=0.0)
         k_base = k_ptr + b * stride_kb + hk * stride_kh
         v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        hi = valid
+        # key blocks wholly below the diagonal (causal) or wholly real (not causal) need no mask
         if CAUSAL:
-            hi = tl.minimum(hi, q_start + BLOCK_M)
-        for start in range(0, _loop_bound(hi), BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            key_ok = offs_n < valid
-            pos_n = base + offs_n * C
-            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            s = _dot(q, tl.trans(k), None, DOT_PRECISION)
-            ok = row_ok[:, None] & key_ok[None, :]
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None])
-            p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
-            dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq = _dot(_narrow(ds, k.dtype), k, dq, DOT_PRECISION)
-        dq_at = dq_ptr + b * stride_dqb + h * stride_dqh + pos_m[:, None] * stride_dqn + offs_d[None, :]
-        acc = tl.load(dq_at, mask=row_ok[:, None], other=0.0)
-        tl.store(dq_at, acc + dq * sm_scale, mask=row_ok[:, None])
+            bulk_end = ((q_start + 1) // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(valid, q_start + BLOCK_M)
+        else:
+            bulk_end = (valid // BLOCK_N) * BLOCK_N
+            hi = valid
+        dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, 0, bulk_end,
+                      stride_kn, stride_vn, C, qk_scale, False, CAUSAL, DOT_PRECISION, BLOCK_N)
+        dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, bulk_end, hi,
+                      stride_kn, stride_vn, C, qk_scale, True, CAUSAL, DOT_PRECISION, BLOCK_N)
+        dq_offset = b * stride_dqb + h * stride_dqh + pos_m[:, None] * stride_dqn + offs_d[None, :]
+        dq = dq * sm_scale
+        if ACCUMULATE:
+            dq += tl.load(dq_src_ptr + dq_offset, mask=row_ok[:, None], other=0.0)
+        tl.store(dq_dst_ptr + dq_offset, _narrow(dq, dq_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
 def _packed_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_src_ptr, dq_dst_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don,
     stride_lb, stride_lh,
     stride_dqb, stride_dqh, stride_dqn,
@@ -198,11 +259,13 @@ def _packed_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SUM_DV: tl.constexpr, ROWS: tl.constexpr,
+    SUM_DV: tl.constexpr, ACCUMULATE: tl.constexpr, ROWS: tl.constexpr,
 ):
     """Short slices: one tile holds ROWS // BLOCK_L whole slices (BLOCK_L >= L coordinates each),
     so one program computes dQ, dK and dV of its slices for one kv head and the group's query heads,
-    with no second kernel and no atomics. Scores between different slices of a tile are masked."""
+    with no second kernel and no atomics. Scores between different slices of a tile are masked.
+    dQ and dK are this hop's share plus, with ACCUMULATE, what the src buffers hold, written to the
+    dst buffers in their dtype."""
     SLICES: tl.constexpr = ROWS // BLOCK_L
     rows = tl.arange(0, ROWS)
     slice_of_row = rows // BLOCK_L
@@ -233,17 +296,22 @@ def _packed_kernel(
                     mask=row_ok[:, None], other=0.0)
         do = tl.load(do_ptr + b * stride_dob + h * stride_doh + pos[:, None] * stride_don + offs_d[None, :],
                      mask=row_ok[:, None], other=0.0)
+        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + pos[:, None] * stride_on + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
         v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos[:, None] * stride_vn
                     + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + pos, mask=row_ok, other=0.0)
-        delta = tl.load(delta_ptr + b * stride_lb + h * stride_lh + pos, mask=row_ok, other=0.0)
+        # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        dq_at = dq_ptr + b * stride_dqb + h * stride_dqh + pos[:, None] * stride_dqn + offs_d[None, :]
-        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION)
-        tl.store(dq_at, tl.load(dq_at, mask=row_ok[:, None], other=0.0) + dq * sm_scale, mask=row_ok[:, None])
+        dq_offset = b * stride_dqb + h * stride_dqh + pos[:, None] * stride_dqn + offs_d[None, :]
+        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
+        if ACCUMULATE:
+            dq += tl.load(dq_src_ptr + dq_offset, mask=row_ok[:, None], other=0.0)
+        tl.store(dq_dst_ptr + dq_offset, _narrow(dq, dq_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
         dk = _dot(_narrow(tl.trans(ds), q.dtype), q, dk, DOT_PRECISION)
         dv = _dot(_narrow(tl.trans(p), do.dtype), do, dv, DOT_PRECISION)
         if not SUM_DV:
@@ -253,8 +321,11 @@ def _packed_kernel(
     if SUM_DV:
         tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos[:, None] * stride_dvn + offs_d[None, :],
                  _narrow(dv, dv_ptr.dtype.element_ty), mask=row_ok[:, None])
-    dk_at = dk_ptr + b * stride_dkb + hk * stride_dkh + pos[:, None] * stride_dkn + offs_d[None, :]
-    tl.store(dk_at, tl.load(dk_at, mask=row_ok[:, None], other=0.0) + dk * sm_scale, mask=row_ok[:, None])
+    dk_offset = b * stride_dkb + hk * stride_dkh + pos[:, None] * stride_dkn + offs_d[None, :]
+    dk = dk * sm_scale
+    if ACCUMULATE:
+        dk += tl.load(dk_src_ptr + dk_offset, mask=row_ok[:, None], other=0.0)
+    tl.store(dk_dst_ptr + dk_offset, _narrow(dk, dk_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,13 +334,22 @@ def _packed_kernel(
 
 
 @dataclass(frozen=True)
-class BackwardBlocks:
-    """Tile shape of the backward kernels: query rows and key rows per tile, and warps."""
+class Tile:
+    """One blocked kernel's launch shape: query rows and key rows per tile, warps and stages."""
 
     block_m: int
     block_n: int
     num_warps: int = 4
-    num_stages: int = 1
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class BackwardBlocks:
+    """Tile shapes of the two blocked kernels: dK/dV holds BLOCK_N keys and walks query blocks of
+    BLOCK_M rows; dQ holds BLOCK_M queries and walks key blocks of BLOCK_N rows."""
+
+    dkdv: Tile
+    dq: Tile
 
 
 # Longest slice the packed kernel takes; its tiles hold whole slices (a module-level value so that
@@ -277,19 +357,39 @@ class BackwardBlocks:
 PACKED_MAX_LEN = 64
 
 
-def default_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
-    """Tiles no longer than the slice (>= 16, the smallest dot) and at most 64 rows; fp32 operands
-    take twice the shared memory, hence 32 rows. Untuned: the GPU sweep replaces this table."""
-    cap = 32 if dtype == torch.float32 or _INTERPRET else 64
-    block = min(cap, max(16, triton.next_power_of_2(length)))
-    return BackwardBlocks(block, block, num_warps=4, num_stages=1 if _INTERPRET else 2)
+def backward_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
+    """The blocked kernels' launch shapes. 16-bit operands: dK/dV walks 32 queries at a time past
+    64 keys, dQ walks 32 keys past 64 queries, 4 warps, 2 stages: the fastest pair on an H200 at
+    L = 128, 256 and 512 (benchmarks/backward_tiles.py; docs/kernel-backward.md has the table).
+    fp32 operands take twice the shared memory, hence 32 x 32 tiles; the interpreter takes those too."""
+    if dtype == torch.float32 or _INTERPRET:
+        block = min(32, max(16, triton.next_power_of_2(length)))
+        stages = 1 if _INTERPRET else 2
+        return BackwardBlocks(Tile(block, block, 4, stages), Tile(block, block, 4, stages))
+    return BackwardBlocks(dkdv=Tile(32, 64, 4, 2), dq=Tile(64, 32, 4, 2))
 
 
-def packed_rows(length: int, dtype: torch.dtype) -> int:
-    """Rows per tile of the packed kernel: whole slices of next_power_of_2(length) >= 16 rows.
-    The interpreter takes big tiles (fewer programs run faster there); untuned for the GPU."""
+@dataclass(frozen=True)
+class PackedTile:
+    """The packed kernel's launch shape: rows per tile (whole slices), warps and stages."""
+
+    rows: int
+    num_warps: int = 4
+    num_stages: int = 1
+
+
+def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
+    """Tiles of whole slices of next_power_of_2(length) >= 16 rows. 16-bit operands: 32 rows and
+    4 warps up to L = 32, 64 rows and 8 warps up to 64, one stage (the fastest on an H200, 2.5-2.8x
+    faster than 64 rows and 4 warps at L = 32; two stages gave different gradients there, so they
+    are not used). fp32: at least 32 rows, 4 warps. The interpreter takes big tiles (fewer programs
+    run faster there)."""
     block_l = max(16, triton.next_power_of_2(length))
-    return max(block_l, 128 if _INTERPRET else (32 if dtype == torch.float32 else 64))
+    if _INTERPRET:
+        return PackedTile(max(block_l, 128), 8, 1)
+    if dtype == torch.float32:
+        return PackedTile(max(block_l, 32), 4, 1)
+    return PackedTile(32, 4, 1) if block_l <= 32 else PackedTile(block_l, 8, 1)
 
 
 def _new_gradient_buffer(like: torch.Tensor) -> torch.Tensor:
@@ -301,60 +401,88 @@ def _row_major(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+@dataclass(frozen=True)
+class Gradients:
+    """Where a hop's backward reads and writes dq and dk: it adds its share to what the src buffers
+    hold (unless `accumulate` is off, for the first hop of the backward) and writes the sum to the
+    dst buffers, float32 accumulators between hops and the inputs' dtypes on the last one, so that
+    no buffer is zeroed and no final conversion pass is needed. src and dst have the same strides."""
+
+    dq_src: torch.Tensor
+    dq_dst: torch.Tensor
+    dk_src: torch.Tensor
+    dk_dst: torch.Tensor
+    accumulate: bool
+
+
 def _launch_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
-    lse: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, d_value: torch.Tensor,
+    lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
+    packed: PackedTile | None = None,
 ) -> None:
-    """The backward of one hop: adds its share to dq and dk (float32) and writes d_value. Slices of
-    at most PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for the blocked ones."""
+    """The backward of one hop: its share of dq and dk (see Gradients) and d_value. Slices of at most
+    PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for the blocked ones; `blocks`
+    and `packed` replace the tables' launch shapes (benchmarks/backward_tiles.py)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
     length = dims[axis]
     inner = math.prod(dims[axis + 1:])
     num_slices = math.prod(dims) // length
-    # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
-    delta = (d_out.float() * out.float()).sum(-1)
-    common = (
+    assert grads.dq_src.stride() == grads.dq_dst.stride() and grads.dk_src.stride() == grads.dk_dst.stride()
+    dq, dk = grads.dq_dst, grads.dk_dst
+    strides = (
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
-        d_out.stride(0), d_out.stride(1), d_out.stride(2),
-        lse.stride(0), lse.stride(1),
     )
     sizes = (batch, kv_heads, heads // kv_heads, heads // value_heads, n, length, inner, num_slices,
              scale * _LOG2E, scale)
     precision = "ieee" if q.dtype == torch.float32 else None
     if length <= PACKED_MAX_LEN and blocks is None:
         block_l = max(16, triton.next_power_of_2(length))
-        rows = packed_rows(length, q.dtype)
-        grid = (triton.cdiv(num_slices, rows // block_l) * batch * kv_heads,)
+        packed = packed or packed_tile(length, q.dtype)
+        if packed.rows < block_l:
+            raise ValueError(f"packed tile of {packed.rows} rows cannot hold a slice of {length}")
+        grid = (triton.cdiv(num_slices, packed.rows // block_l) * batch * kv_heads,)
         _packed_kernel[grid](
-            q, k, value, d_out, lse, delta, dq, dk, d_value, *common,
+            q, k, value, out, d_out, lse, grads.dq_src, dq, grads.dk_src, dk, d_value, *strides,
+            out.stride(0), out.stride(1), out.stride(2),
+            d_out.stride(0), d_out.stride(1), d_out.stride(2),
+            lse.stride(0), lse.stride(1),
             dq.stride(0), dq.stride(1), dq.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2),
             d_value.stride(0), d_value.stride(1), d_value.stride(2),
             *sizes, HEAD_DIM=d, BLOCK_L=block_l, CAUSAL=causal, DOT_PRECISION=precision,
-            SUM_DV=value_heads != heads, ROWS=rows, num_warps=4 if rows <= 64 else 8, num_stages=1,
+            SUM_DV=value_heads != heads, ACCUMULATE=grads.accumulate, ROWS=packed.rows,
+            num_warps=packed.num_warps, num_stages=packed.num_stages,
         )
         return
-    blocks = blocks or default_blocks(length, q.dtype)
-    consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision,
-              "BLOCK_M": blocks.block_m, "BLOCK_N": blocks.block_n,
-              "num_warps": blocks.num_warps, "num_stages": blocks.num_stages}
-    grid_kv = (batch * kv_heads * num_slices * triton.cdiv(length, blocks.block_n),)
-    _dkdv_kernel[grid_kv](
-        q, k, value, d_out, lse, delta, dk, d_value, *common,
+    blocks = blocks or backward_blocks(length, q.dtype)
+    # filled by the dQ kernel for the dK/dV kernel, which runs after it on the same stream
+    delta = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+    assert delta.stride()[:2] == lse.stride()[:2]
+    common = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "ACCUMULATE": grads.accumulate}
+    tile = blocks.dq
+    _dq_kernel[(batch * heads * num_slices * triton.cdiv(length, tile.block_m),)](
+        q, k, value, out, d_out, lse, delta, grads.dq_src, dq, *strides,
+        out.stride(0), out.stride(1), out.stride(2),
+        d_out.stride(0), d_out.stride(1), d_out.stride(2),
+        lse.stride(0), lse.stride(1),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        *sizes, **common, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )
+    tile = blocks.dkdv
+    _dkdv_kernel[(batch * kv_heads * num_slices * triton.cdiv(length, tile.block_n),)](
+        q, k, value, d_out, lse, delta, grads.dk_src, dk, d_value, *strides,
+        d_out.stride(0), d_out.stride(1), d_out.stride(2),
+        lse.stride(0), lse.stride(1),
         dk.stride(0), dk.stride(1), dk.stride(2),
         d_value.stride(0), d_value.stride(1), d_value.stride(2),
-        *sizes, SUM_DV=value_heads != heads, **consts,
-    )
-    grid_q = (batch * heads * num_slices * triton.cdiv(length, blocks.block_m),)
-    _dq_kernel[grid_q](
-        q, k, value, d_out, lse, delta, dq, *common,
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        *sizes, **consts,
+        *sizes, SUM_DV=value_heads != heads, **common, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
 
 
@@ -399,14 +527,19 @@ def backward_from_saved(
     dims: tuple[int, ...], causal: bool, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward."""
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-    d_value = _row_major(d_out.to(q.dtype))
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))
+    # float32 sums between hops; one hop alone writes the results directly
+    dq_acc = torch.empty(q.shape, dtype=torch.float32, device=q.device) if len(hops) > 1 else dq
+    dk_acc = torch.empty(k.shape, dtype=torch.float32, device=k.device) if len(hops) > 1 else dk
+    d_value = _row_major(d_out.to(q.dtype))
     for t in reversed(range(len(hops))):
         value = v if t == 0 else saved.outputs[t - 1]
         d_prev = _new_gradient_buffer(value)
-        _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], dq, dk, d_prev,
+        grads = Gradients(dq_acc, dq if t == 0 else dq_acc, dk_acc, dk if t == 0 else dk_acc,
+                          accumulate=t < len(hops) - 1)
+        _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
                              dims, hops[t], causal, scale)
         d_value = d_prev
-    return dq.to(q.dtype), dk.to(k.dtype), d_value
+    return dq, dk, d_value

@@ -6,18 +6,23 @@ Folding is a reshape; the hop over axis j views the folded (B, H, A, n_j, C, D) 
 sequence. No permute copies are made; SDPA backends that need another layout copy on their own.
 
 With GQA, hop 1 lets SDPA pair the H query heads with the H_kv key/value heads itself
-(`enable_gqa`) whenever the slices can be its batch axis (B = 1, or m = 1); later hops need K
-repeated to H heads, which costs one copy of K.
+(`enable_gqa`) whenever the slices can be its batch axis (B = 1, or one of the outer and inner
+extents is 1). Later hops pair H_kv key heads with an H-head value (the previous output): cuDNN and
+the math backend take that too, FlashAttention-2 and the memory-efficient kernel do not, so by
+default (the readable reference) those hops get K repeated to H heads, one copy of K.
 
-Each hop can run under its own SDPA backend (`backends`), and `choose_backends` picks, hop by hop,
-the fastest of some candidates by timing them on the hop's real views.
+Each hop can run under its own plan (`HopPlan`: SDPA backend, and whether SDPA pairs the heads
+itself), and `choose_plans` picks, hop by hop, the fastest of the candidates by timing them on the
+hop's real views.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +80,15 @@ def _unhop_view(y: torch.Tensor, batch: int, heads: int, total: int) -> torch.Te
     return y.transpose(1, 2).reshape(batch, heads, total, y.shape[-1])
 
 
+@dataclass(frozen=True)
+class HopPlan:
+    """How one hop runs: the SDPA backend (None: SDPA's own dispatch) and whether SDPA pairs the
+    query heads with fewer key heads itself (`native_gqa`) instead of getting K repeated."""
+
+    backend: SDPBackend | None = None
+    native_gqa: bool = False
+
+
 def tensorized_attention_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -82,12 +96,13 @@ def tensorized_attention_sdpa(
     dims: Sequence[int],
     causal: bool,
     scale: float | None = None,
-    backends: Sequence[SDPBackend | None] | None = None,
-    on_hop: Callable[[int, Callable[[SDPBackend | None], torch.Tensor]], SDPBackend | None] | None = None,
+    plans: Sequence[HopPlan] | None = None,
+    on_hop: Callable[[int, bool, Callable[[HopPlan], torch.Tensor]], HopPlan] | None = None,
 ) -> torch.Tensor:
-    """The operator, one SDPA call per hop. `backends[t]` is hop t's SDPA backend (None: SDPA's own
-    dispatch); `on_hop(t, run)`, when given, decides hop t's backend instead, `run(backend)` giving
-    the hop's output under a backend."""
+    """The operator, one SDPA call per hop. `plans[t]` is hop t's plan; without plans, SDPA's own
+    dispatch, native GQA on hop 1 where it can be had and K repeated on later hops. `on_hop(t,
+    native_ok, run)`, when given, decides hop t's plan instead, `run(plan)` giving the hop's output
+    under a plan; native_ok says whether native GQA is possible on that hop."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     dims = tuple(dims)
@@ -96,44 +111,49 @@ def tensorized_attention_sdpa(
     group = heads // kv_heads
     pad = total - n
     axes = hop_axes(len(dims))
-    # Hop 1 pairs H query heads with H_kv key/value heads; SDPA does that itself (enable_gqa) when
-    # the slices can be its batch axis and no key mask is needed. Otherwise K and V are expanded.
-    native_gqa = group > 1 and (causal or not pad) and _one_stride(batch, dims, axes[0])
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     q, k, v = (t.contiguous() for t in (q, k, v))
-    # Later hops pair H query heads with H value heads (the previous output), so they need K
-    # expanded to H heads; V is expanded only when hop 1 cannot use SDPA's GQA.
-    k_all = _repeat_heads(k, group) if len(dims) > 1 or not native_gqa else k
-    v_first = v if native_gqa else _repeat_heads(v, group)
+    repeated: dict[str, torch.Tensor] = {}
+
+    def heads_of(x: torch.Tensor) -> torch.Tensor:
+        # K (and, on hop 1, V) expanded to H heads once, only if some hop needs it
+        if x is k:
+            return repeated.setdefault("k", _repeat_heads(k, group))
+        return repeated.setdefault("v", _repeat_heads(v, group)) if x is v else x
 
     position = torch.arange(total, device=q.device)
     valid = position < n
-    value = v_first
+    value = v
     for hop, axis in enumerate(axes):
-        native = hop == 0 and native_gqa
+        # SDPA pairs the heads itself when the slices can be its batch axis and no key mask is needed
+        native_ok = group > 1 and (causal or not pad) and _one_stride(batch, dims, axis)
         mask = None
         if pad and not causal:
             # Keys at padded positions never count; the mask varies per slice, not per head.
             keys = _hop_view(valid.view(1, 1, total, 1), dims, axis)[..., 0]  # (A, C, n_axis)
             keys = keys.unsqueeze(0).expand(batch * heads, *keys.shape)
             mask = keys.reshape(-1, keys.shape[-2], 1, keys.shape[-1])
-        if native:
-            views = [_slices_view(t, dims, axis) for t in (q, k, value)]
-        else:
-            views = [_hop_view(t, dims, axis) for t in (q, k_all, value)]
 
-        def run(backend: SDPBackend | None, views: list = views, mask: torch.Tensor | None = mask,
-                native: bool = native) -> torch.Tensor:
-            with _under(backend):
-                return F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale,
-                                                      enable_gqa=native)
+        def run(plan: HopPlan, value: torch.Tensor = value, axis: int = axis, mask: torch.Tensor | None = mask,
+                native_ok: bool = native_ok) -> torch.Tensor:
+            native = plan.native_gqa and native_ok
+            if native:
+                views = [_slices_view(t, dims, axis) for t in (q, k, value)]
+            else:
+                views = [_hop_view(heads_of(t), dims, axis) for t in (q, k, value)]
+            with _under(plan.backend):
+                out = F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale,
+                                                     enable_gqa=native)
+            return _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
 
-        backend = backends[hop] if backends is not None else None
         if on_hop is not None:
-            backend = on_hop(hop, run)
-        out = run(backend)
-        value = _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
+            plan = on_hop(hop, native_ok, run)
+        elif plans is not None:
+            plan = plans[hop]
+        else:
+            plan = HopPlan(None, native_gqa=hop == 0)
+        value = run(plan)
         if mask is not None:
             # A padded query whose slice has no valid key must give 0, not NaN (spec, "Masks").
             value = value.masked_fill(~valid.view(1, 1, total, 1), 0)
@@ -144,7 +164,7 @@ def _under(backend: SDPBackend | None) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if backend is None else sdpa_kernel([backend])
 
 
-def choose_backends(
+def choose_plans(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -153,21 +173,27 @@ def choose_backends(
     scale: float | None,
     candidates: Sequence[SDPBackend],
     seconds: Callable[[Callable[[], torch.Tensor]], float],
-) -> tuple[SDPBackend | None, ...]:
-    """For each hop in turn, the candidate backend that `seconds` finds fastest on that hop's views
-    (the later hops get the chosen backend's output as their value); None for a hop that no
-    candidate accepts (SDPA's own dispatch then)."""
-    chosen: list[SDPBackend | None] = []
+) -> tuple[HopPlan, ...]:
+    """For each hop in turn, the plan that `seconds` finds fastest on that hop's views, trying each
+    candidate backend with native GQA (where the hop allows it) and with K repeated (the later hops
+    get the chosen plan's output as their value); SDPA's own dispatch for a hop that no candidate
+    accepts."""
+    chosen: list[HopPlan] = []
 
-    def pick(hop: int, run: Callable[[SDPBackend | None], torch.Tensor]) -> SDPBackend | None:
-        best, best_s = None, math.inf
+    def pick(hop: int, native_ok: bool, run: Callable[[HopPlan], torch.Tensor]) -> HopPlan:
+        best, best_s = HopPlan(None, native_gqa=False), math.inf
         for backend in candidates:
-            try:
-                took = seconds(lambda backend=backend: run(backend))
-            except RuntimeError:  # the backend does not take this shape, dtype or layout
-                continue
-            if took < best_s:
-                best, best_s = backend, took
+            for native in (True, False) if native_ok else (False,):
+                plan = HopPlan(backend, native)
+                try:
+                    with warnings.catch_warnings():
+                        # a backend that refuses says why in a warning before it raises; the choice is the record
+                        warnings.simplefilter("ignore", UserWarning)
+                        took = seconds(lambda plan=plan: run(plan))
+                except RuntimeError:  # the backend does not take this shape, dtype, layout or head pairing
+                    continue
+                if took < best_s:
+                    best, best_s = plan, took
         chosen.append(best)
         return best
 

@@ -9,9 +9,10 @@ from .linear import LINEAR_METHODS
 from .registry import Method
 from .sage import sage
 from .sparse import sliding_window_attention
-from .tensorized import tensorized_recompute, tensorized_ref, tensorized_sdpa, tensorized_triton
+from .tensorized import tensorized, tensorized_recompute, tensorized_ref, tensorized_sdpa, tensorized_triton
 
 BUILTIN_METHODS: tuple[Method, ...] = (
+    tensorized,
     tensorized_triton,
     tensorized_recompute,
     tensorized_ref,

@@ -7,16 +7,20 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention import SDPBackend
 
 from ..core.case import Case
 from ..core.folding import hop_axes
-from ..kernels.tensorized_sdpa import choose_backends, tensorized_attention_sdpa
+from ..kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from ..kernels.tensors import make_inputs, torch_dtype
 from .availability import cuda_availability, has_module
 from .registry import Availability, Call, Method, always_available, method
+
+if TYPE_CHECKING:  # the dispatch module imports Triton, which the registry must not need to load
+    from ..kernels.tensorized_dispatch import HopBackend
 
 
 def _folded_bytes(case: Case, heads: int) -> int:
@@ -51,14 +55,25 @@ BACKEND_NAMES = {SDPBackend.CUDNN_ATTENTION: "cuDNN", SDPBackend.FLASH_ATTENTION
                  SDPBackend.EFFICIENT_ATTENTION: "memory-efficient", None: "default dispatch"}
 
 
+# GPU wait before each start event, so that the host has issued the whole call when the clock
+# starts: about 2.5 ms at 2 GHz, far above the 0.05-0.3 ms it takes to issue one hop.
+_HOLD_CYCLES = 5_000_000
+
+
 def _median_cuda_seconds(fn: Callable[[], torch.Tensor], calls: int = 5) -> float:
-    """Median of a few CUDA-event timings after two warm-up calls: enough to rank backends whose
-    times differ by tens of percent, cheap enough to run once per shape."""
+    """Median of a few CUDA-event timings after two warm-up calls, the GPU held before each until
+    the host has issued the call: enough to rank backends whose times differ by tens of percent,
+    cheap enough to run once per shape. Without the hold, a backend with more host work per call
+    (SDPA's dispatch, a cuDNN graph lookup) would be charged for it on hops of 0.1 ms and lose
+    to a slower kernel (seen on an H200: Triton chosen at L = 128 and 256, where cuDNN is 1.3-1.8x
+    faster)."""
     fn()
     fn()
     times = []
     for _ in range(calls):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(_HOLD_CYCLES)
         start.record()
         fn()
         end.record()
@@ -67,42 +82,46 @@ def _median_cuda_seconds(fn: Callable[[], torch.Tensor], calls: int = 5) -> floa
     return sorted(times)[len(times) // 2]
 
 
+def _plan_name(plan: HopPlan) -> str:
+    return f"{BACKEND_NAMES[plan.backend]}, {'native GQA' if plan.native_gqa else 'K repeated'}"
+
+
 @dataclass
 class HopBackends:
-    """The SDPA backend chosen for each hop, per configuration: filled by `bind`, read by the
-    method's provenance."""
+    """The SDPA plan chosen for each hop (backend, and native GQA or K repeated), per
+    configuration: filled by `bind`, read by the method's provenance."""
 
-    chosen: dict[str, tuple[SDPBackend | None, ...]] = field(default_factory=dict)
+    chosen: dict[str, tuple[HopPlan, ...]] = field(default_factory=dict)
 
     def bind(self, case: Case) -> Call:
         assert case.dims is not None, "tensorized methods need resolved dims"
-        backends: tuple[SDPBackend | None, ...] | None = None
+        plans: tuple[HopPlan, ...] | None = None
         if case.device != "cpu":
             # measured on inputs of the case's shape (times do not depend on the values)
             q, k, v = make_inputs(case, seed=0)
             with torch.no_grad():
-                backends = choose_backends(q, k, v, case.dims, case.causal, case.softmax_scale, HOP_CANDIDATES,
-                                           _median_cuda_seconds)
+                plans = choose_plans(q, k, v, case.dims, case.causal, case.softmax_scale, HOP_CANDIDATES,
+                                     _median_cuda_seconds)
             del q, k, v
-            self.chosen[case.key] = backends
+            self.chosen[case.key] = plans
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
             assert case.dims is not None
-            return tensorized_attention_sdpa(q, k, v, case.dims, case.causal, case.softmax_scale, backends)
+            return tensorized_attention_sdpa(q, k, v, case.dims, case.causal, case.softmax_scale, plans)
 
         return call
 
     def describe(self, case: Case) -> str:
-        text = ("PyTorch SDPA per hop on strided views, native GQA on hop 1; each hop's backend the fastest of "
-                "cuDNN, FlashAttention-2 and memory-efficient, measured once per shape")
+        text = ("PyTorch SDPA per hop on strided views; each hop's backend the fastest of cuDNN, "
+                "FlashAttention-2 and memory-efficient, with SDPA's own GQA or K repeated, measured once per shape")
         if case.device == "cpu":
             return "PyTorch SDPA per hop on strided views, native GQA on hop 1; default backend dispatch (CPU)"
-        backends = self.chosen.get(case.key)
-        if backends is None or case.dims is None:
+        plans = self.chosen.get(case.key)
+        if plans is None or case.dims is None:
             return text
         lengths = [case.dims[axis] for axis in hop_axes(len(case.dims))]
-        hops = "; ".join(f"hop {t + 1} (L={length}): {BACKEND_NAMES[b]}"
-                         for t, (length, b) in enumerate(zip(lengths, backends, strict=True)))
+        hops = "; ".join(f"hop {t + 1} (L={length}): {_plan_name(plan)}"
+                         for t, (length, plan) in enumerate(zip(lengths, plans, strict=True)))
         return f"{text}; chosen: {hops}"
 
 
@@ -117,7 +136,8 @@ def _make_tensorized_sdpa() -> Method:
         family="tensorized",
         description="Tensorized attention, the strongest PyTorch composition: per hop the fastest SDPA backend "
                     "(measured once per shape) on strided views, native GQA",
-        availability=always_available("PyTorch SDPA per hop on strided views, backend per hop measured in bind"),
+        availability=always_available("PyTorch SDPA per hop on strided views, backend and GQA pairing per hop "
+                                      "measured in bind"),
         memory_estimate=_ref_memory,
         bind=hops.bind,
         describe=hops.describe,
@@ -161,25 +181,106 @@ def _triton_describe(case: Case) -> str:
     return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
 
 
-@method(
-    name="tensorized",
-    family="tensorized",
-    description="Tensorized attention, tbench's Triton kernel (one strided-hop kernel per axis)",
-    availability=_triton_availability,
-    head_dims=frozenset({32, 64, 128}),  # kernels.tensorized_triton.SUPPORTED_HEAD_DIMS
-    memory_estimate=_triton_memory,
-    describe=_triton_describe,
-)
-def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+def _train_or_infer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor | None:
+    """The Triton autograd op when a gradient is wanted (training modes, quality runs), else None."""
     assert case.dims is not None, "tensorized methods need resolved dims"
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         # the differentiable op: the same forward kernels, saving what the Triton backward needs
         from ..kernels.tensorized_autograd import tensorized_attention_train
 
         return tensorized_attention_train(q, k, v, case.dims, case.causal, case.softmax_scale)
+    return None
+
+
+@method(
+    name="tensorized-triton",
+    family="tensorized",
+    description="Tensorized attention, tbench's Triton kernel alone (one strided-hop kernel per axis)",
+    availability=_triton_availability,
+    head_dims=frozenset({32, 64, 128}),  # kernels.tensorized_triton.SUPPORTED_HEAD_DIMS
+    memory_estimate=_triton_memory,
+    describe=_triton_describe,
+)
+def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    trained = _train_or_infer(q, k, v, case)
+    if trained is not None:
+        return trained
     from ..kernels.tensorized_triton import tensorized_attention_triton
 
+    assert case.dims is not None
     return tensorized_attention_triton(q, k, v, case.dims, case.causal, case.softmax_scale)
+
+
+@dataclass
+class HopDispatch:
+    """The backend chosen for each forward hop of `tensorized`, per configuration: filled by
+    `bind` (timed on the GPU, inference only), read by the method's provenance."""
+
+    chosen: dict[str, tuple[HopBackend, ...]] = field(default_factory=dict)
+
+    def bind(self, case: Case) -> Call:
+        assert case.dims is not None, "tensorized methods need resolved dims"
+        backends = None
+        if case.device != "cpu" and not case.mode.needs_backward:
+            from ..kernels.tensorized_dispatch import HopBackend, choose_hop_backends, fa3_forward
+
+            candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+            q, k, v = make_inputs(case, seed=0)  # times do not depend on the values
+            with torch.no_grad():
+                backends = choose_hop_backends(q, k, v, case.dims, case.causal, case.softmax_scale, candidates,
+                                               _median_cuda_seconds)
+            del q, k, v
+            self.chosen[case.key] = backends
+            if all(b is HopBackend.TRITON for b in backends):
+                backends = None
+
+        def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+            if backends is None:
+                return tensorized_triton.call(q, k, v, case)
+            trained = _train_or_infer(q, k, v, case)
+            if trained is not None:
+                return trained
+            from ..kernels.tensorized_dispatch import tensorized_attention_dispatch
+
+            assert case.dims is not None
+            return tensorized_attention_dispatch(q, k, v, case.dims, case.causal, case.softmax_scale, backends)
+
+        return call
+
+    def describe(self, case: Case) -> str:
+        text = _triton_describe(case)
+        backends = self.chosen.get(case.key)
+        if backends is None or case.dims is None:
+            if case.mode.needs_backward:
+                return f"{text}; forward and backward in Triton (hops are dispatched in inference only)"
+            return text
+        lengths = [case.dims[axis] for axis in hop_axes(len(case.dims))]
+        hops = "; ".join(f"hop {t + 1} (L={length}): {backend.value}"
+                         for t, (length, backend) in enumerate(zip(lengths, backends, strict=True)))
+        return f"{text}; each hop on the fastest of Triton, FlashAttention-3 and cuDNN, measured once per shape: {hops}"
+
+
+def _make_tensorized() -> Method:
+    hops = HopDispatch()
+
+    def unbound(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+        return hops.bind(case)(q, k, v, case)
+
+    return method(
+        name="tensorized",
+        family="tensorized",
+        description="Tensorized attention, the fastest way tbench has: each hop on tbench's Triton kernel, "
+                    "FlashAttention-3 or cuDNN, whichever runs it fastest (measured once per shape; Triton on a CPU "
+                    "and in training)",
+        availability=_triton_availability,
+        head_dims=frozenset({32, 64, 128}),
+        memory_estimate=_triton_memory,
+        bind=hops.bind,
+        describe=hops.describe,
+    )(unbound)
+
+
+tensorized = _make_tensorized()
 
 
 def _recompute_unsupported(case: Case) -> str | None:

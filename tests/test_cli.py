@@ -44,7 +44,7 @@ def test_run_then_show(tmp_path, cli_env):
     (["run", "--lengths", "128k..4k"], "lengths '128k..4k': a range must go upwards"),
     (["run", "--lengths", "4q"], "length '4q' is not a number"),
     (["run", "--lengths", "0"], "length '0' must be at least 1"),
-    (["run", "--methods", "nope"], "method 'nope' unknown; known: tensorized, tensorized-recompute, tensorized-ref"),
+    (["run", "--methods", "nope"], "method 'nope' unknown; known: tensorized, tensorized-triton, tensorized-recompute"),
     (["run", "--orders", "0"], "orders '0': '0' is not an integer >= 1"),
     (["run", "--heads", "6", "--kv-heads", "4"], "heads 6 is not a multiple of kv-heads 4"),
     (["run", "--dtype", "fp8"], "dtype 'fp8' unknown; allowed: bf16, fp16, fp32"),

@@ -18,8 +18,8 @@ from tbench.core import cost
 from tbench.core.case import Case, Family, sliding_window
 from tbench.harness.correctness import check
 from tbench.kernels.linear_reference import delta_rule_recurrence, gated_recurrence, retention_log_decay
-from tbench.kernels.reference import exact_attention_f64
-from tbench.kernels.tensorized_sdpa import choose_backends, tensorized_attention_sdpa
+from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
+from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
 from tbench.methods.linear import OPERATORS
@@ -315,21 +315,35 @@ def test_tensorized_sdpa_is_the_reference_composition(n, dims, causal):
     assert "default backend" in method.provenance(case)
 
 
-def test_choose_backends_skips_refusing_backends_and_keeps_the_fastest():
+def test_choose_plans_skips_refusing_backends_and_keeps_the_fastest():
     case = Case("t", "tensorized", 256, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(16, 16))
     q, k, v = make_inputs(case, 0)
-    costs = iter([3.0, 1.0, 1.0, 2.0])  # hop 1: flash 3 s, math 1 s; hop 2: flash 1 s, math 2 s
+    # the efficient backend refuses the CPU; math runs each hop with native GQA, then with K repeated
+    costs = iter([3.0, 1.0, 1.0, 2.0])  # hop 1: native 3 s, repeated 1 s; hop 2: native 1 s, repeated 2 s
 
     def seconds(fn):
         fn()
         return next(costs)
 
-    # the efficient backend refuses the CPU, flash and math run
-    chosen = choose_backends(q, k, v, case.dims, True, None,
-                             (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH), seconds)
-    assert chosen == (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION)
-    out = tensorized_attention_sdpa(q, k, v, case.dims, True, backends=chosen)
+    chosen = choose_plans(q, k, v, case.dims, True, None, (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH), seconds)
+    assert chosen == (HopPlan(SDPBackend.MATH, native_gqa=False), HopPlan(SDPBackend.MATH, native_gqa=True))
+    out = tensorized_attention_sdpa(q, k, v, case.dims, True, plans=chosen)
     assert torch.allclose(out, tensorized_attention_sdpa(q, k, v, case.dims, True), atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "dims", "causal"), [(256, (16, 16), True), (500, (8, 8, 8), True),
+                                                   (512, (8, 64), False)])
+def test_native_gqa_on_every_hop_matches_the_spec(n, dims, causal):
+    """Later hops pair 2 key heads with the previous output's 4 heads inside SDPA (no K copy). A
+    broken pairing (a query head reading another group's keys) would fail against float64."""
+    case = Case("t", "tensorized", n, 1, 4, 2, 32, "fp32", causal, "cpu", order=len(dims), dims=dims)
+    q, k, v = make_inputs(case, 3)
+    got = tensorized_attention_sdpa(q, k, v, dims, causal, plans=[HopPlan(None, native_gqa=True)] * len(dims))
+    want = tensorized_attention_f64(q, k, v, dims, causal)
+    assert (got.double() - want).norm() / want.norm() < 1e-5
+    swapped = torch.cat([k[:, 1:], k[:, :1]], dim=1)  # the wrong kv head for every query head
+    wrong = tensorized_attention_sdpa(q, swapped, v, dims, causal, plans=[HopPlan(None, native_gqa=True)] * len(dims))
+    assert (wrong.double() - want).norm() / want.norm() > 1e-2
 
 
 # --- on a GPU: the real packages --------------------------------------------------------------------

@@ -179,6 +179,24 @@ def test_blocked_kernels_on_short_slices(
     _check_against_spec(tensorized_attention_train, case)
 
 
+UNEQUAL_TILES = [
+    # dK/dV holding more keys than it walks queries, dQ the other way round, and the mirror: the
+    # causal split into masked (diagonal) and unmasked blocks depends on both sizes
+    tb.BackwardBlocks(dkdv=tb.Tile(16, 32), dq=tb.Tile(32, 16)),
+    tb.BackwardBlocks(dkdv=tb.Tile(32, 16), dq=tb.Tile(16, 32)),
+]
+
+
+@pytest.mark.parametrize("blocks", UNEQUAL_TILES, ids=["tall-keys", "tall-queries"])
+@pytest.mark.parametrize("case", [Case(135, 2, True, dims=(70, 2), kv_heads=1),
+                                  Case(140, 2, False, dims=(2, 71), heads=4, kv_heads=2)], ids=str)
+def test_blocked_kernels_with_unequal_tiles(
+    case: Case, blocks: tb.BackwardBlocks, poisoned_gradients: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tb, "backward_blocks", lambda length, dtype: blocks)
+    _check_against_spec(tensorized_attention_train, case)
+
+
 SDPA_CASES = [
     Case(30, 2, False, heads=4, kv_heads=2),
     Case(50, 3, True, heads=4, kv_heads=2),  # B = 1: hop 1 uses SDPA's own GQA

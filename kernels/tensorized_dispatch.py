@@ -1,0 +1,151 @@
+"""Tensorized attention with each hop on the backend that runs it fastest: tbench's Triton hop,
+FlashAttention-3's forward (the fa3-fwd wheel or upstream's Hopper build) or cuDNN through SDPA.
+
+A hop over axis j is attention inside slices of n_j positions, one stride apart (see
+kernels/tensorized_triton.py). When one stride walks all the slices (batch 1 and at most one of the
+outer and inner extents above 1, e.g. both hops of m = 2) the slices are the batch axis of a
+(slices, L, heads, D) view, which FA3 and cuDNN take without a copy: FA3 writes its output into a
+view of the hop's output buffer, cuDNN returns its own tensor. FA3 pairs the H query heads with
+H_kv key heads only when the value has H_kv heads too (hop 1); cuDNN also pairs them with an
+H-head value (later hops). `choose_hop_backends` times the candidates on the hop's real views, once
+per shape; `tensorized_attention_dispatch` runs the chosen ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..core.folding import hop_axes
+from .tensorized_triton import _launch_hop, unsupported_reason
+
+FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
+
+
+class HopBackend(Enum):
+    TRITON = "Triton"
+    FA3 = "FlashAttention-3"
+    CUDNN = "cuDNN SDPA"
+
+
+def fa3_forward() -> Callable[..., object] | None:
+    """FA3's forward op (`torch.ops.<module>.fwd`, registered by importing its interface), or None."""
+    for module, namespace in zip(FA3_MODULES, ("flash_attn_3", "fa3_fwd"), strict=True):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        ops = getattr(torch.ops, namespace, None)
+        if ops is not None and hasattr(ops, "fwd"):
+            return ops.fwd
+    return None
+
+
+def slices_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor | None:
+    """(B, Hx, N, D) with N = prod(dims) -> (slices, L, Hx, D) as a view; None unless one stride walks
+    the slices and each row's D elements are contiguous."""
+    batch, heads, n, d = x.shape
+    outer, length, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
+    if n != math.prod(dims) or x.stride(-1) != 1 or sum(e > 1 for e in (batch, outer, inner)) > 1:
+        return None
+    # (B, H, A, L, C, D) with B * A * C = the one extent above 1 -> (slices, L, H, D)
+    y = x.view(batch, heads, outer, length, inner, d).permute(0, 2, 4, 3, 1, 5)
+    return y.reshape(batch * outer * inner, length, heads, d)
+
+
+def _unslices(y: torch.Tensor, batch: int, dims: Sequence[int], axis: int) -> torch.Tensor:
+    """Inverse of slices_view for a (slices, L, H, D) tensor of any strides (a view where they allow)."""
+    outer, length, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
+    heads, d = y.shape[2], y.shape[3]
+    z = y.reshape(batch, outer, inner, length, heads, d).permute(0, 4, 1, 3, 2, 5)
+    return z.reshape(batch, heads, math.prod(dims), d)
+
+
+def hop_accepts(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor,
+                dims: Sequence[int], axis: int) -> bool:
+    """Whether `backend` can run this hop as a view (the backend may still refuse it when called)."""
+    if backend is HopBackend.TRITON:
+        return True
+    if any(slices_view(x, dims, axis) is None for x in (q, k, value)):
+        return False
+    return backend is HopBackend.CUDNN or value.shape[1] == k.shape[1]
+
+
+def run_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+            dims: tuple[int, ...], axis: int, causal: bool, scale: float) -> torch.Tensor:
+    """One hop on `backend`; returns its output, (B, H, N, D), `out` itself unless cuDNN ran it."""
+    if backend is HopBackend.TRITON:
+        _launch_hop(q, k, value, out, dims, axis, causal, scale)
+        return out
+    views = [slices_view(x, dims, axis) for x in (q, k, value)]
+    if backend is HopBackend.FA3:
+        forward = fa3_forward()
+        if forward is None:
+            raise RuntimeError("FlashAttention-3 is not installed")
+        forward(*views, None, None, None, slices_view(out, dims, axis), None, None, None, None, None, None, None,
+                None, None, None, None, None, None, None, None, None, scale, causal, -1, -1, 0, 0.0, True, None, 1,
+                None, 0)
+        return out
+    return sdpa_hop(q, k, value, dims, axis, causal, scale, SDPBackend.CUDNN_ATTENTION)
+
+
+def sdpa_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,
+             scale: float, backend: SDPBackend) -> torch.Tensor:
+    """One hop as one SDPA call on the slices views, SDPA pairing the heads itself; (B, H, N, D)."""
+    views = [slices_view(x, dims, axis) for x in (q, k, value)]
+    if any(view is None for view in views):
+        raise RuntimeError("the slices of this hop are not one stride apart")
+    with sdpa_kernel([backend]):
+        y = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in views), is_causal=causal, scale=scale,
+                                           enable_gqa=True)
+    return _unslices(y.transpose(1, 2), q.shape[0], dims, axis)
+
+
+def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int],
+                                  causal: bool, scale: float | None, backends: Sequence[HopBackend]) -> torch.Tensor:
+    """The operator with hop t on backends[t]; (B, H, N, D) in q's dtype."""
+    reason = unsupported_reason(q, k, v, dims, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    dims = tuple(int(x) for x in dims)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(min(2, len(dims)))]
+    value = v
+    for t, (axis, backend) in enumerate(zip(hop_axes(len(dims)), backends, strict=True)):
+        # inputs laid out otherwise than those the choice was timed on may not make views
+        chosen = backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
+        value = run_hop(chosen, q, k, value, buffers[t % 2], dims, axis, causal, scale)
+    return value
+
+
+def choose_hop_backends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
+                        scale: float | None, candidates: Sequence[HopBackend],
+                        seconds: Callable[[Callable[[], torch.Tensor]], float]) -> tuple[HopBackend, ...]:
+    """For each hop in turn, the candidate that `seconds` finds fastest on that hop's real views
+    (the next hop gets the chosen backend's output as its value); Triton where no other runs."""
+    dims = tuple(int(x) for x in dims)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(2)]
+    chosen: list[HopBackend] = []
+    value = v
+    for t, axis in enumerate(hop_axes(len(dims))):
+        best, best_s = HopBackend.TRITON, math.inf
+        for backend in (HopBackend.TRITON, *(c for c in candidates if c is not HopBackend.TRITON)):
+            if not hop_accepts(backend, q, k, value, dims, axis):
+                continue
+            try:
+                took = seconds(lambda backend=backend, value=value, axis=axis, t=t:
+                               run_hop(backend, q, k, value, buffers[t % 2], dims, axis, causal, scale))
+            except RuntimeError:  # the backend refuses this dtype, head dim or layout
+                continue
+            if took < best_s:
+                best, best_s = backend, took
+        chosen.append(best)
+        value = run_hop(best, q, k, value, buffers[t % 2], dims, axis, causal, scale)
+    return tuple(chosen)

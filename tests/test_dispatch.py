@@ -1,0 +1,147 @@
+"""`tensorized`: each forward hop on the fastest of tbench's Triton kernel, FlashAttention-3 and cuDNN
+(kernels/tensorized_dispatch.py). On the CPU the Triton hops run in the interpreter, the SDPA hop
+runs on PyTorch's math backend through the same views, and FA3 is a stand-in that checks the layout
+it receives and writes through the output view it is given."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tbench.core.case import Case
+from tbench.core.folding import hop_axes
+from tbench.kernels import tensorized_dispatch as td
+from tbench.kernels.reference import tensorized_attention_f64
+from tbench.kernels.tensorized_triton import tensorized_attention_triton
+from tbench.kernels.tensors import make_inputs
+from tbench.methods.catalog import load_registry
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(n: int, heads: int = 4, kv_heads: int = 2, d: int = 32, dtype: torch.dtype = torch.float32):
+    gen = torch.Generator().manual_seed(n)
+    make = lambda h: torch.randn(1, h, n, d, generator=gen, dtype=torch.float64).to(DEVICE, dtype)  # noqa: E731
+    return make(heads), make(kv_heads), make(kv_heads)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("dims", [(8, 16), (16, 8), (4, 4, 4)], ids=str)
+def test_slices_view_round_trip_and_where_it_applies(dims):
+    n = 1
+    for d in dims:
+        n *= d
+    x = torch.arange(2 * n * 3, dtype=torch.float32).view(1, 2, n, 3)
+    for axis in hop_axes(len(dims)):
+        outer = 1
+        for d in dims[:axis]:
+            outer *= d
+        view = td.slices_view(x, dims, axis)
+        if outer > 1 and axis < len(dims) - 1:
+            assert view is None  # the middle hop of m = 3: two strides
+            continue
+        assert view is not None and view.data_ptr() == x.data_ptr()  # a view, not a copy
+        # slice s, coordinate i of head h is the position the hop's formula names
+        inner = n // (outer * dims[axis])
+        s, i, h = view.shape[0] - 1, dims[axis] - 1, 1
+        a, c = divmod(s, inner)
+        assert torch.equal(view[s, i, h], x[0, h, a * dims[axis] * inner + i * inner + c])
+        assert torch.equal(td._unslices(view, 1, dims, axis), x)
+    assert td.slices_view(torch.zeros(2, 2, 16, 3), (4, 4), 1) is None  # batch 2 and 4 slices: two strides
+    assert td.slices_view(torch.zeros(1, 2, 15, 3), (4, 4), 1) is None  # padded
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("dims", [(8, 16), (16, 8)], ids=str)
+def test_sdpa_hops_with_the_heads_paired_inside_match_the_spec(dims, causal):
+    """Every hop as one SDPA call on the slices views (math backend here, cuDNN on a GPU): hop 1 pairs
+    4 query heads with 2 key/value heads, hop 2 pairs them with 2 key heads and a 4-head value."""
+    q, k, v = _inputs(128)
+    value = v
+    for axis in hop_axes(len(dims)):
+        value = td.sdpa_hop(q, k, value, dims, axis, causal, 32**-0.5, SDPBackend.MATH)
+    assert _rel(value, tensorized_attention_f64(q, k, v, dims, causal)) < 1e-5
+
+
+def _stand_in_fa3(calls: list[tuple]):
+    """FA3's op as the fa3-fwd wheel exposes it: (batch, seqlen, heads, D) views with contiguous rows,
+    equal key and value heads, the result written into `out`."""
+
+    def fwd(q, k, v, k_new, v_new, qv, out, *rest):
+        scale, causal = rest[16], rest[17]
+        assert q.dim() == 4 and q.stride(-1) == 1 and k.shape[2] == v.shape[2] and q.shape[2] % k.shape[2] == 0
+        assert out.shape == q.shape and out.stride(-1) == 1
+        calls.append((tuple(q.shape), tuple(k.shape)))
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale,
+                                           is_causal=causal, enable_gqa=True)
+        out.copy_(y.transpose(1, 2))
+        return out
+
+    return fwd
+
+
+def test_dispatch_runs_each_hop_where_chosen(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3(calls))
+    q, k, v = _inputs(128)
+    dims = (8, 16)
+    got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (td.HopBackend.FA3, td.HopBackend.TRITON))
+    assert calls == [((8, 16, 4, 32), (8, 16, 2, 32))]  # hop 1: 8 slices of 16, GQA 4:2, no copy
+    assert _rel(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
+    # FA3 cannot take hop 2 (2 key heads, 4 value heads): it never gets it, even if asked
+    assert not td.hop_accepts(td.HopBackend.FA3, q, k, got, dims, 0)
+    assert td.hop_accepts(td.HopBackend.CUDNN, q, k, got, dims, 0)
+    again = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (td.HopBackend.FA3, td.HopBackend.FA3))
+    assert len(calls) == 2 and torch.allclose(again, got)
+
+
+def test_choose_hop_backends_keeps_the_fastest_and_skips_refusals(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3(calls))
+    q, k, v = _inputs(128)
+    dims = (8, 16)
+    # hop 1: Triton 2 s, FA3 1 s (cuDNN refuses the CPU before it is timed); hop 2: Triton only
+    costs = iter([2.0, 1.0, 5.0])
+
+    def seconds(fn):
+        fn()
+        return next(costs)
+
+    chosen = td.choose_hop_backends(q, k, v, dims, True, None, (td.HopBackend.CUDNN, td.HopBackend.FA3), seconds)
+    assert chosen == (td.HopBackend.FA3, td.HopBackend.TRITON)
+    assert next(costs, None) is None  # hop 2 timed Triton alone (FA3 cannot pair its heads)
+
+
+def test_the_method_on_the_cpu_is_the_triton_kernel():
+    registry = load_registry(plugins=False)
+    case = Case("tensorized", "tensorized", 100, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(10, 10))
+    q, k, v = make_inputs(case, 1)
+    for name in ("tensorized", "tensorized-triton"):
+        out = registry.get(name).bound(case)(q, k, v, case)
+        assert torch.equal(out, tensorized_attention_triton(q, k, v, (10, 10), True))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8192, 32768])
+def test_dispatch_on_the_gpu_matches_the_triton_kernel(n):
+    """The real FA3 and cuDNN hops, bf16, GQA 32:8, m = 2: every backend combination the choice can
+    make gives the operator (the Triton kernel's result within bf16 rounding)."""
+    q, k, v = _inputs(n, 32, 8, 128, torch.bfloat16)
+    dims = (64, n // 64)
+    want = tensorized_attention_triton(q, k, v, dims, True)
+    for first in td.HopBackend:
+        for second in (td.HopBackend.TRITON, td.HopBackend.CUDNN):
+            if first is td.HopBackend.FA3 and td.fa3_forward() is None:
+                continue
+            got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (first, second))
+            assert _rel(got, want) < 1e-2, (first, second)
