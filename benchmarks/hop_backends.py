@@ -1,11 +1,12 @@
 """Each forward hop of tensorized attention under each backend that can run it, timed alone.
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims), every hop
-runs as tbench's Triton kernel (`_launch_hop`, autotuned), as FlashAttention-3 (the fa3-fwd wheel's
-op, on strided views of the folded tensors, writing into a view of the output, no copies where the
-slices are one stride apart), and as cuDNN SDPA on the same views. FA3 and SDPA pair H query heads
-with H_kv key heads only when the value has H_kv heads too (hop 1); later hops get K repeated to H
-heads, and that copy is timed on its own. Each output is compared with the Triton hop's. Also times
+runs as tbench's Triton kernel (autotuned), as FlashAttention-3 (on strided views of the folded
+tensors, writing into a view of the output, no copies where the slices are one stride apart), and
+as cuDNN SDPA and FlashAttention-2 on the same views (kernels/tensorized_dispatch.py runs each).
+Here FA3 and SDPA pair H query heads with H_kv key heads only when the value has H_kv heads too
+(hop 1); later hops get K repeated to H heads, that copy timed on its own, and the script asks
+whether cuDNN pairs 8 key heads with a 32-head value itself. Each output is compared with the Triton hop's. Also times
 whole compositions (Triton only; FA3 where it runs, Triton elsewhere; the SDPA composition) and,
 with --profile, lists the CUDA kernels of the SDPA composition at the largest length.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.core.sweep import parse_ints, parse_lengths
+from tbench.kernels import tensorized_dispatch as td
 from tbench.kernels import tensorized_triton as tt
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
 
@@ -34,23 +36,6 @@ B, H, H_KV, D = 1, 32, 8, 128
 
 def _ms(fn: Callable[[], object], rep_ms: int = 200) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-
-
-def slices_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor | None:
-    """(1, Hx, N, D) with N = prod(dims) -> (slices, L, Hx, D), FA3's layout, as a view; None unless
-    one stride walks the slices (at most one of the outer and inner extents exceeds 1)."""
-    outer, length, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
-    if x.shape[0] != 1 or (outer > 1 and inner > 1):
-        return None
-    y = x[0].view(x.shape[1], outer, length, inner, x.shape[-1])
-    return y[:, :, :, 0].permute(1, 2, 0, 3) if inner == 1 else y[:, 0].permute(2, 1, 0, 3)
-
-
-def fa3_hop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> None:
-    """FA3's forward op on (batch, seqlen, heads, D) views, writing into `out` (a view)."""
-    torch.ops.fa3_fwd.fwd(q, k, v, None, None, None, out, None, None, None, None, None, None, None, None, None,
-                          None, None, None, None, None, None, None, scale, True, -1, -1, 0, 0.0, True, None, 1,
-                          None, 0)
 
 
 @dataclass
@@ -64,11 +49,12 @@ class Operands:
     have_fa3: bool
 
     def triton_hop(self, value: torch.Tensor, out: torch.Tensor, axis: int) -> None:
-        tt._launch_hop(self.q, self.k, value, out, self.dims, axis, True, self.scale)
+        td.run_hop(td.HopBackend.TRITON, self.q, self.k, value, out, self.dims, axis, True, self.scale)
 
     def fa3_hop(self, value: torch.Tensor, out: torch.Tensor, axis: int) -> None:
+        """FA3 on views; a later hop (an H-head value) gets K repeated, which FA3 needs."""
         keys = self.k if value.shape[1] == self.k.shape[1] else self.k_all
-        fa3_hop(*(slices_view(x, self.dims, axis) for x in (self.q, keys, value, out)), self.scale)
+        td.run_hop(td.HopBackend.FA3, self.q, keys, value, out, self.dims, axis, True, self.scale)
 
 
 def time_hop(ops: Operands, value: torch.Tensor, t: int, axis: int) -> tuple[torch.Tensor, str]:
@@ -83,7 +69,7 @@ def time_hop(ops: Operands, value: torch.Tensor, t: int, axis: int) -> tuple[tor
     if t > 0:
         copy_ms = _ms(lambda: ops.k[:, :, None].expand(B, H_KV, H // H_KV, n, D).reshape(B, H, n, D).contiguous())
         print(f"{label} (K repeated to H heads, the copy alone) | {copy_ms:.4f} | |", flush=True)
-    if slices_view(q, dims, axis) is None:
+    if td.slices_view(q, dims, axis) is None:
         return ours, best
     if ops.have_fa3:
         theirs = torch.empty_like(q)
@@ -97,8 +83,8 @@ def time_hop(ops: Operands, value: torch.Tensor, t: int, axis: int) -> tuple[tor
         except RuntimeError as exc:
             print(f"{label} FA3 | failed: {str(exc).splitlines()[0][:120]} | |", flush=True)
     keys = ops.k if value.shape[1] == H_KV else ops.k_all
-    sdpa_views = [slices_view(x, dims, axis).transpose(1, 2) for x in (q, keys, value)]  # (slices, heads, L, D)
-    expected = slices_view(ours, dims, axis).transpose(1, 2).float()
+    sdpa_views = [td.slices_view(x, dims, axis).transpose(1, 2) for x in (q, keys, value)]  # (slices, heads, L, D)
+    expected = td.slices_view(ours, dims, axis).transpose(1, 2).float()
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
         def call(views=sdpa_views) -> torch.Tensor:
             return F.scaled_dot_product_attention(*views, is_causal=True, scale=ops.scale, enable_gqa=True)
@@ -112,7 +98,7 @@ def time_hop(ops: Operands, value: torch.Tensor, t: int, axis: int) -> tuple[tor
             print(f"{label} SDPA {backend.name} | failed: {str(exc).splitlines()[0][:100]} | |", flush=True)
     if t > 0:
         # would SDPA pair H_kv key heads with an H-head value? (it would save the K copy)
-        mixed_views = [sdpa_views[0], slices_view(ops.k, dims, axis).transpose(1, 2), sdpa_views[2]]
+        mixed_views = [sdpa_views[0], td.slices_view(ops.k, dims, axis).transpose(1, 2), sdpa_views[2]]
         try:
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                 F.scaled_dot_product_attention(*mixed_views, is_causal=True, scale=ops.scale, enable_gqa=True)
@@ -177,13 +163,9 @@ def main() -> None:
     parser.add_argument("--orders", default="2,3")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    try:
-        import fa3_fwd_interface  # noqa: F401  (registers torch.ops.fa3_fwd)
-
-        have_fa3 = True
-    except ImportError as exc:
-        print(f"FA3 not available: {exc}")
-        have_fa3 = False
+    have_fa3 = td.fa3_forward() is not None
+    if not have_fa3:
+        print("FA3 not available")
     torch.manual_seed(0)
     scale = D**-0.5
     lengths = parse_lengths(args.lengths)

@@ -34,6 +34,7 @@ from .tensorized_triton import (
     _LOG2E,
     _dot,
     _launch_hop,
+    _load_rows,
     _loop_bound,
     _narrow,
     _slice_layout,
@@ -42,6 +43,15 @@ from .tensorized_triton import (
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _add_and_store(src_ptr, dst_ptr, offset, value, ok, ACCUMULATE: tl.constexpr):
+    """value (plus, with ACCUMULATE, what src holds at `offset`) stored to dst in dst's dtype. Each
+    program owns its rows of the accumulators: a plain read-add-write, no atomics."""
+    if ACCUMULATE:
+        value += tl.load(src_ptr + offset, mask=ok[:, None], other=0.0)
+    tl.store(dst_ptr + offset, _narrow(value, dst_ptr.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
@@ -142,11 +152,7 @@ def _dkdv_kernel(
             tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos_n[:, None] * stride_dvn + offs_d[None, :],
                      _narrow(dv, dv_ptr.dtype.element_ty), mask=key_ok[:, None])
         dk_offset = b * stride_dkb + hk * stride_dkh + pos_n[:, None] * stride_dkn + offs_d[None, :]
-        dk = dk * sm_scale
-        if ACCUMULATE:
-            # each program owns its rows of the accumulator: a plain read-add-write, no atomics
-            dk += tl.load(dk_src_ptr + dk_offset, mask=key_ok[:, None], other=0.0)
-        tl.store(dk_dst_ptr + dk_offset, _narrow(dk, dk_dst_ptr.dtype.element_ty), mask=key_ok[:, None])
+        _add_and_store(dk_src_ptr, dk_dst_ptr, dk_offset, dk * sm_scale, key_ok, ACCUMULATE)
 
 
 @triton.jit
@@ -159,13 +165,9 @@ def _dq_tile(
     for k_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_N):
         offs_n = k_at + tl.arange(0, BLOCK_N)
         pos_n = base + offs_n * C
-        if MASK:
-            key_ok = offs_n < valid
-            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-        else:
-            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
+        key_ok = offs_n < valid
+        k = _load_rows(k_base, pos_n, stride_kn, offs_d, key_ok, MASK)
+        v = _load_rows(v_base, pos_n, stride_vn, offs_d, key_ok, MASK)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.exp2(s * qk_scale - lse[:, None])
         if MASK:
@@ -239,10 +241,7 @@ def _dq_kernel(
         dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, bulk_end, hi,
                       stride_kn, stride_vn, C, qk_scale, True, CAUSAL, DOT_PRECISION, BLOCK_N)
         dq_offset = b * stride_dqb + h * stride_dqh + pos_m[:, None] * stride_dqn + offs_d[None, :]
-        dq = dq * sm_scale
-        if ACCUMULATE:
-            dq += tl.load(dq_src_ptr + dq_offset, mask=row_ok[:, None], other=0.0)
-        tl.store(dq_dst_ptr + dq_offset, _narrow(dq, dq_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
+        _add_and_store(dq_src_ptr, dq_dst_ptr, dq_offset, dq * sm_scale, row_ok, ACCUMULATE)
 
 
 @triton.jit
@@ -308,10 +307,8 @@ def _packed_kernel(
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq_offset = b * stride_dqb + h * stride_dqh + pos[:, None] * stride_dqn + offs_d[None, :]
-        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
-        if ACCUMULATE:
-            dq += tl.load(dq_src_ptr + dq_offset, mask=row_ok[:, None], other=0.0)
-        tl.store(dq_dst_ptr + dq_offset, _narrow(dq, dq_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
+        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION)
+        _add_and_store(dq_src_ptr, dq_dst_ptr, dq_offset, dq * sm_scale, row_ok, ACCUMULATE)
         dk = _dot(_narrow(tl.trans(ds), q.dtype), q, dk, DOT_PRECISION)
         dv = _dot(_narrow(tl.trans(p), do.dtype), do, dv, DOT_PRECISION)
         if not SUM_DV:
@@ -322,10 +319,7 @@ def _packed_kernel(
         tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos[:, None] * stride_dvn + offs_d[None, :],
                  _narrow(dv, dv_ptr.dtype.element_ty), mask=row_ok[:, None])
     dk_offset = b * stride_dkb + hk * stride_dkh + pos[:, None] * stride_dkn + offs_d[None, :]
-    dk = dk * sm_scale
-    if ACCUMULATE:
-        dk += tl.load(dk_src_ptr + dk_offset, mask=row_ok[:, None], other=0.0)
-    tl.store(dk_dst_ptr + dk_offset, _narrow(dk, dk_dst_ptr.dtype.element_ty), mask=row_ok[:, None])
+    _add_and_store(dk_src_ptr, dk_dst_ptr, dk_offset, dk * sm_scale, row_ok, ACCUMULATE)
 
 
 # ---------------------------------------------------------------------------------------------

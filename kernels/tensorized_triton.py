@@ -93,6 +93,16 @@ else:
 
 
 @triton.jit
+def _load_rows(base_ptr, pos, stride, offs_d, ok, MASK: tl.constexpr):
+    """Rows at positions `pos` (D contiguous elements each); with MASK, rows where `ok` is false
+    load as zero, else every row is known to be real and loads unmasked."""
+    at = base_ptr + pos[:, None] * stride + offs_d[None, :]
+    if MASK:
+        return tl.load(at, mask=ok[:, None], other=0.0)
+    return tl.load(at)
+
+
+@triton.jit
 def _slice_coords(g, C):
     """Slice g as (a, c): its index over the outer axes and over the inner ones."""
     a = g // C
@@ -193,13 +203,10 @@ def _flash_blocks(
             key_ok = offs_n < valid
             k = k_base.load([k_at[0], k_at[1], start, k_at[2] * HEAD_DIM]).reshape(BLOCK_N, HEAD_DIM)
             v = v_base.load([v_at[0], v_at[1], start, v_at[2] * HEAD_DIM]).reshape(BLOCK_N, HEAD_DIM)
-        elif MASKED:
-            key_ok = offs_n < valid
-            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :], mask=key_ok[:, None], other=0.0)
         else:
-            k = tl.load(k_base + pos_n[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(v_base + pos_n[:, None] * stride_vn + offs_d[None, :])
+            key_ok = offs_n < valid
+            k = _load_rows(k_base, pos_n, stride_kn, offs_d, key_ok, MASKED)
+            v = _load_rows(v_base, pos_n, stride_vn, offs_d, key_ok, MASKED)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         if MASKED:
             ok = key_ok[None, :]
