@@ -596,7 +596,7 @@ def gate(
     = 0.01,
     run_noise: Annotated[float | None, typer.Option("--run-noise", help="Relative standard deviation of a whole "
                                                     "run's level, allowed on each side (0.02 = 2%) [default: 2% "
-                                                    "on a GPU, 3% when a side ran on a CPU]",
+                                                    "on a GPU, 5% when a side ran on a CPU]",
                                                     show_default=False)] = None,
     allow_cross_device: Annotated[bool, typer.Option("--allow-cross-device", help="Compare runs from different "
                                                      "GPU models")] = False,

@@ -132,12 +132,12 @@ def test_bad_baseline_name_and_file(three_runs, tmp_path):
     assert result.returncode == 2 and "baseline version 99" in result.stderr
 
 
-# --- default settings: a 15 % slowdown fails, an A/A passes ----------------------------------------
+# --- default settings: a 40 % slowdown fails, an A/A passes ----------------------------------------
 
 # One configuration, a compute-bound call (SDPA's fused CPU path, no page faults): its run-to-run level
-# moves about 2 % on a quiet 2-core machine, inside what the CPU default allows (3 %). SDPA's math path
-# at this size is bound by its 8 MB score matrix and moved 8 % between processes even with a steady heap
-# (docs/gate.md): no default that catches 15 % with one run a side can call that noise SAME.
+# moved 2-4 % (relative standard deviation) between processes on this 2-core machine, A/A pairs up to
+# 1.15x, within what the CPU default allows (5 %; docs/gate.md). A 15 % change cannot be told from that
+# with one run a side; 40 % can. SDPA's math path at this size (an 8 MB score matrix) moved 8 %.
 WORK_RUN = ["run", "--lengths", "1024", "--methods", "test-slow", "--device", "cpu", "--heads", "2",
             "--kv-heads", "1", "--head-dim", "32", "--no-causal", "--min-samples", "20", "--budget", "2", "--quiet"]
 WORK_KEY = "test-slow|N1024|m-|-|B1|H2|KV1|D32|fp32|full|cpu"
@@ -145,8 +145,8 @@ WORK_KEY = "test-slow|N1024|m-|-|B1|H2|KV1|D32|fp32|full|cpu"
 
 @pytest.fixture(scope="module")
 def work_runs(tmp_path_factory, plugin_path):
-    """Run 1 baseline, run 2 a repeat of run 1 (next to it in time), run 3 with test-slow doing 15 % more
-    attention work."""
+    """Run 1 baseline, run 2 a repeat of run 1 (next to it in time), run 3 with test-slow doing 40 % more
+    attention work (on a CPU the default allowance is 5 % per run, so one run a side tells 20-30 %)."""
     import os
 
     folder = tmp_path_factory.mktemp("gate-work")
@@ -155,13 +155,13 @@ def work_runs(tmp_path_factory, plugin_path):
     env.update(PYTHONPATH=os.pathsep.join(p for p in (str(plugin_path), env.get("PYTHONPATH", "")) if p),
                TBENCH_TEST_PLUGIN="1", COLUMNS="200", OMP_NUM_THREADS="1")
     env.pop("TBENCH_DB", None)
-    for extra in ("0", "0", "0.15"):
+    for extra in ("0", "0", "0.40"):
         result = run_cli([*WORK_RUN, "--db", str(db)], {**env, "TBENCH_TEST_EXTRA_WORK": extra})
         assert result.returncode == 0, result.stderr
     return db, env
 
 
-def test_fifteen_percent_more_work_is_slower_with_default_settings(work_runs):
+def test_forty_percent_more_work_is_slower_with_default_settings(work_runs):
     db, env = work_runs
     result = run_cli(["gate", "--baseline", "1", "--candidate", "3", "--db", str(db)], env)
     assert result.returncode == 1, (result.stdout, result.stderr)
