@@ -285,7 +285,7 @@ tensorized = _make_tensorized()
 
 def _recompute_unsupported(case: Case) -> str | None:
     if not case.mode.needs_backward:
-        return "the same forward as tensorized; it differs only in what a training step keeps (bwd, fwd_bwd)"
+        return "the same forward as tensorized-triton; it differs only in what a training step keeps (bwd, fwd_bwd)"
     return None
 
 
