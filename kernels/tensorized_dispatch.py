@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.folding import hop_axes
+from .tensorized_sdpa import _slices_view, _unslices_view
 from .tensorized_triton import _launch_hop, unsupported_reason
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
@@ -48,23 +49,17 @@ def fa3_forward() -> Callable[..., object] | None:
 
 
 def slices_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor | None:
-    """(B, Hx, N, D) with N = prod(dims) -> (slices, L, Hx, D) as a view; None unless one stride walks
-    the slices and each row's D elements are contiguous."""
-    batch, heads, n, d = x.shape
-    outer, length, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
-    if n != math.prod(dims) or x.stride(-1) != 1 or sum(e > 1 for e in (batch, outer, inner)) > 1:
+    """(B, Hx, N, D) with N = prod(dims) -> (slices, L, Hx, D), FA3's layout, as a view; None unless one
+    stride walks the slices (see tensorized_sdpa._slices_view) and each row's D elements are contiguous."""
+    if x.shape[2] != math.prod(dims) or x.stride(-1) != 1:
         return None
-    # (B, H, A, L, C, D) with B * A * C = the one extent above 1 -> (slices, L, H, D)
-    y = x.view(batch, heads, outer, length, inner, d).permute(0, 2, 4, 3, 1, 5)
-    return y.reshape(batch * outer * inner, length, heads, d)
+    view = _slices_view(x, dims, axis)
+    return None if view is None else view.transpose(1, 2)
 
 
 def _unslices(y: torch.Tensor, batch: int, dims: Sequence[int], axis: int) -> torch.Tensor:
     """Inverse of slices_view for a (slices, L, H, D) tensor of any strides (a view where they allow)."""
-    outer, length, inner = math.prod(dims[:axis]), dims[axis], math.prod(dims[axis + 1:])
-    heads, d = y.shape[2], y.shape[3]
-    z = y.reshape(batch, outer, inner, length, heads, d).permute(0, 4, 1, 3, 2, 5)
-    return z.reshape(batch, heads, math.prod(dims), d)
+    return _unslices_view(y.transpose(1, 2), batch, dims, axis)
 
 
 def hop_accepts(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor,
@@ -104,7 +99,7 @@ def sdpa_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[
     with sdpa_kernel([backend]):
         y = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in views), is_causal=causal, scale=scale,
                                            enable_gqa=True)
-    return _unslices(y.transpose(1, 2), q.shape[0], dims, axis)
+    return _unslices_view(y, q.shape[0], dims, axis)
 
 
 def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int],

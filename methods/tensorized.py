@@ -82,6 +82,13 @@ def _median_cuda_seconds(fn: Callable[[], torch.Tensor], calls: int = 5) -> floa
     return sorted(times)[len(times) // 2]
 
 
+def _per_hop(dims: tuple[int, ...], choices: list[str]) -> str:
+    """'hop 1 (L=512): ...; hop 2 (L=256): ...' for a provenance, in the order the hops run."""
+    lengths = [dims[axis] for axis in hop_axes(len(dims))]
+    return "; ".join(f"hop {t + 1} (L={length}): {choice}"
+                     for t, (length, choice) in enumerate(zip(lengths, choices, strict=True)))
+
+
 def _plan_name(plan: HopPlan) -> str:
     return f"{BACKEND_NAMES[plan.backend]}, {'native GQA' if plan.native_gqa else 'K repeated'}"
 
@@ -119,10 +126,7 @@ class HopBackends:
         plans = self.chosen.get(case.key)
         if plans is None or case.dims is None:
             return text
-        lengths = [case.dims[axis] for axis in hop_axes(len(case.dims))]
-        hops = "; ".join(f"hop {t + 1} (L={length}): {_plan_name(plan)}"
-                         for t, (length, plan) in enumerate(zip(lengths, plans, strict=True)))
-        return f"{text}; chosen: {hops}"
+        return f"{text}; chosen: {_per_hop(case.dims, [_plan_name(plan) for plan in plans])}"
 
 
 def _make_tensorized_sdpa() -> Method:
@@ -254,9 +258,7 @@ class HopDispatch:
             if case.mode.needs_backward:
                 return f"{text}; forward and backward in Triton (hops are dispatched in inference only)"
             return text
-        lengths = [case.dims[axis] for axis in hop_axes(len(case.dims))]
-        hops = "; ".join(f"hop {t + 1} (L={length}): {backend.value}"
-                         for t, (length, backend) in enumerate(zip(lengths, backends, strict=True)))
+        hops = _per_hop(case.dims, [backend.value for backend in backends])
         return f"{text}; each hop on the fastest of Triton, FlashAttention-3 and cuDNN, measured once per shape: {hops}"
 
 
