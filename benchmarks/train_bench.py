@@ -1,7 +1,10 @@
-"""GPU benchmark of a training step's attention: forward, and forward + backward, of the Triton
-tensorized kernel (kernels/tensorized_autograd.py), kept or recomputed intermediates, against the
-SDPA composition under autograd (kernels/tensorized_sdpa.py; `tensorized-sdpa` with the per-hop plan
-its bind chooses, `tensorized-ref` with K repeated on later hops) and cuDNN SDPA.
+"""GPU benchmark of a training step's attention: forward, and forward + backward, of the fused Triton
+tensorized chain (kernels/tensorized_autograd.py: `tensorized-triton`), kept or recomputed
+intermediates, of `tensorized` (each hop's forward + backward on Triton or cuDNN, as its bind chooses:
+kernels/tensorized_train_dispatch.py), against the SDPA composition under autograd
+(kernels/tensorized_sdpa.py; `tensorized-sdpa` with the per-hop plans its bind chooses in training,
+by forward + backward, and `tensorized-sdpa-fwdplan` with those chosen by the forward alone;
+`tensorized-ref` with K repeated on later hops) and cuDNN SDPA.
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims): checks the
 Triton and the tensorized-sdpa gradients against tensorized-ref's (relative L2 of dQ, dK, dV), then times with
@@ -23,8 +26,10 @@ import triton.testing
 
 from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
+from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
 from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
+from tbench.kernels.tensorized_train_dispatch import choose_train_backends, tensorized_attention_train_dispatch
 from tbench.methods.tensorized import HOP_CANDIDATES, _median_cuda_seconds
 
 B, H, H_KV, D = 1, 32, 8, 128
@@ -84,11 +89,20 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         def triton_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_train(q, k, v, dims, True)
 
-        with torch.no_grad():  # the plan tensorized-sdpa's bind chooses
-            plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds)
-        print(f"N={n} m={m}: tensorized-sdpa plans {plans}", flush=True)
+        # the plans tensorized-sdpa's bind chooses in training, and in forward mode
+        plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds, train=True)
+        fwd_plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds)
+        backends = choose_train_backends(q, k, v, dims, True, None, _median_cuda_seconds)
+        print(f"N={n} m={m}: tensorized-sdpa plans {plans} (forward-chosen {fwd_plans}); "
+              f"tensorized hops {[b.value for b in backends]}", flush=True)
+
+        def dispatch_fn(dims: tuple[int, ...] = dims, backends: tuple[HopBackend, ...] = backends) -> torch.Tensor:
+            return tensorized_attention_train_dispatch(q, k, v, dims, True, None, backends)
 
         def sdpa_fn(dims: tuple[int, ...] = dims, plans: tuple[HopPlan, ...] = plans) -> torch.Tensor:
+            return tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
+
+        def sdpa_fwd_fn(dims: tuple[int, ...] = dims, plans: tuple[HopPlan, ...] = fwd_plans) -> torch.Tensor:
             return tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
 
         def ref_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
@@ -99,12 +113,16 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
 
         grad = torch.randn_like(q)
         reference = _grads(ref_fn, q, k, v, grad)
-        error = max(_rel(a, b) for a, b in zip(_grads(triton_fn, q, k, v, grad), reference, strict=True))
-        sdpa_error = max(_rel(a, b) for a, b in zip(_grads(sdpa_fn, q, k, v, grad), reference, strict=True))
-        for name, fn, err in (("tensorized", triton_fn, error), ("tensorized-recompute", recompute_fn, None),
-                              ("tensorized-sdpa", sdpa_fn, sdpa_error), ("tensorized-ref", ref_fn, None)):
+
+        def error(fn: Callable[[], torch.Tensor], grad: torch.Tensor = grad,
+                  reference: tuple[torch.Tensor, ...] = reference) -> float:
+            return max(_rel(a, b) for a, b in zip(_grads(fn, q, k, v, grad), reference, strict=True))
+
+        for name, fn, checked in (("tensorized", dispatch_fn, True), ("tensorized-triton", triton_fn, True),
+                                  ("tensorized-recompute", recompute_fn, False), ("tensorized-sdpa", sdpa_fn, True),
+                                  ("tensorized-sdpa-fwdplan", sdpa_fwd_fn, False), ("tensorized-ref", ref_fn, False)):
             rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
-                            0.0, err))
+                            0.0, error(fn) if checked else None))
     return rows
 
 

@@ -6,6 +6,10 @@ Saved between the passes: every hop's output in the input dtype (the last is the
 every hop's per-row log-sum-exp in float32; q, k, v are held by reference, not copied. With
 `recompute`, only the result and the log-sum-exps are kept, and the backward runs hops 1..m-1 of
 the forward again: (m - 1) B H N D elements less held between the passes, for that much forward work.
+
+`tensorized_hop_train` is one hop alone as a differentiable op, for chains whose other hops run on
+another library (kernels/tensorized_train_dispatch.py); its dq and dk are that hop's share only, in
+the inputs' dtype, and autograd adds the hops' shares.
 """
 
 from __future__ import annotations
@@ -14,8 +18,16 @@ from collections.abc import Sequence
 
 import torch
 
-from .tensorized_backward import SavedForward, backward_from_saved, forward_with_saved, recompute_intermediates
-from .tensorized_triton import unsupported_reason
+from . import tensorized_backward
+from .tensorized_backward import (
+    Gradients,
+    SavedForward,
+    _launch_hop_backward,
+    backward_from_saved,
+    forward_with_saved,
+    recompute_intermediates,
+)
+from .tensorized_triton import _launch_hop, unsupported_reason
 
 
 def _row_major(x: torch.Tensor) -> torch.Tensor:
@@ -70,3 +82,40 @@ def tensorized_attention_train(
         raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
     return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute)
+
+
+class TensorizedHopFunction(torch.autograd.Function):
+    """One hop of tensorized attention (attention inside the slices along one axis) with the Triton
+    forward and backward."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int,
+                causal: bool, scale: float) -> torch.Tensor:
+        batch, heads, n, _ = q.shape
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+        _launch_hop(q, k, value, out, dims, axis, causal, scale, lse=lse)
+        ctx.save_for_backward(q, k, value, out, lse)
+        ctx.dims, ctx.axis, ctx.causal, ctx.scale = dims, axis, causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, value, out, lse = ctx.saved_tensors
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        d_value = tensorized_backward._new_gradient_buffer(value)  # looked up here: tests poison it
+        _launch_hop_backward(q, k, value, out, _row_major(d_out.to(q.dtype)), lse,
+                             Gradients(dq, dq, dk, dk, accumulate=False), d_value, ctx.dims, ctx.axis, ctx.causal,
+                             ctx.scale)
+        return dq, dk, d_value, None, None, None, None
+
+
+def tensorized_hop_train(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: Sequence[int], axis: int,
+                         causal: bool, scale: float) -> torch.Tensor:
+    """Hop `axis` of tensorized attention, (B, H, N, D) in q's dtype, differentiable with respect to
+    q, k and value (the previous hop's output, or v with H_kv heads on the first hop). Inputs are
+    assumed checked (tensorized_triton.unsupported_reason)."""
+    dims = tuple(int(x) for x in dims)
+    q, k, value = _row_major(q), _row_major(k), _row_major(value)
+    return TensorizedHopFunction.apply(q, k, value, dims, axis, causal, float(scale))

@@ -16,23 +16,17 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Sequence
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.folding import hop_axes
+from .hop_backend import HopBackend
 from .tensorized_sdpa import _slices_view, _unslices_view
 from .tensorized_triton import _launch_hop, unsupported_reason
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
-
-
-class HopBackend(Enum):
-    TRITON = "Triton"
-    FA3 = "FlashAttention-3"
-    CUDNN = "cuDNN SDPA"
 
 
 def fa3_forward() -> Callable[..., object] | None:

@@ -89,6 +89,9 @@ class HopPlan:
     native_gqa: bool = False
 
 
+HopRun = Callable[[HopPlan, torch.Tensor], torch.Tensor]
+
+
 def tensorized_attention_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -97,12 +100,13 @@ def tensorized_attention_sdpa(
     causal: bool,
     scale: float | None = None,
     plans: Sequence[HopPlan] | None = None,
-    on_hop: Callable[[int, bool, Callable[[HopPlan], torch.Tensor]], HopPlan] | None = None,
+    on_hop: Callable[[int, bool, HopRun, torch.Tensor], HopPlan] | None = None,
 ) -> torch.Tensor:
     """The operator, one SDPA call per hop. `plans[t]` is hop t's plan; without plans, SDPA's own
     dispatch, native GQA on hop 1 where it can be had and K repeated on later hops. `on_hop(t,
-    native_ok, run)`, when given, decides hop t's plan instead, `run(plan)` giving the hop's output
-    under a plan; native_ok says whether native GQA is possible on that hop."""
+    native_ok, run, value)`, when given, decides hop t's plan instead: `run(plan, value)` gives the
+    hop's output under a plan from its input value (the previous hop's output; v on hop 1);
+    native_ok says whether native GQA is possible on that hop."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     dims = tuple(dims)
@@ -118,9 +122,14 @@ def tensorized_attention_sdpa(
 
     def heads_of(x: torch.Tensor) -> torch.Tensor:
         # K (and, on hop 1, V) expanded to H heads once, only if some hop needs it
-        if x is k:
-            return repeated.setdefault("k", _repeat_heads(k, group))
-        return repeated.setdefault("v", _repeat_heads(v, group)) if x is v else x
+        if x.shape[1] == heads:
+            return x
+        if x is not k and x is not v:
+            return _repeat_heads(x, group)  # another hop-1 value (a plan choice's own copy of v)
+        name = "k" if x is k else "v"
+        if name not in repeated:
+            repeated[name] = _repeat_heads(x, group)
+        return repeated[name]
 
     position = torch.arange(total, device=q.device)
     valid = position < n
@@ -135,7 +144,7 @@ def tensorized_attention_sdpa(
             keys = keys.unsqueeze(0).expand(batch * heads, *keys.shape)
             mask = keys.reshape(-1, keys.shape[-2], 1, keys.shape[-1])
 
-        def run(plan: HopPlan, value: torch.Tensor = value, axis: int = axis, mask: torch.Tensor | None = mask,
+        def run(plan: HopPlan, value: torch.Tensor, axis: int = axis, mask: torch.Tensor | None = mask,
                 native_ok: bool = native_ok) -> torch.Tensor:
             native = plan.native_gqa and native_ok
             if native:
@@ -148,12 +157,12 @@ def tensorized_attention_sdpa(
             return _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
 
         if on_hop is not None:
-            plan = on_hop(hop, native_ok, run)
+            plan = on_hop(hop, native_ok, run, value)
         elif plans is not None:
             plan = plans[hop]
         else:
             plan = HopPlan(None, native_gqa=hop == 0)
-        value = run(plan)
+        value = run(plan, value)
         if mask is not None:
             # A padded query whose slice has no valid key must give 0, not NaN (spec, "Masks").
             value = value.masked_fill(~valid.view(1, 1, total, 1), 0)
@@ -172,15 +181,27 @@ def choose_plans(
     causal: bool,
     scale: float | None,
     candidates: Sequence[SDPBackend],
-    seconds: Callable[[Callable[[], torch.Tensor]], float],
+    seconds: Callable[[Callable[[], object]], float],
+    train: bool = False,
 ) -> tuple[HopPlan, ...]:
     """For each hop in turn, the plan that `seconds` finds fastest on that hop's views, trying each
     candidate backend with native GQA (where the hop allows it) and with K repeated (the later hops
     get the chosen plan's output as their value); SDPA's own dispatch for a hop that no candidate
-    accepts."""
+    accepts. With `train`, a plan's time is its hop's forward and backward (the gradients of q, k
+    and the hop's input value, K's summed over the repeated heads), not the forward alone."""
     chosen: list[HopPlan] = []
+    if train:
+        q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+        d_out = torch.randn(q.shape[0], q.shape[1], math.prod(dims), q.shape[-1], device=q.device, dtype=q.dtype)
 
-    def pick(hop: int, native_ok: bool, run: Callable[[HopPlan], torch.Tensor]) -> HopPlan:
+    def timed(run: HopRun, plan: HopPlan, value: torch.Tensor) -> Callable[[], object]:
+        if not train:
+            return lambda: run(plan, value)
+        leaf = value.detach().requires_grad_()
+        # retain_graph: the padding and the repeated K are shared by every step of the choice
+        return lambda: torch.autograd.grad(run(plan, leaf), (q, k, leaf), d_out, retain_graph=True)
+
+    def pick(hop: int, native_ok: bool, run: HopRun, value: torch.Tensor) -> HopPlan:
         best, best_s = HopPlan(None, native_gqa=False), math.inf
         for backend in candidates:
             for native in (True, False) if native_ok else (False,):
@@ -189,7 +210,7 @@ def choose_plans(
                     with warnings.catch_warnings():
                         # a backend that refuses says why in a warning before it raises; the choice is the record
                         warnings.simplefilter("ignore", UserWarning)
-                        took = seconds(lambda plan=plan: run(plan))
+                        took = seconds(timed(run, plan, value))
                 except RuntimeError:  # the backend does not take this shape, dtype, layout or head pairing
                     continue
                 if took < best_s:
@@ -197,5 +218,6 @@ def choose_plans(
         chosen.append(best)
         return best
 
-    tensorized_attention_sdpa(q, k, v, dims, causal, scale, on_hop=pick)
+    with torch.set_grad_enabled(train):
+        tensorized_attention_sdpa(q, k, v, dims, causal, scale, on_hop=pick)
     return tuple(chosen)

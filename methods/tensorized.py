@@ -7,20 +7,17 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.attention import SDPBackend
 
 from ..core.case import Case
 from ..core.folding import hop_axes
+from ..kernels.hop_backend import HopBackend, all_triton
 from ..kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from ..kernels.tensors import make_inputs, torch_dtype
 from .availability import cuda_availability, has_module
 from .registry import Availability, Call, Method, always_available, method
-
-if TYPE_CHECKING:  # the dispatch module imports Triton, which the registry must not need to load
-    from ..kernels.tensorized_dispatch import HopBackend
 
 
 def _folded_bytes(case: Case, heads: int) -> int:
@@ -60,7 +57,7 @@ BACKEND_NAMES = {SDPBackend.CUDNN_ATTENTION: "cuDNN", SDPBackend.FLASH_ATTENTION
 _HOLD_CYCLES = 5_000_000
 
 
-def _median_cuda_seconds(fn: Callable[[], torch.Tensor], calls: int = 5) -> float:
+def _median_cuda_seconds(fn: Callable[[], object], calls: int = 5) -> float:
     """Median of a few CUDA-event timings after two warm-up calls, the GPU held before each until
     the host has issued the call: enough to rank backends whose times differ by tens of percent,
     cheap enough to run once per shape. Without the hold, a backend with more host work per call
@@ -106,9 +103,9 @@ class HopBackends:
         if case.device != "cpu":
             # measured on inputs of the case's shape (times do not depend on the values)
             q, k, v = make_inputs(case, seed=0)
-            with torch.no_grad():
-                plans = choose_plans(q, k, v, case.dims, case.causal, case.softmax_scale, HOP_CANDIDATES,
-                                     _median_cuda_seconds)
+            # in training modes a plan is timed on its hop's forward and backward
+            plans = choose_plans(q, k, v, case.dims, case.causal, case.softmax_scale, HOP_CANDIDATES,
+                                 _median_cuda_seconds, train=case.mode.needs_backward)
             del q, k, v
             self.chosen[case.key] = plans
 
@@ -119,8 +116,10 @@ class HopBackends:
         return call
 
     def describe(self, case: Case) -> str:
+        timed = "forward and backward" if case.mode.needs_backward else "forward"
         text = ("PyTorch SDPA per hop on strided views; each hop's backend the fastest of cuDNN, "
-                "FlashAttention-2 and memory-efficient, with SDPA's own GQA or K repeated, measured once per shape")
+                "FlashAttention-2 and memory-efficient, with SDPA's own GQA or K repeated, measured once per shape "
+                f"on the hop's {timed}")
         if case.device == "cpu":
             return "PyTorch SDPA per hop on strided views, native GQA on hop 1; default backend dispatch (CPU)"
         plans = self.chosen.get(case.key)
@@ -217,48 +216,66 @@ def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: C
 
 @dataclass
 class HopDispatch:
-    """The backend chosen for each forward hop of `tensorized`, per configuration: filled by
-    `bind` (timed on the GPU, inference only), read by the method's provenance."""
+    """The backend chosen for each hop of `tensorized`, per configuration: filled by `bind` (timed
+    on the GPU, the forward alone in fwd mode and forward + backward in training modes), read by the
+    method's provenance."""
 
     chosen: dict[str, tuple[HopBackend, ...]] = field(default_factory=dict)
 
     def bind(self, case: Case) -> Call:
         assert case.dims is not None, "tensorized methods need resolved dims"
-        backends = None
-        if case.device != "cpu" and not case.mode.needs_backward:
-            from ..kernels.tensorized_dispatch import HopBackend, choose_hop_backends, fa3_forward
-
-            candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
-            q, k, v = make_inputs(case, seed=0)  # times do not depend on the values
-            with torch.no_grad():
-                backends = choose_hop_backends(q, k, v, case.dims, case.causal, case.softmax_scale, candidates,
-                                               _median_cuda_seconds)
-            del q, k, v
-            self.chosen[case.key] = backends
-            if all(b is HopBackend.TRITON for b in backends):
-                backends = None
+        if case.device != "cpu":
+            self.chosen[case.key] = self._choose(case)
+        backends = self.chosen.get(case.key)
+        if backends is not None and all_triton(backends):
+            backends = None  # the Triton kernel alone (in training, its fused chain)
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+            assert case.dims is not None
             if backends is None:
                 return tensorized_triton.call(q, k, v, case)
+            if case.mode.needs_backward:
+                from ..kernels.tensorized_train_dispatch import tensorized_attention_train_dispatch
+
+                return tensorized_attention_train_dispatch(q, k, v, case.dims, case.causal, case.softmax_scale,
+                                                           backends)
             trained = _train_or_infer(q, k, v, case)
             if trained is not None:
                 return trained
             from ..kernels.tensorized_dispatch import tensorized_attention_dispatch
 
-            assert case.dims is not None
             return tensorized_attention_dispatch(q, k, v, case.dims, case.causal, case.softmax_scale, backends)
 
         return call
 
+    @staticmethod
+    def _choose(case: Case) -> tuple[HopBackend, ...]:
+        assert case.dims is not None
+        from ..kernels.tensorized_dispatch import choose_hop_backends, fa3_forward
+
+        q, k, v = make_inputs(case, seed=0)  # times do not depend on the values
+        if case.mode.needs_backward:
+            from ..kernels.tensorized_train_dispatch import choose_train_backends
+
+            return choose_train_backends(q, k, v, case.dims, case.causal, case.softmax_scale, _median_cuda_seconds)
+        candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+        with torch.no_grad():
+            return choose_hop_backends(q, k, v, case.dims, case.causal, case.softmax_scale, candidates,
+                                       _median_cuda_seconds)
+
     def describe(self, case: Case) -> str:
         text = _triton_describe(case)
         backends = self.chosen.get(case.key)
+        train = case.mode.needs_backward
         if backends is None or case.dims is None:
-            if case.mode.needs_backward:
-                return f"{text}; forward and backward in Triton (hops are dispatched in inference only)"
-            return text
+            return f"{text}; forward and backward on the fused Triton chain" if train else text
+        if train and all_triton(backends):
+            return (f"{text}; forward and backward on the fused Triton chain, measured faster than each hop on the "
+                    "faster of Triton and cuDNN")
         hops = _per_hop(case.dims, [backend.value for backend in backends])
+        if train:
+            return (f"{text}; each hop's forward and backward on the faster of Triton and cuDNN, measured once per "
+                    f"shape: {hops}")
         return f"{text}; each hop on the fastest of Triton, FlashAttention-3 and cuDNN, measured once per shape: {hops}"
 
 
@@ -272,8 +289,8 @@ def _make_tensorized() -> Method:
         name="tensorized",
         family="tensorized",
         description="Tensorized attention, the fastest way tbench has: each hop on tbench's Triton kernel, "
-                    "FlashAttention-3 or cuDNN, whichever runs it fastest (measured once per shape; Triton on a CPU "
-                    "and in training)",
+                    "FlashAttention-3 or cuDNN, whichever runs it fastest (measured once per shape; in training, "
+                    "the hop's forward + backward on Triton or cuDNN; Triton on a CPU)",
         availability=_triton_availability,
         head_dims=frozenset({32, 64, 128}),
         memory_estimate=_triton_memory,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
 from tbench.core import cost
-from tbench.core.case import Case, Family, sliding_window
+from tbench.core.case import Case, Family, Mode, sliding_window
 from tbench.harness.correctness import check
 from tbench.kernels.linear_reference import delta_rule_recurrence, gated_recurrence, retention_log_decay
 from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
@@ -329,6 +330,50 @@ def test_choose_plans_skips_refusing_backends_and_keeps_the_fastest():
     assert chosen == (HopPlan(SDPBackend.MATH, native_gqa=False), HopPlan(SDPBackend.MATH, native_gqa=True))
     out = tensorized_attention_sdpa(q, k, v, case.dims, True, plans=chosen)
     assert torch.allclose(out, tensorized_attention_sdpa(q, k, v, case.dims, True), atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [256, 250], ids=["exact", "padded"])
+def test_choose_plans_in_training_times_each_hops_forward_and_backward(n):
+    """Each timed step is the hop's forward and the gradients of q, k and the hop's own input value
+    only (not earlier hops': they would be charged to every plan alike), and steps can repeat."""
+    case = Case("t", "tensorized", n, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(16, 16))
+    q, k, v = make_inputs(case, 0)
+    costs = iter([3.0, 1.0, 1.0, 2.0])
+    shapes: list[tuple] = []
+
+    def seconds(fn):
+        first, again = fn(), fn()
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+        shapes.append(tuple(tuple(g.shape) for g in first))
+        return next(costs)
+
+    chosen = choose_plans(q, k, v, case.dims, True, None, (SDPBackend.MATH,), seconds, train=True)
+    assert chosen == (HopPlan(SDPBackend.MATH, native_gqa=False), HopPlan(SDPBackend.MATH, native_gqa=True))
+    total = 256
+    dq, dk = (1, 4, n, 32), (1, 2, n, 32)
+    # hop 1's input value is v (2 heads, padded to 256 rows), hop 2's the 4-head output of hop 1
+    assert shapes == [(dq, dk, (1, 2, total, 32))] * 2 + [(dq, dk, (1, 4, total, 32))] * 2
+    assert not q.requires_grad  # the caller's tensors are left as they were
+
+
+def test_k_is_repeated_once_whatever_the_number_of_hops_that_need_it(monkeypatch: pytest.MonkeyPatch):
+    from tbench.kernels import tensorized_sdpa as ts
+
+    copied: list[tuple] = []
+    repeat = ts._repeat_heads
+    monkeypatch.setattr(ts, "_repeat_heads", lambda x, group: copied.append(tuple(x.shape)) or repeat(x, group))
+    case = Case("t", "tensorized", 256, 1, 4, 2, 32, "fp32", True, "cpu", order=4, dims=(4, 4, 4, 4))
+    q, k, v = make_inputs(case, 0)
+    got = tensorized_attention_sdpa(q, k, v, case.dims, True)  # hops 2-4 take K repeated to 4 heads
+    assert copied == [(1, 2, 256, 32)]
+    assert (got.double() - tensorized_attention_f64(q, k, v, case.dims, True)).norm() < 1e-5 * got.norm()
+
+
+def test_tensorized_sdpa_names_the_timed_pass_in_its_provenance():
+    method = load_registry(plugins=False).get("tensorized-sdpa")
+    gpu = Case("tensorized-sdpa", "tensorized", 4096, 1, 4, 2, 32, "bf16", True, "cuda", order=2, dims=(64, 64))
+    assert "on the hop's forward" in method.provenance(gpu)
+    assert "on the hop's forward and backward" in method.provenance(replace(gpu, mode=Mode.FWD_BWD))
 
 
 @pytest.mark.parametrize(("n", "dims", "causal"), [(256, (16, 16), True), (500, (8, 8, 8), True),

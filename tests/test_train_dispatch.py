@@ -1,0 +1,197 @@
+"""`tensorized` in training: each hop's forward and backward on tbench's Triton kernels or cuDNN
+(kernels/tensorized_train_dispatch.py). On the CPU the Triton hops run in the interpreter and
+PyTorch's math backend stands in for cuDNN behind the same slices views; gradients are held to float64
+autograd of the spec, head by head."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from tbench.core.case import Case, Mode
+from tbench.kernels import tensorized_backward as tb
+from tbench.kernels import tensorized_train_dispatch as ttd
+from tbench.kernels.reference import _folded, _hop_f64, tensorized_attention_f64
+from tbench.kernels.tensorized_autograd import tensorized_attention_train, tensorized_hop_train
+from tbench.kernels.tensorized_dispatch import HopBackend
+from tbench.kernels.tensors import make_inputs
+from tbench.methods.catalog import load_registry
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+T, C = HopBackend.TRITON, HopBackend.CUDNN
+SDPA = SDPBackend.CUDNN_ATTENTION if DEVICE == "cuda" else SDPBackend.MATH
+
+
+def _inputs(n: int, heads: int = 4, kv_heads: int = 2, d: int = 32, dtype: torch.dtype = torch.float32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed + n)
+    draw = lambda h: torch.randn(1, h, n, d, generator=gen, dtype=torch.float64)  # noqa: E731
+    return draw(heads), draw(kv_heads), draw(kv_heads), draw(heads)
+
+
+def _grads(fn, inputs, dtype: torch.dtype, device: str) -> list[torch.Tensor]:
+    q, k, v, d_out = inputs
+    leaves = [x.to(device, dtype).requires_grad_() for x in (q, k, v)]
+    out = fn(*leaves)
+    out.backward(d_out.to(device, out.dtype))
+    return [out.detach(), *(x.grad for x in leaves)]
+
+
+def _worst_head_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    diff = (got.double().cpu() - ref.double().cpu()).flatten(2).norm(dim=-1)
+    return (diff / ref.double().cpu().flatten(2).norm(dim=-1)).max().item()
+
+
+def _errors(fn, inputs, dims, causal, dtype=torch.float32, device=DEVICE) -> dict[str, float]:
+    got = _grads(fn, inputs, dtype, device)
+    ref = _grads(lambda q, k, v: tensorized_attention_f64(q, k, v, dims, causal), inputs, torch.float64, "cpu")
+    return {name: _worst_head_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True)}
+
+
+@pytest.fixture
+def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradient buffers of hop values start as NaN: a row a hop forgets to write shows."""
+    monkeypatch.setattr(tb, "_new_gradient_buffer", lambda like: torch.full_like(like, float("nan")))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize(("dims", "backends"), [
+    ((8, 16), (T, C)), ((16, 8), (C, T)), ((8, 16), (C, C)),
+    ((4, 4, 8), (C, T, C)),  # the middle hop of m = 3 is no view: Triton runs it whatever is asked
+    ((4, 8, 4), (T, T, C)),
+], ids=str)
+def test_mixed_chains_give_the_spec_gradients(dims, backends, causal, poisoned_gradients):
+    """GQA 4:2; each Triton hop's dq and dk are its own share, autograd adds them to the SDPA hops'."""
+    n = 1
+    for size in dims:
+        n *= size
+    inputs = _inputs(n)
+    errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, causal, None, backends,
+                                                                            SDPA), inputs, dims, causal)
+    assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_one_triton_hop_alone_is_the_attention_inside_its_slices(causal, poisoned_gradients):
+    """A padded N (125 in 8 x 16) and a 4-head value on a 2-head key: hop 2 alone against float64."""
+    dims, n = (8, 16), 125
+    q, k, _, d_out = _inputs(n)
+    value = torch.randn(1, 4, n, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def one_hop(q, k, value):  # the spec's hop along axis 0 (stride 16) alone, in float64
+        qf, kf, vf, position = _folded(q, k, value, dims, torch.float64)
+        out = _hop_f64(qf, kf, vf, position, 0, n, causal, 32**-0.5)
+        return out.reshape(1, 4, 128, 32)[:, :, :n]
+
+    got = _grads(lambda a, b, c: tensorized_hop_train(a, b, c, dims, 0, causal, 32**-0.5), (q, k, value, d_out),
+                 torch.float32, DEVICE)
+    ref = _grads(one_hop, (q, k, value, d_out), torch.float64, "cpu")
+    for name, g, r in zip(("out", "dq", "dk", "dvalue"), got, ref, strict=True):
+        assert _worst_head_err(g, r) < 1e-5, name
+
+
+def test_a_hop_on_the_wrong_axis_is_caught():
+    """The check behind the tests above: a chain whose SDPA hop runs the other axis fails it."""
+    dims = (8, 16)
+    inputs = _inputs(128)
+
+    def broken(q, k, v):
+        value = ttd.train_hop(T, q, k, v, dims, 1, True, 32**-0.5)
+        return ttd.train_hop(C, q, k, value, dims, 1, True, 32**-0.5, SDPA)  # should be axis 0
+
+    assert max(_errors(broken, inputs, dims, True).values()) > 1e-2
+
+
+def test_forward_only_backends_are_refused():
+    q, k, v, _ = _inputs(64)
+    with pytest.raises(ValueError, match="hop backend 'FlashAttention-3' has no backward; use one of Triton, cuDNN"):
+        ttd.tensorized_attention_train_dispatch(q.float(), k.float(), v.float(), (8, 8), True, None,
+                                                (HopBackend.FA3, T))
+    with pytest.raises(ValueError, match="1 hop backends for 2 hops"):
+        ttd.tensorized_attention_train_dispatch(q.float(), k.float(), v.float(), (8, 8), True, None, (T,))
+
+
+def _timed(costs: dict[str, list[float]], log: list[str]):
+    """A stand-in timer: runs the step, then charges the next cost of the kind of step it was
+    (a Triton hop, an SDPA hop, or a whole chain)."""
+
+    def seconds(step) -> float:
+        grads = step()
+        assert all(g is not None for g in grads)  # a step is a forward and every input's gradient
+        kind = "chain" if len(log) >= 4 else ("triton" if len(log) % 2 == 0 else "sdpa")
+        log.append(kind)
+        return costs[kind].pop(0)
+
+    return seconds
+
+
+@pytest.mark.parametrize(("chains", "want"), [((1.0, 2.0), (C, T)), ((3.0, 2.0), (T, T))],
+                         ids=["mixed-faster", "fused-faster"])
+def test_the_choice_keeps_the_faster_hop_then_the_faster_chain(chains, want):
+    q, k, v, _ = (x.float() for x in _inputs(128))
+    log: list[str] = []
+    # hop 1: Triton 2 s, SDPA 1 s; hop 2: Triton 1 s, SDPA 2 s; then the mixed chain and the fused one
+    costs = {"triton": [2.0, 1.0], "sdpa": [1.0, 2.0], "chain": list(chains)}
+    chosen = ttd.choose_train_backends(q, k, v, (8, 16), True, None, _timed(costs, log), (T, C), SDPA)
+    assert chosen == want
+    assert log == ["triton", "sdpa", "triton", "sdpa", "chain", "chain"]
+
+
+def test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins():
+    q, k, v, _ = (x.float() for x in _inputs(128))
+    times: list[float] = []
+
+    def seconds(step) -> float:
+        step()
+        times.append(1.0)
+        return 1.0
+
+    # cuDNN refuses a CPU tensor before it is timed, so each hop times Triton alone and no chain is compared
+    chosen = ttd.choose_train_backends(q, k, v, (8, 16), True, None, seconds, (T, C), SDPBackend.CUDNN_ATTENTION)
+    assert chosen == (T, T) and len(times) == 2
+
+
+def test_the_method_trains_on_the_fused_triton_chain_on_the_cpu():
+    registry = load_registry(plugins=False)
+    case = Case("tensorized", "tensorized", 100, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(10, 10),
+                mode=Mode.FWD_BWD)
+    q, k, v = (x.requires_grad_() for x in make_inputs(case, 1))
+    out = registry.get("tensorized").bound(case)(q, k, v, case)
+    got = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    want = torch.autograd.grad(tensorized_attention_train(q, k, v, (10, 10), True), (q, k, v), torch.ones_like(out))
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert "fused Triton chain" in registry.get("tensorized").provenance(case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backends", [(T, C), (C, T), (C, C)], ids=str)
+def test_gpu_mixed_chains_match_the_fused_triton_chain(backends):
+    """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal: the real cuDNN hops' gradients against the
+    fused Triton chain's (both against float32 SDPA would be the same bf16 rounding apart)."""
+    inputs = _inputs(8192, 32, 8, 128)
+    dims = (64, 128)
+    got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, backends),
+                 inputs, torch.bfloat16, "cuda")
+    want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert _worst_head_err(g, w) < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_gpu_method_in_training_says_what_it_chose():
+    registry = load_registry(plugins=False)
+    case = Case("tensorized", "tensorized", 16384, 1, 32, 8, 128, "bf16", True, "cuda", order=2, dims=(128, 128),
+                mode=Mode.FWD_BWD)
+    method = registry.get("tensorized")
+    call = method.bound(case)
+    q, k, v = (x.requires_grad_() for x in make_inputs(case, 1))
+    out = call(q, k, v, case)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert all(torch.isfinite(g).all() for g in grads)
+    text = method.provenance(case)
+    assert "fused Triton chain" in text or "hop 1 (L=128)" in text, text
