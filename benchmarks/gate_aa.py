@@ -7,7 +7,9 @@ one key head): real extra kernel work inside the timed call, under the method's 
 gate matches its configurations with the baseline's. `tbench gate --baseline 1 --candidate 2` must
 pass and `--candidate 3` must find every configuration slower.
 
-    python3 benchmarks/gate_aa.py OUT_DIR [--lengths 4k..128k] [--timing graph] [--slowdown 0.1]
+    python3 benchmarks/gate_aa.py OUT_DIR [--lengths 4k..128k] [--timing graph] [--slowdown 0.1] [--modes fwd_bwd]
+
+In training modes the extra heads' output joins the result (times zero), so their backward runs too.
 
 The runs are made in this process (no worker isolation): an isolated worker would rebuild the
 registry from the installed methods and lose the injected one.
@@ -42,7 +44,9 @@ def slowed(method: Method, fraction: float) -> Method:
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
             out = full(q, k, v, case)
-            extra(q[:, :heads], k[:, :1], v[:, :1], extra_case)
+            more = extra(q[:, :heads], k[:, :1], v[:, :1], extra_case)
+            if case.mode.needs_backward:  # in the graph, so that the backward does its extra work too
+                return out + 0.0 * more.sum()
             return out
 
         return call
@@ -64,12 +68,13 @@ def main() -> None:
     parser.add_argument("--lengths", default="4k..128k")
     parser.add_argument("--timing", default="graph")
     parser.add_argument("--slowdown", type=float, default=0.10)
+    parser.add_argument("--modes", default="fwd")
     args = parser.parse_args()
     store = Store(f"sqlite:///{Path(args.out) / 'gate-aa.db'}")
     registry = load_registry()
     injected = with_method(registry, slowed(registry.get(METHOD), args.slowdown))
     request = RunRequest(preset=Preset.HEADLINE, device="cuda", timing=args.timing, methods=METHOD,
-                         lengths=args.lengths, baseline=METHOD, isolate=False)
+                         lengths=args.lengths, baseline=METHOD, isolate=False, modes=args.modes)
     plan = plan_run(request, registry)
     for label, reg in (("A", registry), ("A again", registry), (f"+{args.slowdown:.0%} heads", injected)):
         runner = Runner(store, reg, plan.options, show_progress=False)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The kernel and training tables on one H200 (B = 1, H = 32, H_kv = 8, D = 128, bf16, causal), each
+# part sized to finish within ten minutes, each writing its store, bundle and `tbench show` table
+# under OUT_DIR:
+#   forward   every tensorized method against tensorized-sdpa, cuDNN and FA3, 4k..128k, m = 2, 3, 4
+#             (docs/kernel.md's final table)
+#   training  fwd_bwd of the tensorized methods, the exact kernels with a backward and the linear
+#             peers, 4k..128k, m = 2, 3; then benchmarks/train_bench.py's per-method table at
+#             16k, 32k, 128k
+#   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
+#             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
+# Usage: benchmarks/frontier_h200.sh forward|training|gate OUT_DIR [extra tbench run options]
+set -euo pipefail
+PART=${1:?usage: frontier_h200.sh forward|training|gate OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|gate OUT_DIR [tbench run options]}
+shift 2
+mkdir -p "$OUT"
+SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
+start=$SECONDS
+
+sweep() {  # NAME, then tbench run options: the run, its table and its bundle
+  local name=$1
+  shift
+  local db="$OUT/$name.db"
+  if [ -e "$db" ]; then echo "frontier_h200.sh: $db exists; give a new OUT_DIR" >&2; exit 2; fi
+  tbench run --preset headline --quiet --db "$db" "$@"
+  tbench show latest --db "$db" > "$OUT/$name-show.txt"
+  tbench export latest --out "$OUT/$name.json.gz" --db "$db"
+  echo "frontier_h200.sh: $name took $((SECONDS - start)) s" >&2
+}
+
+case $PART in
+  forward)
+    sweep forward --lengths 4k..128k --orders 2,3,4 "${SAMPLING[@]}" \
+      --methods tensorized,tensorized-triton,tensorized-sdpa,sdpa-cudnn,flash3 "$@"
+    ;;
+  training)
+    sweep training --modes fwd_bwd --lengths 4k..128k --orders 2,3 --budget 1 --min-time 0 --min-samples 3 \
+      --methods tensorized,tensorized-triton,tensorized-recompute,tensorized-sdpa,flash2,sdpa-cudnn,flex,simple-gla,gla,retention "$@"
+    python3 benchmarks/train_bench.py --lengths 16k,32k,128k --orders 2,3 --json "$OUT/train-bench.json" \
+      | tee "$OUT/train-bench.txt"
+    ;;
+  gate)
+    for mode in fwd fwd_bwd; do
+      python3 benchmarks/gate_aa.py "$OUT" --lengths 16k,64k,128k --modes "$mode" "$@" | tee "$OUT/gate-$mode.txt"
+      mv "$OUT/gate-aa.db" "$OUT/gate-$mode.db"
+      for candidate in 2 3; do
+        tbench gate --baseline 1 --candidate "$candidate" --db "$OUT/gate-$mode.db" \
+          | tee -a "$OUT/gate-$mode.txt" || true  # run 3 must fail the gate: its exit status is the verdict
+      done
+    done
+    ;;
+  *)
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training or gate" >&2
+    exit 2
+    ;;
+esac
+echo "frontier_h200.sh: $PART took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2
