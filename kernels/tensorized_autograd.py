@@ -27,11 +27,7 @@ from .tensorized_backward import (
     forward_with_saved,
     recompute_intermediates,
 )
-from .tensorized_triton import _launch_hop, unsupported_reason
-
-
-def _row_major(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
+from .tensorized_triton import _launch_hop, _row_major, unsupported_reason
 
 
 class TensorizedAttentionFunction(torch.autograd.Function):

@@ -37,6 +37,7 @@ from .tensorized_triton import (
     _load_rows,
     _loop_bound,
     _narrow,
+    _row_major,
     _slice_layout,
 )
 
@@ -389,10 +390,6 @@ def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
 def _new_gradient_buffer(like: torch.Tensor) -> torch.Tensor:
     """The gradient of an intermediate value (a module-level hook so tests can hand in a poisoned one)."""
     return torch.empty_like(like, memory_format=torch.contiguous_format)
-
-
-def _row_major(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 @dataclass(frozen=True)
