@@ -3,9 +3,13 @@
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims), every hop's
 backward (kernels/tensorized_backward.py) runs with each candidate launch shape: the dQ kernel's
 shapes with the dK/dV kernel at the table's shape, then the dK/dV kernel's with dQ at the best one
-found, and the packed kernel's for slices it takes. Each candidate's gradients are compared with
-the table's (max abs difference) and timed with `triton.testing.do_bench` (median, L2 flushed before
-each rep). Prints one Markdown row per (hop, kernel, shape), and the best shape per slice length.
+found; for slices the packed kernel takes, its shapes and the blocked kernels' too. Each candidate is
+timed with `triton.testing.do_bench` (median, L2 flushed before each rep), and its gradients (dQ, dK
+and the hop value's) are compared with the same hop's backward run in float32 from float32 inputs:
+the worst relative L2 error of the three, beside the table shape's own. Shapes differ in the order
+in which they sum (pipelining, tile sizes), so a bf16 candidate is not bit-equal to the table's; it is
+kept only if its error is within 1.25x of the table's. Prints one Markdown row per (hop, kernel,
+shape), and the best kept shape per slice length.
 
     python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100]
 """
@@ -18,11 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import triton
 import triton.testing
 
 from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.kernels import tensorized_backward as tb
+from tbench.kernels.tensorized_triton import _launch_hop
 
 B, H, H_KV, D = 1, 32, 8, 128
 
@@ -30,8 +36,13 @@ DQ_TILES = [tb.Tile(*x) for x in [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2)
                                   (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 8, 3)]]
 DKDV_TILES = [tb.Tile(*x) for x in [(64, 64, 4, 2), (32, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 2),
                                     (32, 128, 8, 2), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 8, 3)]]
-PACKED_TILES = [tb.PackedTile(*x) for x in [(64, 4, 1), (64, 4, 2), (128, 8, 1), (128, 8, 2), (32, 4, 1),
-                                            (32, 2, 1), (64, 8, 1)]]
+PACKED_TILES = [tb.PackedTile(*x) for x in [(64, 4, 1), (64, 4, 2), (128, 8, 1), (32, 4, 1), (32, 4, 2),
+                                            (32, 2, 1), (64, 8, 1), (64, 8, 2), (64, 8, 3)]]
+# the blocked kernels on slices the packed kernel takes: (dK/dV, dQ) shapes no taller than the slice
+SHORT_BLOCKS = [tb.BackwardBlocks(tb.Tile(*a), tb.Tile(*b)) for a, b in [
+    ((16, 32, 4, 2), (32, 16, 4, 2)), ((32, 32, 4, 2), (32, 32, 4, 2)), ((16, 64, 4, 2), (64, 16, 4, 2)),
+    ((32, 64, 4, 2), (64, 32, 4, 2)), ((64, 64, 4, 2), (64, 64, 4, 2)), ((32, 64, 8, 2), (64, 32, 8, 2))]]
+ACCEPT = 1.25  # a candidate's error may be this many times the table shape's
 
 
 def _ms(fn: Callable[[], None], rep_ms: int) -> float:
@@ -54,10 +65,11 @@ class HopSweep:
     label: str
 
     def __post_init__(self) -> None:
-        self.acc_q = torch.zeros(self.q.shape, dtype=torch.float32, device="cuda")
-        self.acc_k = torch.zeros(self.k.shape, dtype=torch.float32, device="cuda")
+        self.acc_q = torch.zeros(self.q.shape, dtype=torch.float32, device=self.q.device)
+        self.acc_k = torch.zeros(self.k.shape, dtype=torch.float32, device=self.q.device)
         self.d_prev = torch.empty_like(self.value)
-        self.reference = self.fresh()
+        self.reference = self.float32_reference()
+        self.table_error = self.error(self.fresh())
 
     def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None) -> None:
         grads = grads or tb.Gradients(self.acc_q, self.acc_q, self.acc_k, self.acc_k, True)
@@ -65,21 +77,39 @@ class HopSweep:
                                 self.d_prev if d_prev is None else d_prev, self.dims, self.axis, True, D**-0.5,
                                 blocks=blocks, packed=packed)
 
-    def fresh(self, blocks=None, packed=None) -> torch.Tensor:
-        """Gradients written from nothing (no accumulation), flattened into one tensor."""
+    def fresh(self, blocks=None, packed=None) -> tuple[torch.Tensor, ...]:
+        """(dQ, dK, the value's gradient) written from nothing (no accumulation)."""
         dq, dk, dp = torch.empty_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
         self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp)
-        return torch.cat([dq.flatten(), dk.flatten(), dp.float().flatten()])
+        return dq, dk, dp
+
+    def float32_reference(self) -> tuple[torch.Tensor, ...]:
+        """The hop again from float32 copies of its inputs: forward (its own output and log-sum-exp)
+        and backward with the float32 tables' shapes and IEEE products."""
+        q, k, value, d_out = (x.float() for x in (self.q, self.k, self.value, self.d_out))
+        out = torch.empty_like(q)
+        lse = torch.empty_like(self.lse)
+        _launch_hop(q, k, value, out, self.dims, self.axis, True, D**-0.5, lse=lse)
+        dq, dk, dp = torch.empty_like(q), torch.empty_like(k), torch.empty_like(value)
+        tb._launch_hop_backward(q, k, value, out, d_out, lse, tb.Gradients(dq, dq, dk, dk, False), dp, self.dims,
+                                self.axis, True, D**-0.5)
+        return dq, dk, dp
+
+    def error(self, grads: tuple[torch.Tensor, ...]) -> float:
+        return max(float((g.float() - r).norm() / r.norm()) for g, r in zip(grads, self.reference, strict=True))
 
     def trial(self, kernel: str, shape: object, blocks=None, packed=None) -> float:
+        """The candidate's time, or inf if it fails or its error is above ACCEPT x the table's."""
         try:
-            diff = (self.fresh(blocks, packed) - self.reference).abs().max().item()
+            err = self.error(self.fresh(blocks, packed))
             took = _ms(lambda: self.run(blocks, packed), self.rep_ms)
         except Exception as exc:  # a shape that does not fit (shared memory, registers)
-            print(f"{self.label} {kernel} | {shape} | failed: {type(exc).__name__} | |", flush=True)
+            print(f"{self.label} {kernel} | {shape} | failed: {type(exc).__name__} | | |", flush=True)
             return math.inf
-        print(f"{self.label} {kernel} | {shape} | {took:.4f} | {diff:.2e} |", flush=True)
-        return took
+        kept = err <= ACCEPT * self.table_error
+        print(f"{self.label} {kernel} | {shape} | {took:.4f} | {err:.2e} | {self.table_error:.2e}"
+              f"{'' if kept else ' (not kept)'} |", flush=True)
+        return took if kept else math.inf
 
 
 def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> None:
@@ -90,9 +120,13 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
             best[(length, kernel)] = (took, shape)
 
     if length <= tb.PACKED_MAX_LEN:
+        block_l = max(16, triton.next_power_of_2(length))
         for tile in PACKED_TILES:
-            if tile.rows >= max(16, triton.next_power_of_2(length)):
+            if tile.rows >= block_l:
                 keep("packed", tile, hop.trial("packed", tile, packed=tile))
+        for blocks in SHORT_BLOCKS:
+            if max(blocks.dkdv.block_m, blocks.dkdv.block_n, blocks.dq.block_m, blocks.dq.block_n) <= block_l:
+                keep("blocked", blocks, hop.trial("blocked", blocks, blocks=blocks))
         return
     table = tb.backward_blocks(length, torch.bfloat16)
     times = {}
@@ -112,8 +146,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     best: dict[tuple[int, str], tuple[float, object]] = {}
-    print("| N | dims | hop | L | C | kernel | shape | ms | max abs diff |")
-    print("|---|---|---|---|---|---|---|---:|---:|")
+    print("| N | dims | hop | L | C | kernel | shape | ms | rel err vs float32 | table shape's |")
+    print("|---|---|---|---|---|---|---|---:|---:|---:|")
     for n in parse_lengths(args.lengths):
         q = torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)

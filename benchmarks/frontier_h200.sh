@@ -9,10 +9,12 @@
 #             16k, 32k, 128k
 #   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
 #             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
-# Usage: benchmarks/frontier_h200.sh forward|training|gate OUT_DIR [extra tbench run options]
+#   tiles     benchmarks/backward_tiles.py at 32k and 128k, m = 2, 3: the backward kernels' launch
+#             shapes, judged against a float32 backward
+# Usage: benchmarks/frontier_h200.sh forward|training|gate|tiles OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|gate OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|gate OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|gate|tiles OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|gate|tiles OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -50,8 +52,11 @@ case $PART in
       done
     done
     ;;
+  tiles)
+    python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 | tee "$OUT/backward-tiles.md"
+    ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training or gate" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, gate or tiles" >&2
     exit 2
     ;;
 esac
