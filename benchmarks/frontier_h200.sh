@@ -46,10 +46,13 @@ case $PART in
     for mode in fwd fwd_bwd; do
       python3 benchmarks/gate_aa.py "$OUT" --lengths 16k,64k,128k --modes "$mode" "$@" | tee "$OUT/gate-$mode.txt"
       mv "$OUT/gate-aa.db" "$OUT/gate-$mode.db"
-      for candidate in 2 3; do
-        tbench gate --baseline 1 --candidate "$candidate" --db "$OUT/gate-$mode.db" \
-          | tee -a "$OUT/gate-$mode.txt" || true  # run 3 must fail the gate: its exit status is the verdict
-      done
+      # the A/A (run 2) must pass the gate, the injected slowdown (run 3) must fail it
+      aa=0
+      tbench gate --baseline 1 --candidate 2 --db "$OUT/gate-$mode.db" | tee -a "$OUT/gate-$mode.txt" || aa=$?
+      slow=0
+      tbench gate --baseline 1 --candidate 3 --db "$OUT/gate-$mode.db" | tee -a "$OUT/gate-$mode.txt" || slow=$?
+      echo "frontier_h200.sh: gate $mode: A/A exit $aa (want 0), slowdown exit $slow (want non-zero)" \
+        | tee -a "$OUT/gate-$mode.txt" >&2
     done
     ;;
   tiles)

@@ -98,9 +98,8 @@ class TensorizedHopFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, value, out, lse = ctx.saved_tensors
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        d_value = tensorized_backward._new_gradient_buffer(value)  # looked up here: tests poison it
+        # looked up here, not imported: tests poison the buffers to show rows a kernel leaves unwritten
+        dq, dk, d_value = (tensorized_backward._new_gradient_buffer(x) for x in (q, k, value))
         _launch_hop_backward(q, k, value, out, _row_major(d_out.to(q.dtype)), lse,
                              Gradients(dq, dq, dk, dk, accumulate=False), d_value, ctx.dims, ctx.axis, ctx.causal,
                              ctx.scale)

@@ -105,8 +105,10 @@ def tensorized_attention_sdpa(
     """The operator, one SDPA call per hop. `plans[t]` is hop t's plan; without plans, SDPA's own
     dispatch, native GQA on hop 1 where it can be had and K repeated on later hops. `on_hop(t,
     native_ok, run, value)`, when given, decides hop t's plan instead: `run(plan, value)` gives the
-    hop's output under a plan from its input value (the previous hop's output; v on hop 1);
-    native_ok says whether native GQA is possible on that hop."""
+    hop's output under a plan from its input value (the previous hop's output; v on hop 1), making
+    any copy of K the plan needs unless a hop chosen before made it; native_ok says whether native
+    GQA is possible on that hop. With on_hop the hops' outputs are detached from one another (a
+    choice times hops; it does not differentiate the chain)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     dims = tuple(dims)
@@ -118,18 +120,18 @@ def tensorized_attention_sdpa(
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     q, k, v = (t.contiguous() for t in (q, k, v))
+    # K (and, on hop 1, V) expanded to H heads once, only if some hop needs it
     repeated: dict[str, torch.Tensor] = {}
 
-    def heads_of(x: torch.Tensor) -> torch.Tensor:
-        # K (and, on hop 1, V) expanded to H heads once, only if some hop needs it
+    def heads_of(x: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
         if x.shape[1] == heads:
             return x
         if x is not k and x is not v:
             return _repeat_heads(x, group)  # another hop-1 value (a plan choice's own copy of v)
         name = "k" if x is k else "v"
-        if name not in repeated:
-            repeated[name] = _repeat_heads(x, group)
-        return repeated[name]
+        if name not in cache:
+            cache[name] = _repeat_heads(x, group)
+        return cache[name]
 
     position = torch.arange(total, device=q.device)
     valid = position < n
@@ -144,25 +146,24 @@ def tensorized_attention_sdpa(
             keys = keys.unsqueeze(0).expand(batch * heads, *keys.shape)
             mask = keys.reshape(-1, keys.shape[-2], 1, keys.shape[-1])
 
-        def run(plan: HopPlan, value: torch.Tensor, axis: int = axis, mask: torch.Tensor | None = mask,
-                native_ok: bool = native_ok) -> torch.Tensor:
+        def run(plan: HopPlan, value: torch.Tensor, cache: dict[str, torch.Tensor] = repeated, axis: int = axis,
+                mask: torch.Tensor | None = mask, native_ok: bool = native_ok) -> torch.Tensor:
             native = plan.native_gqa and native_ok
             if native:
                 views = [_slices_view(t, dims, axis) for t in (q, k, value)]
             else:
-                views = [_hop_view(heads_of(t), dims, axis) for t in (q, k, value)]
+                views = [_hop_view(heads_of(t, cache), dims, axis) for t in (q, k, value)]
             with _under(plan.backend):
                 out = F.scaled_dot_product_attention(*views, attn_mask=mask, is_causal=causal, scale=scale,
                                                      enable_gqa=native)
             return _unslices_view(out, batch, dims, axis) if native else _unhop_view(out, batch, heads, total)
 
         if on_hop is not None:
-            plan = on_hop(hop, native_ok, run, value)
-        elif plans is not None:
-            plan = plans[hop]
+            # each trial starts from the copies the hops chosen so far made, so it pays for its own
+            plan = on_hop(hop, native_ok, lambda plan, value, run=run: run(plan, value, dict(repeated)), value)
+            value = run(plan, value).detach()
         else:
-            plan = HopPlan(None, native_gqa=hop == 0)
-        value = run(plan, value)
+            value = run(plans[hop] if plans is not None else HopPlan(None, native_gqa=hop == 0), value)
         if mask is not None:
             # A padded query whose slice has no valid key must give 0, not NaN (spec, "Masks").
             value = value.masked_fill(~valid.view(1, 1, total, 1), 0)
@@ -192,7 +193,8 @@ def choose_plans(
     chosen: list[HopPlan] = []
     if train:
         q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
-        d_out = torch.randn(q.shape[0], q.shape[1], math.prod(dims), q.shape[-1], device=q.device, dtype=q.dtype)
+        d_out = torch.randn(q.shape[0], q.shape[1], math.prod(dims), q.shape[-1], device=q.device, dtype=q.dtype,
+                            generator=torch.Generator(device=q.device).manual_seed(0))
 
     def timed(run: HopRun, plan: HopPlan, value: torch.Tensor) -> Callable[[], object]:
         if not train:

@@ -1,9 +1,10 @@
 """Tensorized attention for training with each hop's forward and backward on the backend that runs the
-pair fastest: tbench's Triton hop or cuDNN through SDPA (FA3's wheel has no backward).
+pair fastest: tbench's Triton hop or cuDNN through SDPA (tbench calls FA3's forward op only; the
+fa3-fwd wheel has no backward).
 
 The fused Triton chain (kernels/tensorized_autograd.py) keeps dq and dk in float32 accumulators
 across its hops; a chain that mixes backends runs each hop as its own differentiable op, and
-autograd adds the hops' dq and dk shares (one elementwise pass per extra hop). So the choice is made
+autograd adds the hops' dq and dk shares (an elementwise pass over each per extra hop). So the choice is made
 in two steps, on the hop's real views: per hop, the backend whose forward + backward is fastest; then,
 if that mixes in another backend, the mixed chain against the fused Triton chain, end to end.
 """
@@ -34,10 +35,15 @@ def train_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torc
     backend stands in for cuDNN on a CPU)."""
     if backend is HopBackend.TRITON:
         return tensorized_hop_train(q, k, value, dims, axis, causal, scale)
-    if backend is HopBackend.CUDNN:
-        return sdpa_hop(q, k, value, dims, axis, causal, scale, sdpa_backend)
-    raise ValueError(f"hop backend {backend.value!r} has no backward; use one of "
-                     f"{', '.join(b.value for b in TRAIN_BACKENDS)}")
+    _check_trainable((backend,))
+    return sdpa_hop(q, k, value, dims, axis, causal, scale, sdpa_backend)
+
+
+def _check_trainable(backends: Sequence[HopBackend]) -> None:
+    for backend in backends:
+        if backend not in TRAIN_BACKENDS:
+            raise ValueError(f"hop backend {backend.value!r} has no backward here; use one of "
+                             f"{', '.join(b.value for b in TRAIN_BACKENDS)}")
 
 
 def _checked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
@@ -60,6 +66,7 @@ def tensorized_attention_train_dispatch(
     dims, scale = _checked(q, k, v, dims, causal, scale)
     if len(backends) != len(dims):
         raise ValueError(f"{len(backends)} hop backends for {len(dims)} hops")
+    _check_trainable(backends)
     if all_triton(tuple(backends)):
         return tensorized_attention_train(q, k, v, dims, causal, scale)
     value = v
@@ -92,6 +99,7 @@ def choose_train_backends(
     chain is kept only if `seconds` finds its training step faster than the fused Triton chain's.
     A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
     dims, scale = _checked(q, k, v, dims, causal, scale)
+    _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
                         dtype=q.dtype)
     chosen: list[HopBackend] = []

@@ -270,8 +270,8 @@ class HopDispatch:
         if backends is None or case.dims is None:
             return f"{text}; forward and backward on the fused Triton chain" if train else text
         if train and all_triton(backends):
-            return (f"{text}; forward and backward on the fused Triton chain, measured faster than each hop on the "
-                    "faster of Triton and cuDNN")
+            return (f"{text}; forward and backward on the fused Triton chain, chosen by measurement against cuDNN "
+                    "on each hop it takes (and, had one gone to cuDNN, against that mixed chain end to end)")
         hops = _per_hop(case.dims, [backend.value for backend in backends])
         if train:
             return (f"{text}; each hop's forward and backward on the faster of Triton and cuDNN, measured once per "

@@ -17,9 +17,10 @@ from torch.nn.attention import SDPBackend
 
 from tbench.core import cost
 from tbench.core.case import Case, Family, Mode, sliding_window
+from tbench.core.folding import hop_axes
 from tbench.harness.correctness import check
 from tbench.kernels.linear_reference import delta_rule_recurrence, gated_recurrence, retention_log_decay
-from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
+from tbench.kernels.reference import _folded, _hop_f64, exact_attention_f64, tensorized_attention_f64
 from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
@@ -339,12 +340,12 @@ def test_choose_plans_in_training_times_each_hops_forward_and_backward(n):
     case = Case("t", "tensorized", n, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(16, 16))
     q, k, v = make_inputs(case, 0)
     costs = iter([3.0, 1.0, 1.0, 2.0])
-    shapes: list[tuple] = []
+    steps: list[tuple[torch.Tensor, ...]] = []
 
     def seconds(fn):
         first, again = fn(), fn()
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-        shapes.append(tuple(tuple(g.shape) for g in first))
+        steps.append(first)
         return next(costs)
 
     chosen = choose_plans(q, k, v, case.dims, True, None, (SDPBackend.MATH,), seconds, train=True)
@@ -352,8 +353,21 @@ def test_choose_plans_in_training_times_each_hops_forward_and_backward(n):
     total = 256
     dq, dk = (1, 4, n, 32), (1, 2, n, 32)
     # hop 1's input value is v (2 heads, padded to 256 rows), hop 2's the 4-head output of hop 1
+    shapes = [tuple(tuple(g.shape) for g in grads) for grads in steps]
     assert shapes == [(dq, dk, (1, 2, total, 32))] * 2 + [(dq, dk, (1, 4, total, 32))] * 2
     assert not q.requires_grad  # the caller's tensors are left as they were
+    if n == total:
+        # hop 2's q gradient is hop 2's alone: float64 autograd of that hop with hop 1's output fixed
+        first, second = hop_axes(2)
+        qf, kf, vf, position = _folded(q, k, v, case.dims, torch.float64)
+        value = _hop_f64(qf, kf, vf, position, first, n, True, 32**-0.5).reshape(1, 4, n, 32)
+        q64 = q.double().requires_grad_()
+        qf, kf, vf, _ = _folded(q64, k, value, case.dims, torch.float64)
+        out = _hop_f64(qf, kf, vf, position, second, n, True, 32**-0.5).reshape(1, 4, n, 32)
+        d_out = torch.randn(1, 4, n, 32, generator=torch.Generator().manual_seed(0))
+        (want,) = torch.autograd.grad(out, q64, d_out.double())
+        for grads in steps[2:]:
+            assert (grads[0].double() - want).norm() < 1e-5 * want.norm()
 
 
 def test_k_is_repeated_once_whatever_the_number_of_hops_that_need_it(monkeypatch: pytest.MonkeyPatch):
@@ -369,10 +383,39 @@ def test_k_is_repeated_once_whatever_the_number_of_hops_that_need_it(monkeypatch
     assert (got.double() - tensorized_attention_f64(q, k, v, case.dims, True)).norm() < 1e-5 * got.norm()
 
 
+@pytest.mark.parametrize(("hop1_costs", "hop2_repeat_copies"), [((3.0, 1.0), 0), ((1.0, 3.0), 1)],
+                         ids=["hop1-repeats-K", "hop1-native"])
+def test_each_plan_is_charged_the_copies_it_makes(monkeypatch: pytest.MonkeyPatch, hop1_costs, hop2_repeat_copies):
+    """A trial with K repeated pays for the copy in every timed call, unless a hop chosen before it
+    already made the copy the chain keeps."""
+    from tbench.kernels import tensorized_sdpa as ts
+
+    copies = [0]
+    repeat = ts._repeat_heads
+    monkeypatch.setattr(ts, "_repeat_heads", lambda x, group: copies.__setitem__(0, copies[0] + 1) or repeat(x, group))
+    case = Case("t", "tensorized", 256, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(16, 16))
+    q, k, v = make_inputs(case, 0)
+    costs = iter([*hop1_costs, 1.0, 2.0])  # hop 1: native, repeated; hop 2: native, repeated
+    charged: list[list[int]] = []
+
+    def seconds(fn):
+        per_call = []
+        for _ in range(2):
+            before = copies[0]
+            fn()
+            per_call.append(copies[0] - before)
+        charged.append(per_call)
+        return next(costs)
+
+    choose_plans(q, k, v, case.dims, True, None, (SDPBackend.MATH,), seconds)
+    # hop 1 repeated copies K and V in each call; hop 2 repeated copies K unless hop 1 kept a copy
+    assert charged == [[0, 0], [2, 2], [0, 0], [hop2_repeat_copies] * 2]
+
+
 def test_tensorized_sdpa_names_the_timed_pass_in_its_provenance():
     method = load_registry(plugins=False).get("tensorized-sdpa")
     gpu = Case("tensorized-sdpa", "tensorized", 4096, 1, 4, 2, 32, "bf16", True, "cuda", order=2, dims=(64, 64))
-    assert "on the hop's forward" in method.provenance(gpu)
+    assert "on the hop's forward" in method.provenance(gpu) and "backward" not in method.provenance(gpu)
     assert "on the hop's forward and backward" in method.provenance(replace(gpu, mode=Mode.FWD_BWD))
 
 

@@ -1,7 +1,7 @@
 """`tensorized` in training: each hop's forward and backward on tbench's Triton kernels or cuDNN
-(kernels/tensorized_train_dispatch.py). On the CPU the Triton hops run in the interpreter and
-PyTorch's math backend stands in for cuDNN behind the same slices views; gradients are held to float64
-autograd of the spec, head by head."""
+(kernels/tensorized_train_dispatch.py). PyTorch's math backend stands in for cuDNN behind the same
+slices views (cuDNN takes no float32; the gpu tests run it in bf16), and on the CPU the Triton hops
+run in the interpreter; gradients are held to float64 autograd of the spec, head by head."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tbench.core.case import Case, Mode
+from tbench.core.folding import hop_axes
 from tbench.kernels import tensorized_backward as tb
 from tbench.kernels import tensorized_train_dispatch as ttd
 from tbench.kernels.reference import _folded, _hop_f64, tensorized_attention_f64
@@ -25,7 +26,7 @@ from tbench.methods.catalog import load_registry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 T, C = HopBackend.TRITON, HopBackend.CUDNN
-SDPA = SDPBackend.CUDNN_ATTENTION if DEVICE == "cuda" else SDPBackend.MATH
+SDPA = SDPBackend.MATH
 
 
 def _inputs(n: int, heads: int = 4, kv_heads: int = 2, d: int = 32, dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -65,15 +66,23 @@ def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     ((4, 4, 8), (C, T, C)),  # the middle hop of m = 3 is no view: Triton runs it whatever is asked
     ((4, 8, 4), (T, T, C)),
 ], ids=str)
-def test_mixed_chains_give_the_spec_gradients(dims, backends, causal, poisoned_gradients):
+def test_mixed_chains_give_the_spec_gradients(dims, backends, causal, poisoned_gradients,
+                                              monkeypatch: pytest.MonkeyPatch):
     """GQA 4:2; each Triton hop's dq and dk are its own share, autograd adds them to the SDPA hops'."""
     n = 1
     for size in dims:
         n *= size
     inputs = _inputs(n)
+    sdpa_hops: list[int] = []
+    sdpa_hop = ttd.sdpa_hop
+    monkeypatch.setattr(ttd, "sdpa_hop", lambda *args: sdpa_hops.append(args[4]) or sdpa_hop(*args))
     errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, causal, None, backends,
                                                                             SDPA), inputs, dims, causal)
     assert max(errors.values()) < 1e-5, errors
+    # the hops asked of cuDNN ran on SDPA, except over a middle axis (slices two strides apart, no view)
+    axes = hop_axes(len(dims))
+    want = [axes[t] for t, b in enumerate(backends) if b is C and not 0 < axes[t] < len(dims) - 1]
+    assert sdpa_hops == want
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
@@ -107,13 +116,17 @@ def test_a_hop_on_the_wrong_axis_is_caught():
     assert max(_errors(broken, inputs, dims, True).values()) > 1e-2
 
 
-def test_forward_only_backends_are_refused():
-    q, k, v, _ = _inputs(64)
-    with pytest.raises(ValueError, match="hop backend 'FlashAttention-3' has no backward; use one of Triton, cuDNN"):
-        ttd.tensorized_attention_train_dispatch(q.float(), k.float(), v.float(), (8, 8), True, None,
-                                                (HopBackend.FA3, T))
+@pytest.mark.parametrize("n", [64, 63], ids=["exact", "padded"])
+def test_forward_only_backends_are_refused(n):
+    """Refused whatever the shape (a padded hop would otherwise fall back to Triton unnoticed)."""
+    q, k, v = (x.to(DEVICE, torch.float32) for x in _inputs(n)[:3])
+    refused = "hop backend 'FlashAttention-3' has no backward here; use one of Triton, cuDNN SDPA"
+    with pytest.raises(ValueError, match=refused):
+        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, (HopBackend.FA3, T))
+    with pytest.raises(ValueError, match=refused):
+        ttd.choose_train_backends(q, k, v, (8, 8), True, None, lambda step: 1.0, (T, HopBackend.FA3))
     with pytest.raises(ValueError, match="1 hop backends for 2 hops"):
-        ttd.tensorized_attention_train_dispatch(q.float(), k.float(), v.float(), (8, 8), True, None, (T,))
+        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, (T,))
 
 
 def _timed(costs: dict[str, list[float]], log: list[str]):
@@ -133,7 +146,7 @@ def _timed(costs: dict[str, list[float]], log: list[str]):
 @pytest.mark.parametrize(("chains", "want"), [((1.0, 2.0), (C, T)), ((3.0, 2.0), (T, T))],
                          ids=["mixed-faster", "fused-faster"])
 def test_the_choice_keeps_the_faster_hop_then_the_faster_chain(chains, want):
-    q, k, v, _ = (x.float() for x in _inputs(128))
+    q, k, v, _ = (x.to(DEVICE, torch.float32) for x in _inputs(128))
     log: list[str] = []
     # hop 1: Triton 2 s, SDPA 1 s; hop 2: Triton 1 s, SDPA 2 s; then the mixed chain and the fused one
     costs = {"triton": [2.0, 1.0], "sdpa": [1.0, 2.0], "chain": list(chains)}
@@ -143,7 +156,7 @@ def test_the_choice_keeps_the_faster_hop_then_the_faster_chain(chains, want):
 
 
 def test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins():
-    q, k, v, _ = (x.float() for x in _inputs(128))
+    q, k, v, _ = (x.to(DEVICE, torch.float32) for x in _inputs(128))
     times: list[float] = []
 
     def seconds(step) -> float:
@@ -151,14 +164,15 @@ def test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins
         times.append(1.0)
         return 1.0
 
-    # cuDNN refuses a CPU tensor before it is timed, so each hop times Triton alone and no chain is compared
+    # cuDNN refuses float32 (and a CPU tensor) before it is timed: each hop times Triton alone, no chain
     chosen = ttd.choose_train_backends(q, k, v, (8, 16), True, None, seconds, (T, C), SDPBackend.CUDNN_ATTENTION)
     assert chosen == (T, T) and len(times) == 2
 
 
-def test_the_method_trains_on_the_fused_triton_chain_on_the_cpu():
+def test_the_method_trains_on_the_fused_triton_chain_in_float32():
+    """On a CPU nothing is chosen; on a GPU cuDNN refuses float32, so the choice is the fused chain."""
     registry = load_registry(plugins=False)
-    case = Case("tensorized", "tensorized", 100, 1, 4, 2, 32, "fp32", True, "cpu", order=2, dims=(10, 10),
+    case = Case("tensorized", "tensorized", 100, 1, 4, 2, 32, "fp32", True, DEVICE, order=2, dims=(10, 10),
                 mode=Mode.FWD_BWD)
     q, k, v = (x.requires_grad_() for x in make_inputs(case, 1))
     out = registry.get("tensorized").bound(case)(q, k, v, case)
@@ -194,4 +208,8 @@ def test_gpu_method_in_training_says_what_it_chose():
     grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     assert all(torch.isfinite(g).all() for g in grads)
     text = method.provenance(case)
-    assert "fused Triton chain" in text or "hop 1 (L=128)" in text, text
+    chosen = method.bind.__self__.chosen[case.key]  # the HopDispatch behind the method
+    if all(b is T for b in chosen):
+        assert "fused Triton chain" in text, text
+    else:
+        assert f"hop 1 (L=128): {chosen[0].value}; hop 2 (L=128): {chosen[1].value}" in text, text
