@@ -113,14 +113,17 @@ def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return value
 
 
-def choose_hop_backends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
-                        scale: float | None, candidates: Sequence[HopBackend],
-                        seconds: Callable[[Callable[[], torch.Tensor]], float]) -> tuple[HopBackend, ...]:
-    """For each hop in turn, the candidate that `seconds` finds fastest on that hop's real views
-    (the next hop gets the chosen backend's output as its value); Triton where no other runs."""
-    dims = tuple(int(x) for x in dims)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(2)]
+HopAction = Callable[[HopBackend, torch.Tensor, int, int], object]  # (backend, value, axis, hop index)
+
+
+def fastest_per_hop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
+                    candidates: Sequence[HopBackend], seconds: Callable[[Callable[[], object]], float],
+                    trial: HopAction, advance: Callable[[HopBackend, torch.Tensor, int, int], torch.Tensor]
+                    ) -> tuple[HopBackend, ...]:
+    """For each hop in turn, the backend (Triton or one of `candidates` that takes the hop's views)
+    whose `trial(backend, value, axis, t)` step `seconds` finds fastest; `advance` runs the chosen
+    one to give the next hop its value. A backend that raises RuntimeError (it refuses the dtype,
+    head dim, layout or, in training, the backward) is skipped; Triton takes every hop."""
     chosen: list[HopBackend] = []
     value = v
     for t, axis in enumerate(hop_axes(len(dims))):
@@ -129,12 +132,29 @@ def choose_hop_backends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims:
             if not hop_accepts(backend, q, k, value, dims, axis):
                 continue
             try:
-                took = seconds(lambda backend=backend, value=value, axis=axis, t=t:
-                               run_hop(backend, q, k, value, buffers[t % 2], dims, axis, causal, scale))
-            except RuntimeError:  # the backend refuses this dtype, head dim or layout
+                took = seconds(trial(backend, value, axis, t))
+            except RuntimeError:
                 continue
             if took < best_s:
                 best, best_s = backend, took
         chosen.append(best)
-        value = run_hop(best, q, k, value, buffers[t % 2], dims, axis, causal, scale)
+        value = advance(best, value, axis, t)
     return tuple(chosen)
+
+
+def choose_hop_backends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
+                        scale: float | None, candidates: Sequence[HopBackend],
+                        seconds: Callable[[Callable[[], object]], float]) -> tuple[HopBackend, ...]:
+    """For each hop in turn, the candidate that `seconds` finds fastest on that hop's real views
+    (the next hop gets the chosen backend's output as its value); Triton where no other runs."""
+    dims = tuple(int(x) for x in dims)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(2)]
+
+    def advance(backend: HopBackend, value: torch.Tensor, axis: int, t: int) -> torch.Tensor:
+        return run_hop(backend, q, k, value, buffers[t % 2], dims, axis, causal, scale)
+
+    def trial(backend: HopBackend, value: torch.Tensor, axis: int, t: int) -> Callable[[], object]:
+        return lambda: advance(backend, value, axis, t)
+
+    return fastest_per_hop(q, k, v, dims, candidates, seconds, trial, advance)

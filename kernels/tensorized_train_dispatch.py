@@ -11,7 +11,6 @@ if that mixes in another backend, the mixed chain against the fused Triton chain
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,7 +19,7 @@ from torch.nn.attention import SDPBackend
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend, all_triton
 from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
-from .tensorized_dispatch import hop_accepts, sdpa_hop
+from .tensorized_dispatch import fastest_per_hop, hop_accepts, sdpa_hop
 from .tensorized_triton import unsupported_reason
 
 TRAIN_BACKENDS = (HopBackend.TRITON, HopBackend.CUDNN)
@@ -102,28 +101,18 @@ def choose_train_backends(
     _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
                         dtype=q.dtype)
-    chosen: list[HopBackend] = []
-    value = v.detach()
-    for axis in hop_axes(len(dims)):
-        best, best_s = HopBackend.TRITON, math.inf
-        for backend in (HopBackend.TRITON, *(c for c in candidates if c is not HopBackend.TRITON)):
-            if not hop_accepts(backend, q, k, value, dims, axis):
-                continue
 
-            def hop(q_: torch.Tensor, k_: torch.Tensor, value_: torch.Tensor, backend: HopBackend = backend,
-                    axis: int = axis) -> torch.Tensor:
-                return train_hop(backend, q_, k_, value_, dims, axis, causal, scale, sdpa_backend)
-
-            try:
-                took = seconds(_step(hop, (q, k, value), d_out))
-            except RuntimeError:  # the backend refuses this dtype, head dim, layout or its backward
-                continue
-            if took < best_s:
-                best, best_s = backend, took
-        chosen.append(best)
+    def advance(backend: HopBackend, value: torch.Tensor, axis: int, t: int) -> torch.Tensor:
         with torch.no_grad():
-            value = train_hop(best, q, k, value, dims, axis, causal, scale, sdpa_backend)
-    mixed = tuple(chosen)
+            return train_hop(backend, q, k, value, dims, axis, causal, scale, sdpa_backend)
+
+    def trial(backend: HopBackend, value: torch.Tensor, axis: int, t: int) -> Callable[[], object]:
+        def hop(q_: torch.Tensor, k_: torch.Tensor, value_: torch.Tensor) -> torch.Tensor:
+            return train_hop(backend, q_, k_, value_, dims, axis, causal, scale, sdpa_backend)
+
+        return _step(hop, (q, k, value), d_out)
+
+    mixed = fastest_per_hop(q, k, v.detach(), dims, candidates, seconds, trial, advance)
     fused = (HopBackend.TRITON,) * len(dims)
     if mixed == fused:
         return fused
