@@ -5,16 +5,18 @@
 #   forward   every tensorized method against tensorized-sdpa, cuDNN and FA3, 4k..128k, m = 2, 3, 4
 #             (docs/kernel.md's final table)
 #   training  fwd_bwd of the tensorized methods, the exact kernels with a backward and the linear
-#             peers, 4k..128k, m = 2, 3; then benchmarks/train_bench.py's per-method table at
-#             16k, 32k, 128k
+#             peers, 4k..128k, m = 2, 3
+#   trainbench  benchmarks/train_bench.py's per-method table at 16k, 32k, 128k (the tensorized
+#             methods' forward and fwd+bwd side by side, each with its own chosen plan, and their
+#             gradients against tensorized-ref's)
 #   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
 #             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
 #   tiles     benchmarks/backward_tiles.py at 32k and 128k, m = 2, 3: the backward kernels' launch
 #             shapes, judged against a float32 backward
-# Usage: benchmarks/frontier_h200.sh forward|training|gate|tiles OUT_DIR [extra tbench run options]
+# Usage: benchmarks/frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|gate|tiles OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|gate|tiles OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -39,6 +41,8 @@ case $PART in
   training)
     sweep training --modes fwd_bwd --lengths 4k..128k --orders 2,3 --budget 1 --min-time 0 --min-samples 3 \
       --methods tensorized,tensorized-triton,tensorized-recompute,tensorized-sdpa,flash2,sdpa-cudnn,flex,simple-gla,gla,retention "$@"
+    ;;
+  trainbench)
     python3 benchmarks/train_bench.py --lengths 16k,32k,128k --orders 2,3 --json "$OUT/train-bench.json" \
       | tee "$OUT/train-bench.txt"
     ;;
@@ -59,7 +63,7 @@ case $PART in
     python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 | tee "$OUT/backward-tiles.md"
     ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, gate or tiles" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, trainbench, gate or tiles" >&2
     exit 2
     ;;
 esac
