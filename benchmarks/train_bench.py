@@ -99,11 +99,10 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         def dispatch_fn(dims: tuple[int, ...] = dims, backends: tuple[HopBackend, ...] = backends) -> torch.Tensor:
             return tensorized_attention_train_dispatch(q, k, v, dims, True, None, backends)
 
-        def sdpa_fn(dims: tuple[int, ...] = dims, plans: tuple[HopPlan, ...] = plans) -> torch.Tensor:
-            return tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
+        def with_plans(plans: tuple[HopPlan, ...], dims: tuple[int, ...] = dims) -> Callable[[], torch.Tensor]:
+            return lambda: tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
 
-        def sdpa_fwd_fn(dims: tuple[int, ...] = dims, plans: tuple[HopPlan, ...] = fwd_plans) -> torch.Tensor:
-            return tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
+        sdpa_fn, sdpa_fwd_fn = with_plans(plans), with_plans(fwd_plans)
 
         def ref_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_sdpa(q, k, v, dims, True)

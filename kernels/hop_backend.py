@@ -3,6 +3,7 @@ method registry can name them without loading a kernel)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 
@@ -12,5 +13,5 @@ class HopBackend(Enum):
     CUDNN = "cuDNN SDPA"
 
 
-def all_triton(backends: tuple[HopBackend, ...]) -> bool:
+def all_triton(backends: Sequence[HopBackend]) -> bool:
     return all(b is HopBackend.TRITON for b in backends)

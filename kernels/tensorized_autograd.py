@@ -56,6 +56,19 @@ class TensorizedAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+def checked_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
+                      scale: float | None) -> tuple[tuple[int, ...], float]:
+    """The dims as ints and the softmax scale (D^-1/2 unless given), or ValueError naming what the
+    kernels cannot take (tensorized_triton.unsupported_reason) or a scale that is not positive."""
+    reason = unsupported_reason(q, k, v, dims, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
+    return tuple(int(x) for x in dims), scale
+
+
 def tensorized_attention_train(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,13 +82,7 @@ def tensorized_attention_train(
     torch.autograd differentiates with respect to q, k and v. `recompute` keeps less between the
     passes and runs the forward's first m - 1 hops again in the backward. Raises ValueError (see
     tensorized_triton.unsupported_reason) for configurations the kernels lack."""
-    reason = unsupported_reason(q, k, v, dims, causal)
-    if reason is not None:
-        raise ValueError(reason)
-    dims = tuple(int(x) for x in dims)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
     return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute)
 

@@ -18,9 +18,8 @@ from torch.nn.attention import SDPBackend
 
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend, all_triton
-from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
+from .tensorized_autograd import checked_arguments, tensorized_attention_train, tensorized_hop_train
 from .tensorized_dispatch import fastest_per_hop, hop_accepts, sdpa_hop
-from .tensorized_triton import unsupported_reason
 
 TRAIN_BACKENDS = (HopBackend.TRITON, HopBackend.CUDNN)
 
@@ -45,28 +44,17 @@ def _check_trainable(backends: Sequence[HopBackend]) -> None:
                              f"{', '.join(b.value for b in TRAIN_BACKENDS)}")
 
 
-def _checked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
-             scale: float | None) -> tuple[tuple[int, ...], float]:
-    reason = unsupported_reason(q, k, v, dims, causal)
-    if reason is not None:
-        raise ValueError(reason)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
-    return tuple(int(x) for x in dims), scale
-
-
 def tensorized_attention_train_dispatch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool, scale: float | None,
     backends: Sequence[HopBackend], sdpa_backend: SDPBackend = SDPBackend.CUDNN_ATTENTION,
 ) -> torch.Tensor:
     """The operator, differentiable, with hop t's forward and backward on backends[t]; all Triton is
     the fused Triton chain. (B, H, N, D) in q's dtype."""
-    dims, scale = _checked(q, k, v, dims, causal, scale)
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     if len(backends) != len(dims):
         raise ValueError(f"{len(backends)} hop backends for {len(dims)} hops")
     _check_trainable(backends)
-    if all_triton(tuple(backends)):
+    if all_triton(backends):
         return tensorized_attention_train(q, k, v, dims, causal, scale)
     value = v
     for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
@@ -97,7 +85,7 @@ def choose_train_backends(
     (the next hop gets the chosen backend's output as its value); if that mixes backends, the mixed
     chain is kept only if `seconds` finds its training step faster than the fused Triton chain's.
     A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
-    dims, scale = _checked(q, k, v, dims, causal, scale)
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
                         dtype=q.dtype)
