@@ -20,6 +20,8 @@ if not torch.cuda.is_available():
     # must precede the kernel modules' import, which defines the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
+
 from tbench.core.folding import resolve_dims
 from tbench.kernels import tensorized_backward as tb
 from tbench.kernels.reference import tensorized_attention_f64
@@ -84,11 +86,6 @@ def _grads(fn, case: Case, dtype: torch.dtype, device: str) -> tuple[torch.Tenso
     return (out.detach(), *(x.grad for x in leaves))
 
 
-def _worst_head_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """The largest relative L2 error over (batch, head) pairs: one wrong head cannot hide."""
-    diff = (got.double().cpu() - ref.double().cpu()).flatten(2).norm(dim=-1)
-    return (diff / ref.double().cpu().flatten(2).norm(dim=-1)).max().item()
-
 
 def _check_against_spec(fn, case: Case, device: str = DEVICE) -> None:
     got = _grads(fn, case, case.dtype, device)
@@ -96,14 +93,9 @@ def _check_against_spec(fn, case: Case, device: str = DEVICE) -> None:
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
         assert g.dtype == case.dtype and g.shape == r.shape, f"{case}: {name} {g.dtype} {tuple(g.shape)}"
         assert not torch.isnan(g).any(), f"{case}: NaN in {name}"
-        err = _worst_head_err(g, r)
+        err = worst_head_err(g, r)
         assert err <= TOLERANCE[case.dtype], f"{case}: {name} relative error {err:.2e}"
 
-
-@pytest.fixture
-def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gradient buffers of intermediate values start as NaN: a row a hop forgets to write shows."""
-    monkeypatch.setattr(tb, "_new_gradient_buffer", lambda like: torch.full_like(like, float("nan")))
 
 
 KERNEL_CASES = [
@@ -126,7 +118,8 @@ KERNEL_CASES = [
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
-def test_triton_gradients_match_float64_spec(case: Case, poisoned_gradients: None) -> None:
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_triton_gradients_match_float64_spec(case: Case) -> None:
     _check_against_spec(tensorized_attention_train, case)
 
 
@@ -135,7 +128,8 @@ def _recomputing(q, k, v, dims, causal):
 
 
 @pytest.mark.parametrize("case", [KERNEL_CASES[2], KERNEL_CASES[4], KERNEL_CASES[6]], ids=str)
-def test_recomputed_intermediates_give_the_same_gradients(case: Case, poisoned_gradients: None) -> None:
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_recomputed_intermediates_give_the_same_gradients(case: Case) -> None:
     """m = 3 and 4 with GQA, and bf16 with batch 2 and strided rows: the backward that runs hops
     1..m-1 again is as exact as the one that kept them, and equal to it bit for bit."""
     _check_against_spec(_recomputing, case)
@@ -171,8 +165,9 @@ BLOCKED_CASES = [
 
 
 @pytest.mark.parametrize("case", BLOCKED_CASES, ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
 def test_blocked_kernels_on_short_slices(
-    case: Case, poisoned_gradients: None, monkeypatch: pytest.MonkeyPatch
+    case: Case, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The blocked kernels (dK/dV and dQ apart) on every hop, short and padded slices included."""
     monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
@@ -190,8 +185,9 @@ UNEQUAL_TILES = [
 @pytest.mark.parametrize("blocks", UNEQUAL_TILES, ids=["tall-keys", "tall-queries"])
 @pytest.mark.parametrize("case", [Case(135, 2, True, dims=(70, 2), kv_heads=1),
                                   Case(140, 2, False, dims=(2, 71), heads=4, kv_heads=2)], ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
 def test_blocked_kernels_with_unequal_tiles(
-    case: Case, blocks: tb.BackwardBlocks, poisoned_gradients: None, monkeypatch: pytest.MonkeyPatch
+    case: Case, blocks: tb.BackwardBlocks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tb, "backward_blocks", lambda length, dtype: blocks)
     _check_against_spec(tensorized_attention_train, case)
@@ -256,7 +252,7 @@ def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool) -> None:
     ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
         assert not torch.isnan(g).any(), f"NaN in {name}"
-        err = _worst_head_err(g, r)
+        err = worst_head_err(g, r)
         assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
 
 

@@ -14,9 +14,10 @@ from torch.nn.attention import SDPBackend
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
+
 from tbench.core.case import Case, Mode
 from tbench.core.folding import hop_axes
-from tbench.kernels import tensorized_backward as tb
 from tbench.kernels import tensorized_train_dispatch as ttd
 from tbench.kernels.reference import _folded, _hop_f64, tensorized_attention_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train, tensorized_hop_train
@@ -43,21 +44,12 @@ def _grads(fn, inputs, dtype: torch.dtype, device: str) -> list[torch.Tensor]:
     return [out.detach(), *(x.grad for x in leaves)]
 
 
-def _worst_head_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    diff = (got.double().cpu() - ref.double().cpu()).flatten(2).norm(dim=-1)
-    return (diff / ref.double().cpu().flatten(2).norm(dim=-1)).max().item()
-
 
 def _errors(fn, inputs, dims, causal, dtype=torch.float32, device=DEVICE) -> dict[str, float]:
     got = _grads(fn, inputs, dtype, device)
     ref = _grads(lambda q, k, v: tensorized_attention_f64(q, k, v, dims, causal), inputs, torch.float64, "cpu")
-    return {name: _worst_head_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True)}
+    return {name: worst_head_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True)}
 
-
-@pytest.fixture
-def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gradient buffers of hop values start as NaN: a row a hop forgets to write shows."""
-    monkeypatch.setattr(tb, "_new_gradient_buffer", lambda like: torch.full_like(like, float("nan")))
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
@@ -66,7 +58,8 @@ def poisoned_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     ((4, 4, 8), (C, T, C)),  # the middle hop of m = 3 is no view: Triton runs it whatever is asked
     ((4, 8, 4), (T, T, C)),
 ], ids=str)
-def test_mixed_chains_give_the_spec_gradients(dims, backends, causal, poisoned_gradients,
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_mixed_chains_give_the_spec_gradients(dims, backends, causal,
                                               monkeypatch: pytest.MonkeyPatch):
     """GQA 4:2; each Triton hop's dq and dk are its own share, autograd adds them to the SDPA hops'."""
     n = 1
@@ -86,7 +79,8 @@ def test_mixed_chains_give_the_spec_gradients(dims, backends, causal, poisoned_g
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-def test_one_triton_hop_alone_is_the_attention_inside_its_slices(causal, poisoned_gradients):
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_one_triton_hop_alone_is_the_attention_inside_its_slices(causal):
     """A padded N (125 in 8 x 16) and a 4-head value on a 2-head key: hop 2 alone against float64."""
     dims, n = (8, 16), 125
     q, k, _, d_out = _inputs(n)
@@ -101,7 +95,7 @@ def test_one_triton_hop_alone_is_the_attention_inside_its_slices(causal, poisone
                  torch.float32, DEVICE)
     ref = _grads(one_hop, (q, k, value, d_out), torch.float64, "cpu")
     for name, g, r in zip(("out", "dq", "dk", "dvalue"), got, ref, strict=True):
-        assert _worst_head_err(g, r) < 1e-5, name
+        assert worst_head_err(g, r) < 1e-5, name
 
 
 def test_a_hop_on_the_wrong_axis_is_caught():
@@ -193,7 +187,7 @@ def test_gpu_mixed_chains_match_the_fused_triton_chain(backends):
                  inputs, torch.bfloat16, "cuda")
     want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
-        assert _worst_head_err(g, w) < 2e-2, name
+        assert worst_head_err(g, w) < 2e-2, name
 
 
 @pytest.mark.gpu
