@@ -3,7 +3,8 @@
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims), every hop's
 backward (kernels/tensorized_backward.py) runs with each candidate launch shape: the dQ kernel's
 shapes with the dK/dV kernel at the table's shape, then the dK/dV kernel's with dQ at the best one
-found; for slices the packed kernel takes, its shapes and the blocked kernels' too. Each candidate is
+found; for slices the packed kernel takes, its shapes (each with TMA boxes where the dims fill N,
+and through pointer loads) and the blocked kernels' too. Each candidate is
 timed with `triton.testing.do_bench` (median, L2 flushed before each rep), and its gradients (dQ, dK
 and the hop value's) are compared with the same hop's backward run in float32 from float32 inputs:
 the worst relative L2 error of the three, beside the table shape's own. Shapes differ in the order
@@ -71,16 +72,16 @@ class HopSweep:
         self.reference = self.float32_reference()
         self.table_error = self.error(self.fresh())
 
-    def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None) -> None:
+    def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None, tma: bool = True) -> None:
         grads = grads or tb.Gradients(self.acc_q, self.acc_q, self.acc_k, self.acc_k, True)
         tb._launch_hop_backward(self.q, self.k, self.value, self.out, self.d_out, self.lse, grads,
                                 self.d_prev if d_prev is None else d_prev, self.dims, self.axis, True, D**-0.5,
-                                blocks=blocks, packed=packed)
+                                blocks=blocks, packed=packed, tma=tma)
 
-    def fresh(self, blocks=None, packed=None) -> tuple[torch.Tensor, ...]:
+    def fresh(self, blocks=None, packed=None, tma: bool = True) -> tuple[torch.Tensor, ...]:
         """(dQ, dK, the value's gradient) written from nothing (no accumulation)."""
         dq, dk, dp = torch.empty_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
-        self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp)
+        self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp, tma)
         return dq, dk, dp
 
     def float32_reference(self) -> tuple[torch.Tensor, ...]:
@@ -98,11 +99,11 @@ class HopSweep:
     def error(self, grads: tuple[torch.Tensor, ...]) -> float:
         return max(float((g.float() - r).norm() / r.norm()) for g, r in zip(grads, self.reference, strict=True))
 
-    def trial(self, kernel: str, shape: object, blocks=None, packed=None) -> float:
+    def trial(self, kernel: str, shape: object, blocks=None, packed=None, tma: bool = True) -> float:
         """The candidate's time, or inf if it fails or its error is above ACCEPT x the table's."""
         try:
-            err = self.error(self.fresh(blocks, packed))
-            took = _ms(lambda: self.run(blocks, packed), self.rep_ms)
+            err = self.error(self.fresh(blocks, packed, tma))
+            took = _ms(lambda: self.run(blocks, packed, tma=tma), self.rep_ms)
         except Exception as exc:  # a shape that does not fit (shared memory, registers)
             print(f"{self.label} {kernel} | {shape} | failed: {type(exc).__name__} | | |", flush=True)
             return math.inf
@@ -124,6 +125,8 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
         for tile in PACKED_TILES:
             if tile.rows >= block_l:
                 keep("packed", tile, hop.trial("packed", tile, packed=tile))
+                # the same tile through pointer loads (the kernel before its TMA boxes)
+                keep("packed, pointer loads", tile, hop.trial("packed, pointer loads", tile, packed=tile, tma=False))
         for blocks in SHORT_BLOCKS:
             if max(blocks.dkdv.block_m, blocks.dkdv.block_n, blocks.dq.block_m, blocks.dq.block_n) <= block_l:
                 keep("blocked", blocks, hop.trial("blocked", blocks, blocks=blocks))

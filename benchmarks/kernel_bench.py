@@ -135,9 +135,10 @@ def bench_hops(sets, dims: tuple[int, ...], rep_ms: int) -> list[float]:
     return times
 
 
-SWEEP_PACKED = [  # (ROWS, warps, stages, programs per SM)
+SWEEP_PACKED = [  # (ROWS, warps, stages, programs per SM); each alone and with K shared by a kv group
     (64, 4, 2, 8), (64, 4, 3, 4), (64, 4, 2, 64), (64, 4, 1, 64), (32, 4, 3, 64), (128, 8, 2, 1),
 ]
+SWEEP_DIMS = ((2**17, (256, 512)), (2**17, (32, 64, 64)), (2**12, (64, 64)), (2**12, (16, 16, 16)))
 SWEEP_FLASH = [  # (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
     (64, 64, 4, 3, None), (64, 32, 4, 3, None), (64, 32, 4, 3, 168), (64, 32, 4, 4, None), (64, 32, 4, 2, 168),
     (128, 64, 8, 3, None),
@@ -145,7 +146,9 @@ SWEEP_FLASH = [  # (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
 
 
 def sweep(n: int, dims: tuple[int, ...], bw: float, peak: float, rep_ms: int) -> None:
-    """Every candidate config on every hop of one folding: the data behind the autotune lists."""
+    """Every candidate config on every hop of one folding: the data behind the autotune lists.
+    Each hop reads its real value (v on the first hop, H heads after), and each candidate's output
+    is compared with the autotuned hop's."""
     q, k, v = make_inputs(n, 1)[0]
     scale = D**-0.5
     dst = torch.empty_like(q)
@@ -158,22 +161,30 @@ def sweep(n: int, dims: tuple[int, ...], bw: float, peak: float, rep_ms: int) ->
         floor = max(nbytes / bw, flops / peak) * 1e3
         block_l = max(16, triton.next_power_of_2(length))
         if length <= tt.PACKED_MAX_LEN:
-            cands = [triton.Config({"ROWS": r, "PROGRAMS_PER_SM": p}, num_warps=w, num_stages=st)
-                     for r, w, st, p in SWEEP_PACKED if r >= block_l]
+            cands = [triton.Config({"ROWS": r, "PROGRAMS_PER_SM": p, "SHARE_KV": share}, num_warps=w,
+                                   num_stages=st)
+                     for share in (False, True) for r, w, st, p in SWEEP_PACKED if r >= block_l]
         else:
             cands = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, maxnreg=r)
                      for bm, bn, w, st, r in SWEEP_FLASH]
-        for cfg in cands:
-            def call(cfg=cfg, value=value, axis=axis) -> None:
-                tt._launch_hop(q, k, value, dst, dims, axis, CAUSAL, scale, config=cfg)
+        reference = torch.empty_like(q)
+        tt._launch_hop(q, k, value, reference, dims, axis, CAUSAL, scale)
+        # each config with TMA boxes (where they serve) and through pointer loads
+        for cfg, tma in ((cfg, tma) for cfg in cands for tma in (True, False)):
+            def call(cfg=cfg, value=value, axis=axis, tma=tma) -> None:
+                tt._launch_hop(q, k, value, dst, dims, axis, CAUSAL, scale, config=cfg, tma=tma)
+            loads = "tma" if tma else "pointers"
             try:
+                call()
+                diff = (dst.float() - reference.float()).abs().max().item()
                 ms = triton.testing.do_bench(call, warmup=25, rep=rep_ms, return_mode="median")
             except Exception as exc:  # out of resources and the like: report and go on
-                print(f"  hop {t} L={length:4d} {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
+                print(f"  hop {t} L={length:4d} {tt._config_text(cfg)} {loads}: failed "
+                      f"({type(exc).__name__}: {str(exc)[:80]})")
                 continue
-            print(f"  hop {t} L={length:4d} C={math.prod(dims[axis + 1:]):5d} {cfg}: {ms:.3f} ms "
-                  f"({nbytes / ms / 1e9:.2f} TB/s, {flops / ms / 1e9:.0f} TFLOP/s, {ms / floor:.2f}x floor)",
-                  flush=True)
+            print(f"  hop {t} L={length:4d} C={math.prod(dims[axis + 1:]):5d} {tt._config_text(cfg)} {loads}: "
+                  f"{ms:.3f} ms ({nbytes / ms / 1e9:.2f} TB/s, {flops / ms / 1e9:.0f} TFLOP/s, "
+                  f"{ms / floor:.2f}x floor, max abs diff {diff:.1e})", flush=True)
 
 
 def run_case(n: int, m: int, bw: float, peak: float, rep_ms: int, hops: bool) -> Row:
@@ -242,7 +253,9 @@ def main() -> None:
     parser.add_argument("--orders", default="2,3", help="comma-separated orders m")
     parser.add_argument("--rep-ms", type=int, default=400, help="do_bench repetition time per measurement")
     parser.add_argument("--json", default=None, help="write the rows here as JSON")
-    parser.add_argument("--sweep", action="store_true", help="time every candidate config per hop at 128k")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time every candidate config on every hop of 128k m = 2, 3 and 4k m = 2, 3, "
+                             "with TMA boxes and with pointer loads")
     parser.add_argument("--no-table", action="store_true", help="skip the main table (with --sweep)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -252,7 +265,7 @@ def main() -> None:
     peak = measure_matmul_peak()
     print(f"copy {bw / 1e12:.2f} TB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
     if args.sweep:
-        for n, dims in ((2**17, (256, 512)), (2**12, (64, 64)), (2**12, (16, 16, 16))):
+        for n, dims in SWEEP_DIMS:
             sweep(n, dims, bw, peak, max(50, args.rep_ms // 4))
     if args.no_table:
         return

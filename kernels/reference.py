@@ -118,6 +118,26 @@ def tensorized_attention_f64(
     return vf.reshape(batch, heads, total, d)[:, :, :n]
 
 
+def tensorized_hop_f64(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    value: torch.Tensor,
+    dims: Sequence[int],
+    axis: int,
+    causal: bool,
+    scale: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """One hop of the spec alone: attention along `axis` of the folding `dims`, with `value` (H_kv
+    or H heads) as the values; returns (B, H, N, D) in float64 (or `dtype`). Differentiable."""
+    batch, heads, n, d = q.shape
+    dims = tuple(dims)
+    qf, kf, vf, position = _folded(q, k, value, dims, dtype)
+    scale = d**-0.5 if scale is None else scale
+    out = _hop_f64(qf, kf, vf, position, axis, n, causal, scale)
+    return out.reshape(batch, heads, padded_length(dims), d)[:, :, :n]
+
+
 def exact_attention_f64(
     q: torch.Tensor,
     k: torch.Tensor,

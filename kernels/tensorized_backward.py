@@ -33,12 +33,19 @@ from .tensorized_triton import (
     _INTERPRET,
     _LOG2E,
     _dot,
+    _hop_descriptors,
     _launch_hop,
     _load_rows,
     _loop_bound,
     _narrow,
+    _packed_blocks,
+    _packed_box_fits,
     _row_major,
+    _slice_coords,
     _slice_layout,
+    _tile_load,
+    _tile_rows,
+    _tile_store,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -260,67 +267,86 @@ def _packed_kernel(
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SUM_DV: tl.constexpr, ACCUMULATE: tl.constexpr, ROWS: tl.constexpr,
+    DESC: tl.constexpr = False, INNER: tl.constexpr = False,
 ):
     """Short slices: one tile holds ROWS // BLOCK_L whole slices (BLOCK_L >= L coordinates each),
     so one program computes dQ, dK and dV of its slices for one kv head and the group's query heads,
     with no second kernel and no atomics. Scores between different slices of a tile are masked.
     dQ and dK are this hop's share plus, with ACCUMULATE, what the src buffers hold, written to the
-    dst buffers in their dtype."""
+    dst buffers in their dtype. With DESC every (B, heads, N, D) operand is a TMA descriptor over
+    its (B * heads, A, L, C * D) view, as in the forward's packed kernel (rows coordinate-major
+    unless INNER), which keeps the pointer tiles out of the registers."""
     SLICES: tl.constexpr = ROWS // BLOCK_L
-    rows = tl.arange(0, ROWS)
-    slice_of_row = rows // BLOCK_L
-    coord = rows % BLOCK_L
+    slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
     allowed = slice_of_row[:, None] == slice_of_row[None, :]
     if CAUSAL:
         allowed = allowed & (coord[None, :] <= coord[:, None])
 
     pid = tl.program_id(0)
-    hk = (pid % H_KV).to(tl.int64)
+    hk = pid % H_KV
     t = pid // H_KV
-    b = (t % B).to(tl.int64)
+    b = t % B
     tile = t // B
+    a, c = _slice_coords(tile * SLICES, C)
     base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
     valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
     row_ok = coord < valid
     pos = base + coord * C
     ok = allowed & row_ok[:, None] & row_ok[None, :]
+    heads = H_KV * GROUP
+    b64 = b.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+    kv_plane = b * H_KV + hk
 
-    k = tl.load(k_ptr + b * stride_kb + hk * stride_kh + pos[:, None] * stride_kn + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
+    k = _tile_load(k_ptr, kv_plane, b64 * stride_kb + hk64 * stride_kh, a, c, pos, stride_kn, offs_d, row_ok,
+                   ROWS, HEAD_DIM, DESC, INNER)
     dk = tl.zeros([ROWS, HEAD_DIM], tl.float32)
     dv = tl.zeros([ROWS, HEAD_DIM], tl.float32)
     for hg in range(0, _loop_bound(GROUP)):
         h = hk * GROUP + hg
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + pos[:, None] * stride_don + offs_d[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + pos[:, None] * stride_on + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos[:, None] * stride_vn
-                    + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + pos, mask=row_ok, other=0.0)
+        h64 = h.to(tl.int64)
+        plane = b * heads + h
+        hv = h // V_GROUP
+        v_plane = b * (heads // V_GROUP) + hv
+        q = _tile_load(q_ptr, plane, b64 * stride_qb + h64 * stride_qh, a, c, pos, stride_qn, offs_d, row_ok,
+                       ROWS, HEAD_DIM, DESC, INNER)
+        do = _tile_load(do_ptr, plane, b64 * stride_dob + h64 * stride_doh, a, c, pos, stride_don, offs_d, row_ok,
+                        ROWS, HEAD_DIM, DESC, INNER)
+        o = _tile_load(o_ptr, plane, b64 * stride_ob + h64 * stride_oh, a, c, pos, stride_on, offs_d, row_ok,
+                       ROWS, HEAD_DIM, DESC, INNER)
+        v = _tile_load(v_ptr, v_plane, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c, pos, stride_vn, offs_d,
+                       row_ok, ROWS, HEAD_DIM, DESC, INNER)
+        lse = tl.load(lse_ptr + b64 * stride_lb + h64 * stride_lh + pos, mask=row_ok, other=0.0)
         # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        dq_offset = b * stride_dqb + h * stride_dqh + pos[:, None] * stride_dqn + offs_d[None, :]
-        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION)
-        _add_and_store(dq_src_ptr, dq_dst_ptr, dq_offset, dq * sm_scale, row_ok, ACCUMULATE)
+        dq_offset = b64 * stride_dqb + h64 * stride_dqh
+        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
+        if ACCUMULATE:
+            dq += _tile_load(dq_src_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok,
+                             ROWS, HEAD_DIM, DESC, INNER).to(tl.float32)
+        _tile_store(dq_dst_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok, dq,
+                    ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
         dk = _dot(_narrow(tl.trans(ds), q.dtype), q, dk, DOT_PRECISION)
         dv = _dot(_narrow(tl.trans(p), do.dtype), do, dv, DOT_PRECISION)
         if not SUM_DV:
-            tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + pos[:, None] * stride_dvn + offs_d[None, :],
-                     _narrow(dv, dv_ptr.dtype.element_ty), mask=row_ok[:, None])
+            _tile_store(dv_ptr, v_plane, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, a, c, pos, stride_dvn,
+                        offs_d, row_ok, dv, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
             dv = tl.zeros([ROWS, HEAD_DIM], tl.float32)
     if SUM_DV:
-        tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos[:, None] * stride_dvn + offs_d[None, :],
-                 _narrow(dv, dv_ptr.dtype.element_ty), mask=row_ok[:, None])
-    dk_offset = b * stride_dkb + hk * stride_dkh + pos[:, None] * stride_dkn + offs_d[None, :]
-    _add_and_store(dk_src_ptr, dk_dst_ptr, dk_offset, dk * sm_scale, row_ok, ACCUMULATE)
+        _tile_store(dv_ptr, kv_plane, b64 * stride_dvb + hk64 * stride_dvh, a, c, pos, stride_dvn, offs_d, row_ok,
+                    dv, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+    dk_offset = b64 * stride_dkb + hk64 * stride_dkh
+    dk = dk * sm_scale
+    if ACCUMULATE:
+        dk += _tile_load(dk_src_ptr, kv_plane, dk_offset, a, c, pos, stride_dkn, offs_d, row_ok,
+                         ROWS, HEAD_DIM, DESC, INNER).to(tl.float32)
+    _tile_store(dk_dst_ptr, kv_plane, dk_offset, a, c, pos, stride_dkn, offs_d, row_ok, dk,
+                ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,11 +436,13 @@ def _launch_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
-    packed: PackedTile | None = None,
+    packed: PackedTile | None = None, tma: bool = True,
 ) -> None:
     """The backward of one hop: its share of dq and dk (see Gradients) and d_value. Slices of at most
     PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for the blocked ones; `blocks`
-    and `packed` replace the tables' launch shapes (benchmarks/backward_tiles.py)."""
+    and `packed` replace the tables' launch shapes (benchmarks/backward_tiles.py). The packed kernel
+    moves its tiles as TMA boxes where the dims fill N, the operands are contiguous and a tile's
+    slices fit one box; `tma=False` loads through pointers regardless (for comparisons)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
@@ -437,8 +465,14 @@ def _launch_hop_backward(
         if packed.rows < block_l:
             raise ValueError(f"packed tile of {packed.rows} rows cannot hold a slice of {length}")
         grid = (triton.cdiv(num_slices, packed.rows // block_l) * batch * kv_heads,)
+        operands = (q, k, value, out, d_out, grads.dq_src, dq, grads.dk_src, dk, d_value)
+        boxed = tma and _packed_box_fits(packed.rows, block_l, inner, d)
+        descs = _hop_descriptors(operands, dims, axis) if boxed else None
+        if descs is not None:
+            _packed_blocks(descs, packed.rows, block_l, inner == 1, d)
+            operands = tuple(descs)
         _packed_kernel[grid](
-            q, k, value, out, d_out, lse, grads.dq_src, dq, grads.dk_src, dk, d_value, *strides,
+            *operands[:5], lse, *operands[5:], *strides,
             out.stride(0), out.stride(1), out.stride(2),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
@@ -447,6 +481,7 @@ def _launch_hop_backward(
             d_value.stride(0), d_value.stride(1), d_value.stride(2),
             *sizes, HEAD_DIM=d, BLOCK_L=block_l, CAUSAL=causal, DOT_PRECISION=precision,
             SUM_DV=value_heads != heads, ACCUMULATE=grads.accumulate, ROWS=packed.rows,
+            DESC=descs is not None, INNER=descs is not None and inner == 1,
             num_warps=packed.num_warps, num_stages=packed.num_stages,
         )
         return

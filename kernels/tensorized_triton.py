@@ -120,6 +120,80 @@ def _slice_layout(g, N, L, C):
 
 
 @triton.jit
+def _tile_rows(ROWS: tl.constexpr, BLOCK_L: tl.constexpr, COORD_MAJOR: tl.constexpr):
+    """Which slice of a packed tile each row belongs to and its coordinate in that slice: rows are
+    slice-major, or coordinate-major where the tile's slices lie side by side in a TMA box."""
+    rows = tl.arange(0, ROWS)
+    if COORD_MAJOR:
+        slice_of_row = rows % (ROWS // BLOCK_L)
+        coord = rows // (ROWS // BLOCK_L)
+    else:
+        slice_of_row = rows // BLOCK_L
+        coord = rows % BLOCK_L
+    return slice_of_row, coord
+
+
+@triton.jit
+def _tile_load(src, plane, offset, a, c, pos, stride_n, offs_d, row_ok,
+               ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, INNER: tl.constexpr):
+    """A packed tile's rows of one head: through pointers (src + offset: the head's first row), or,
+    with DESC, as one TMA box of the (B * heads, A, L, C * D) view at plane `plane`: consecutive
+    slices along A when INNER (C = 1), else consecutive slices along C in the box's last dimension,
+    which the reshape turns into coordinate-major rows."""
+    if DESC:
+        tile = src.load([plane, a, 0, 0]) if INNER else src.load([plane, a, 0, c * HEAD_DIM])
+        tile = tile.reshape(ROWS, HEAD_DIM)
+    else:
+        tile = tl.load(src + offset + pos[:, None] * stride_n + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    return tile
+
+
+@triton.jit
+def _tile_store(dst, plane, offset, a, c, pos, stride_n, offs_d, row_ok, value,
+                ROWS: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr,
+                INNER: tl.constexpr):
+    """`value` (ROWS x D, float32) stored in dst's dtype where `_tile_load` would read it. Through a
+    descriptor, rows past a slice's end or past the last slice fall outside the view and are dropped."""
+    if DESC:
+        value = _narrow(value, dst.dtype)
+        if INNER:
+            dst.store([plane, a, 0, 0], value.reshape(1, ROWS // BLOCK_L, BLOCK_L, HEAD_DIM))
+        else:
+            dst.store([plane, a, 0, c * HEAD_DIM], value.reshape(1, 1, BLOCK_L, ROWS // BLOCK_L * HEAD_DIM))
+    else:
+        tl.store(dst + offset + pos[:, None] * stride_n + offs_d[None, :], _narrow(value, dst.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+@triton.jit
+def _packed_head(
+    q_src, o_dst, lse_base, q_plane, q_offset, o_offset, a, c, k, v, stride_qn, stride_on, pos, offs_d,
+    row_ok, allowed, qk_scale,
+    ROWS: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_LSE: tl.constexpr, DESC: tl.constexpr, INNER: tl.constexpr,
+):
+    """One query head over one tile whose K and value rows are already loaded: exact softmax of
+    the tile's allowed scores, the product with the value, the stores."""
+    q = _tile_load(q_src, q_plane, q_offset, a, c, pos, stride_qn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+    s = _dot(q, tl.trans(k), None, DOT_PRECISION)
+    s = tl.where(allowed & row_ok[None, :], s, float("-inf"))
+    # the scale (> 0) is applied inside the exponent, one FMA per score
+    row_max = tl.max(s, 1) * qk_scale
+    # rows without any allowed key (padding only) would give -inf - -inf = NaN
+    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    p = tl.exp2(s * qk_scale - row_max[:, None])
+    denom = tl.sum(p, 1)
+    denom = tl.where(denom > 0.0, denom, 1.0)
+    acc = _dot(_narrow(p, v.dtype), v, None, DOT_PRECISION)
+    _tile_store(o_dst, q_plane, o_offset, a, c, pos, stride_on, offs_d, row_ok, acc / denom[:, None],
+                ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+    if STORE_LSE:
+        # log2 of the softmax denominator in scaled log2 units: what the backward needs to
+        # recompute the weights as exp2(s * qk_scale - lse)
+        tl.store(lse_base + pos, row_max + tl.log2(denom), mask=row_ok)
+
+
+@triton.jit
 def _packed_hop_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     stride_qb, stride_qh, stride_qn,
@@ -130,59 +204,72 @@ def _packed_hop_kernel(
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ROWS: tl.constexpr, PROGRAMS_PER_SM: tl.constexpr,  # the latter only sizes the grid
-    STORE_LSE: tl.constexpr = False,
+    STORE_LSE: tl.constexpr = False, SHARE_KV: tl.constexpr = False, V_SHARED: tl.constexpr = False,
+    DESC: tl.constexpr = False, INNER: tl.constexpr = False,
 ):
-    # One tile = ROWS // BLOCK_L whole slices of BLOCK_L (>= L) coordinates each; scores between
-    # different slices of the tile are masked out.
+    """One tile = ROWS // BLOCK_L whole slices of BLOCK_L (>= L) coordinates each; scores between
+    different slices of the tile are masked out. A persistent grid walks the tiles.
+
+    With SHARE_KV a program runs a tile for every query head of one kv group, loading the tile's K
+    once (and its value once when V_SHARED: the value has the kv heads, as on the first hop); else
+    one program per (tile, query head). With DESC, q/k/v/o are TMA descriptors over the tensors
+    viewed as (B * heads, A, L, C * D) (see `_hop_descriptors`, `_packed_blocks`), which keeps the
+    pointer tiles out of the registers; rows are slice-major when INNER, else coordinate-major."""
     SLICES: tl.constexpr = ROWS // BLOCK_L
-    rows = tl.arange(0, ROWS)
-    slice_of_row = rows // BLOCK_L
-    coord = rows % BLOCK_L
+    slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
     allowed = slice_of_row[:, None] == slice_of_row[None, :]
     if CAUSAL:
         allowed = allowed & (coord[None, :] <= coord[:, None])
 
-    tiles = tl.cdiv(NUM_SLICES, SLICES) * B * H_KV * GROUP
+    heads_per_tile = 1 if SHARE_KV else GROUP
+    heads = H_KV * GROUP
+    value_heads = heads // V_GROUP
+    tiles = tl.cdiv(NUM_SLICES, SLICES) * B * H_KV * heads_per_tile
     for w in range(_loop_bound(tl.program_id(0)), _loop_bound(tiles), _loop_bound(tl.num_programs(0))):
         # the heads sharing one kv head are neighbours in w, so their K/V reads hit L2
-        hg = w % GROUP
-        t = w // GROUP
+        hg = w % heads_per_tile
+        t = w // heads_per_tile
         hk = t % H_KV
         t = t // H_KV
-        b = (t % B).to(tl.int64)
+        b = t % B
         tile = t // B
-        h = (hk * GROUP + hg).to(tl.int64)
 
+        # with DESC the tile's slices share a (INNER: consecutive a, c = 0); the host makes sure
+        a, c = _slice_coords(tile * SLICES, C)
         base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
         valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
         row_ok = coord < valid
         pos = base + coord * C
+        b64 = b.to(tl.int64)
 
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        k = tl.load(k_ptr + b * stride_kb + hk.to(tl.int64) * stride_kh + pos[:, None] * stride_kn
-                    + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos[:, None] * stride_vn
-                    + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-
-        s = _dot(q, tl.trans(k), None, DOT_PRECISION)
-        s = tl.where(allowed & row_ok[None, :], s, float("-inf"))
-        # the scale (> 0) is applied inside the exponent, one FMA per score
-        row_max = tl.max(s, 1) * qk_scale
-        # rows without any allowed key (padding only) would give -inf - -inf = NaN
-        row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-        p = tl.exp2(s * qk_scale - row_max[:, None])
-        denom = tl.sum(p, 1)
-        denom = tl.where(denom > 0.0, denom, 1.0)
-        acc = _dot(_narrow(p, v.dtype), v, None, DOT_PRECISION)
-        out = acc / denom[:, None]
-        tl.store(o_ptr + b * stride_ob + h * stride_oh + pos[:, None] * stride_on + offs_d[None, :],
-                 _narrow(out, o_ptr.dtype.element_ty), mask=row_ok[:, None])
-        if STORE_LSE:
-            # log2 of the softmax denominator in scaled log2 units: what the backward needs to
-            # recompute the weights as exp2(s * qk_scale - lse)
-            tl.store(lse_ptr + b * stride_lb + h * stride_lh + pos, row_max + tl.log2(denom), mask=row_ok)
+        k = _tile_load(k_ptr, b * H_KV + hk, b64 * stride_kb + hk.to(tl.int64) * stride_kh, a, c, pos,
+                       stride_kn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+        if SHARE_KV:
+            if V_SHARED:
+                v = _tile_load(v_ptr, b * H_KV + hk, b64 * stride_vb + hk.to(tl.int64) * stride_vh, a, c, pos,
+                               stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+            for member in range(0, _loop_bound(GROUP)):
+                h = hk * GROUP + member
+                if not V_SHARED:
+                    hv = h // V_GROUP
+                    v = _tile_load(v_ptr, b * value_heads + hv, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c,
+                                   pos, stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+                h64 = h.to(tl.int64)
+                _packed_head(q_ptr, o_ptr, lse_ptr + b64 * stride_lb + h64 * stride_lh, b * heads + h,
+                             b64 * stride_qb + h64 * stride_qh, b64 * stride_ob + h64 * stride_oh, a, c, k, v,
+                             stride_qn, stride_on, pos, offs_d, row_ok, allowed, qk_scale,
+                             ROWS, BLOCK_L, HEAD_DIM, DOT_PRECISION, STORE_LSE, DESC, INNER)
+        else:
+            h = hk * GROUP + hg
+            hv = h // V_GROUP
+            v = _tile_load(v_ptr, b * value_heads + hv, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c, pos,
+                           stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+            h64 = h.to(tl.int64)
+            _packed_head(q_ptr, o_ptr, lse_ptr + b64 * stride_lb + h64 * stride_lh, b * heads + h,
+                         b64 * stride_qb + h64 * stride_qh, b64 * stride_ob + h64 * stride_oh, a, c, k, v,
+                         stride_qn, stride_on, pos, offs_d, row_ok, allowed, qk_scale,
+                         ROWS, BLOCK_L, HEAD_DIM, DOT_PRECISION, STORE_LSE, DESC, INNER)
 
 
 @triton.jit
@@ -317,11 +404,16 @@ def _dtype_bytes(named_args: dict) -> int:
 
 def _packed_configs() -> list[triton.Config]:
     if _INTERPRET:
-        return [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 4}, num_warps=4, num_stages=1)]
-    # the first that fits is the default when autotuning is off; (128, 8, 1, 2) is there for fp32
-    shapes = ((64, 4, 2, 8), (64, 4, 3, 4), (128, 8, 2, 1), (128, 8, 1, 2))
-    return [triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": per_sm}, num_warps=w, num_stages=st)
-            for rows, w, st, per_sm in shapes]
+        return [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 4, "SHARE_KV": False}, num_warps=4,
+                              num_stages=1, pre_hook=_packed_desc_blocks)]
+    # the first that fits is the default when autotuning is off; (128, 8, 1, 2) is there for fp32.
+    # (64, 4, 1, 4): with TMA a 64-row program needs about 125 registers and, unpipelined, 48 KB of
+    # shared memory, so four share an SM. The shared-K variants run a kv group's query heads in
+    # one program (K, and the first hop's value, loaded once per tile instead of once per head).
+    shapes = ((64, 4, 2, 8), (64, 4, 3, 4), (128, 8, 2, 1), (128, 8, 1, 2), (64, 4, 1, 4))
+    return [triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": per_sm, "SHARE_KV": share}, num_warps=w, num_stages=st,
+                          pre_hook=_packed_desc_blocks)
+            for share in (False, True) for rows, w, st, per_sm in shapes]
 
 
 def _packed_fits(cfg: triton.Config, block_l: int, elem: int) -> bool:
@@ -334,10 +426,42 @@ def _packed_fits(cfg: triton.Config, block_l: int, elem: int) -> bool:
     return True
 
 
+# A TMA box holds at most 256 elements along each dimension.
+_TMA_BOX_MAX = 256
+
+
+def _packed_box_fits(rows: int, block_l: int, inner: int, head_dim: int) -> bool:
+    """Whether a packed tile of `rows` can move as one TMA box: on the innermost axis (inner = 1)
+    its slices are consecutive along A; on an outer axis they are consecutive along C, so the
+    tile's slices must not straddle two values of a (inner divisible by the slices per tile) and
+    the box's last dimension (slices x D) must hold at most 256 elements."""
+    slices = rows // block_l
+    return inner == 1 or (inner % slices == 0 and slices * head_dim <= _TMA_BOX_MAX)
+
+
+def _packed_blocks(descs: Sequence[TensorDescriptor], rows: int, block_l: int, inner_axis: bool, head_dim: int) -> None:
+    """Box shapes of the (q, k, v, out) descriptors of a packed launch (see `_packed_box_fits`)."""
+    slices = rows // block_l
+    shape = [1, slices, block_l, head_dim] if inner_axis else [1, 1, block_l, slices * head_dim]
+    for desc in descs:
+        desc.block_shape = list(shape)
+
+
+def _packed_desc_blocks(nargs: dict) -> None:
+    """Autotuner pre-hook: give the descriptors of a DESC packed launch the config's box shapes."""
+    if nargs.get("DESC"):
+        _packed_blocks([nargs[name] for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")], nargs["ROWS"],
+                       nargs["BLOCK_L"], nargs["INNER"], nargs["HEAD_DIM"])
+
+
 def _prune_packed(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     block_l, elem = kwargs["BLOCK_L"], _dtype_bytes(named_args)
     kept = [cfg for cfg in configs if _packed_fits(cfg, block_l, elem)]
-    return kept or [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 2}, num_warps=8, num_stages=1)]
+    if kwargs.get("DESC"):
+        inner, head_dim = named_args["C"], kwargs["HEAD_DIM"]
+        kept = [cfg for cfg in kept if _packed_box_fits(cfg.kwargs["ROWS"], block_l, inner, head_dim)]
+    return kept or [triton.Config({"ROWS": PACKED_MAX_LEN, "PROGRAMS_PER_SM": 2, "SHARE_KV": False},
+                                  num_warps=8, num_stages=1, pre_hook=_packed_desc_blocks)]
 
 
 def _flash_configs() -> list[triton.Config]:
@@ -408,7 +532,7 @@ _TIMER = None if _AUTOTUNE else _first_fits
 # runs and move the kernel's time by a few percent. (Never for the first-fits stand-in timer.)
 _packed_tuned = triton.autotune(
     configs=_packed_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL"],
+    key=["L", "HEAD_DIM", "CAUSAL", "V_SHARED", "DESC", "INNER"],
     prune_configs_by={"early_config_prune": _prune_packed},
     do_bench=_TIMER,
     cache_results=_AUTOTUNE,
@@ -489,11 +613,12 @@ _chosen: dict[tuple, triton.Config] = {}
 def _launch_hop(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
-    lse: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None, tma: bool = True,
 ) -> None:
     """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used.
     `lse`, a contiguous (B, H, N) float32 tensor if given, receives each row's log-sum-exp of its
-    scaled scores in log2 units (the training forward saves it for the backward)."""
+    scaled scores in log2 units (the training forward saves it for the backward). `tma=False`
+    loads through pointers even where TMA descriptors could serve (benchmarks compare the two)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     length = dims[axis]
@@ -515,15 +640,26 @@ def _launch_hop(
         block_l = max(16, triton.next_power_of_2(length))
         sms = _sm_count(q.device)
         tuner, raw = _packed_tuned, _packed_hop_kernel
+        descs = _hop_descriptors((q, k, value, out), dims, axis) if tma else None
+        if descs is not None:
+            elem = q.element_size()
+            candidates = [config] if config is not None else _packed_configs()
+            if not any(_packed_fits(cfg, block_l, elem) and _packed_box_fits(cfg.kwargs["ROWS"], block_l, inner, d)
+                       for cfg in candidates):
+                descs = None  # no tile of this hop fits one box: pointer loads
+        if descs is not None:
+            args = (*descs, *args[4:])
         consts = {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision,
-                  "STORE_LSE": lse is not None}
+                  "STORE_LSE": lse is not None, "V_SHARED": value.shape[1] == kv_heads,
+                  "DESC": descs is not None, "INNER": descs is not None and inner == 1}
 
         def grid(meta: dict) -> tuple[int]:
-            tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * heads
+            per_tile = kv_heads if meta.get("SHARE_KV") else heads
+            tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * per_tile
             return (min(tiles, sms * meta["PROGRAMS_PER_SM"]),)
     else:
         tuner, raw = _flash_tuned, _flash_hop_kernel
-        descs = _hop_descriptors((q, k, value, out), dims, axis)
+        descs = _hop_descriptors((q, k, value, out), dims, axis) if tma else None
         if descs is not None:
             args = (*descs, *args[4:])
         consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "DESC": descs is not None,
@@ -533,13 +669,16 @@ def _launch_hop(
             return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
 
     if config is None:
-        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, consts.get("DESC", False))
+        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, consts.get("DESC", False),
+               consts.get("V_SHARED", False), consts.get("INNER", False))
         config = _chosen.get(key)
         if config is None:
             tuner[grid](*args, **consts)
             _chosen[key] = tuner.best_config
             return
-    if descs is not None:
+    if descs is not None and raw is _packed_hop_kernel:
+        _packed_blocks(descs, config.kwargs["ROWS"], block_l, inner == 1, d)
+    elif descs is not None:
         _shape_descriptors(descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], d)
     raw[grid](*args, **consts, **config.all_kwargs())
 
@@ -582,10 +721,14 @@ def tensorized_attention_triton(
 
 
 def tuned_configs() -> list[tuple[str, tuple, str]]:
-    """(kernel, (L, D, causal, dtype, device, TMA), chosen config) for every key tuned in this
-    process; the flash kernel is named 'flash-tma' where its tiles move through descriptors."""
+    """(kernel, (L, D, causal, dtype, device, TMA, value on kv heads, innermost axis), chosen config)
+    for every key tuned in this process. Kernels: 'flash' or 'packed', with '-tma' where tiles move
+    through descriptors, and ' (value with kv heads)' for a packed hop whose value is v (a first
+    hop under GQA), which is tuned apart from later hops of the same slice length."""
     def kernel(key: tuple) -> str:
-        return "packed" if key[0] else ("flash-tma" if key[-1] else "flash")
+        is_packed, tma, kv_value = key[0], key[6], key[7]
+        name = ("packed" if is_packed else "flash") + ("-tma" if tma else "")
+        return f"{name} (value with kv heads)" if is_packed and kv_value else name
 
     return [(kernel(key), key[1:], _config_text(cfg)) for key, cfg in _chosen.items()]
 

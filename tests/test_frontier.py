@@ -20,7 +20,7 @@ from tbench.core.case import Case, Family, Mode, sliding_window
 from tbench.core.folding import hop_axes
 from tbench.harness.correctness import check
 from tbench.kernels.linear_reference import delta_rule_recurrence, gated_recurrence, retention_log_decay
-from tbench.kernels.reference import _folded, _hop_f64, exact_attention_f64, tensorized_attention_f64
+from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
@@ -359,11 +359,9 @@ def test_choose_plans_in_training_times_each_hops_forward_and_backward(n):
     if n == total:
         # hop 2's q gradient is hop 2's alone: float64 autograd of that hop with hop 1's output fixed
         first, second = hop_axes(2)
-        qf, kf, vf, position = _folded(q, k, v, case.dims, torch.float64)
-        value = _hop_f64(qf, kf, vf, position, first, n, True, 32**-0.5).reshape(1, 4, n, 32)
+        value = tensorized_hop_f64(q, k, v, case.dims, first, True, 32**-0.5)
         q64 = q.double().requires_grad_()
-        qf, kf, vf, _ = _folded(q64, k, value, case.dims, torch.float64)
-        out = _hop_f64(qf, kf, vf, position, second, n, True, 32**-0.5).reshape(1, 4, n, 32)
+        out = tensorized_hop_f64(q64, k, value, case.dims, second, True, 32**-0.5)
         d_out = torch.randn(1, 4, n, 32, generator=torch.Generator().manual_seed(0))
         (want,) = torch.autograd.grad(out, q64, d_out.double())
         for grads in steps[2:]:

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
 
 from tbench.core.folding import resolve_dims
 from tbench.kernels import tensorized_triton as tt
-from tbench.kernels.reference import tensorized_attention_f64
+from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -151,7 +151,10 @@ FLASH_VARIANTS = [
     {"BLOCK_M": 64, "BLOCK_N": 64},
     {"BLOCK_M": 32, "BLOCK_N": 64},  # key blocks wider than query blocks
 ]
-PACKED_VARIANTS = [{"ROWS": 32, "PROGRAMS_PER_SM": 3}, {"ROWS": 64, "PROGRAMS_PER_SM": 1}]
+PACKED_VARIANTS = [
+    {"ROWS": 32, "PROGRAMS_PER_SM": 3}, {"ROWS": 64, "PROGRAMS_PER_SM": 1},
+    {"ROWS": 32, "PROGRAMS_PER_SM": 3, "SHARE_KV": True},  # one program per kv group
+]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -167,30 +170,96 @@ def test_block_shapes_of_one_hop(variant: dict, causal: bool) -> None:
     config = triton.Config(variant, num_warps=4, num_stages=2)
     tt._launch_hop(q, k, v, out, dims, 0, causal, 64**-0.5, config=config)
     assert not torch.isnan(out).any()
-    assert _rel_err(out.cpu(), _outer_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, causal)) <= 1e-2
+    assert _rel_err(out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, 0, causal)) <= 1e-2
 
 
-def _outer_hop_f64(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, int], causal: bool
-) -> torch.Tensor:
-    """The spec's hop over axis 0 of dims (L, C) alone, in float64."""
-    batch, heads, n, d = q.shape
-    length, inner = dims
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("value_heads", ["kv", "query"])
+def test_kv_group_programs_equal_one_program_per_head(value_heads: str, causal: bool, dtype: torch.dtype) -> None:
+    """One program per kv group (K loaded once for the group's four query heads; the value too when
+    it has the kv heads, as on a first hop) writes what one program per query head writes, bit for
+    bit, log-sum-exps included, and both match the spec's hop in float64."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dims = (20, 3)
+    case = Case(dims[0] * 3 - 2, 2, causal, dtype, dims=dims, heads=8, kv_heads=2, head_dim=32)
+    q, k, v = _inputs(case, device)
+    if value_heads == "query":  # a later hop's value: one head per query head
+        v = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    results = []
+    for share in (False, True):
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full(q.shape[:3], float("nan"), device=device)
+        config = triton.Config({"ROWS": 32, "PROGRAMS_PER_SM": 2, "SHARE_KV": share}, num_warps=4, num_stages=2)
+        tt._launch_hop(q, k, v, out, dims, 0, causal, 32**-0.5, config=config, lse=lse)
+        assert not torch.isnan(out).any() and not torch.isnan(lse[:, :, : case.n]).any()
+        results.append((out, lse))
+    (out, lse), (shared_out, shared_lse) = results
+    assert torch.equal(shared_out, out) and torch.equal(shared_lse, lse)
+    ref = tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, 0, causal)
+    assert _rel_err(shared_out.cpu(), ref) <= TOLERANCE[dtype]
 
-    def fold(x: torch.Tensor) -> torch.Tensor:  # (B, H, C, L, D): one attention problem per (C)
-        x = x.double().repeat_interleave(heads // x.shape[1], 1)
-        x = torch.nn.functional.pad(x, (0, 0, 0, length * inner - n))
-        return x.reshape(batch, heads, length, inner, d).transpose(2, 3)
 
-    pos = torch.arange(length * inner).reshape(length, inner).T  # (C, L)
-    scores = fold(q) @ fold(k).transpose(-1, -2) * d**-0.5
-    idx = torch.arange(length)
-    allowed = (idx[None, :] <= idx[:, None]).expand(inner, length, length) if causal else (
-        (pos < n)[:, None, :].expand(inner, length, length))
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    out = (weights @ fold(v)).transpose(2, 3).reshape(batch, heads, length * inner, d)
-    return out[:, :, :n]
+# (dims, axis, rows per tile, whether the tile moves as one TMA box)
+PACKED_BOXES = [
+    ((5, 24), 1, 64, True),  # innermost axis, two slices a box along A, the last box half outside
+    ((40, 4), 0, 64, True),  # outer axis, one slice of 40 (< 64 box rows) a box
+    ((24, 4), 0, 64, True),  # outer axis, two slices a box side by side along C: coordinate-major rows
+    ((24, 3), 0, 64, False),  # two slices a tile would straddle two values of a: pointer loads
+    ((8, 8), 0, 128, True),  # eight slices of 8 (16 box rows) side by side: 8 x D = 256, a box's widest
+]
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["per-head", "kv-group"])
+@pytest.mark.parametrize("value_heads", ["kv", "query"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("layout", PACKED_BOXES, ids=lambda b: f"{b[0][0]}x{b[0][1]}-axis{b[1]}-rows{b[2]}")
+def test_packed_tiles_through_tma_boxes(layout: tuple, causal: bool, value_heads: str, share: bool,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the dims fill N and the tensors are contiguous, a packed hop's tiles move as TMA boxes
+    (when the tile's slices lie side by side in one box); its output and log-sum-exps match the
+    same hop through pointer loads and the spec's hop in float64."""
+    dims, axis, rows, boxed = layout
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = dims[0] * dims[1]
+    case = Case(n, 2, causal, F32, dims=dims, heads=4, kv_heads=2, head_dim=32)
+    q, k, v = _inputs(case, device)
+    if value_heads == "query":
+        v = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    boxes: list[list[int]] = []
+    shape_boxes = tt._packed_blocks
+
+    def spy(descs, *args) -> None:
+        shape_boxes(descs, *args)
+        boxes.append(list(descs[0].block_shape))
+
+    monkeypatch.setattr(tt, "_packed_blocks", spy)
+    config = triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": 2, "SHARE_KV": share}, num_warps=4, num_stages=1)
+    results = []
+    for contiguous in (True, False):
+        # a (B, N, H, D) output keeps its rows contiguous but not its heads: pointer loads
+        out = (torch.full_like(q, float("nan")) if contiguous
+               else torch.full((1, n, 4, 32), float("nan"), device=device).transpose(1, 2))
+        lse = torch.full(q.shape[:3], float("nan"), device=device)
+        tt._launch_hop(q, k, v, out, dims, axis, causal, 32**-0.5, config=config, lse=lse)
+        assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+        results.append((out, lse))
+    assert bool(boxes) == boxed and len(boxes) <= 1
+    (boxed_out, boxed_lse), (plain_out, plain_lse) = results
+    assert _rel_err(boxed_out.cpu(), plain_out.cpu()) <= 1e-6
+    assert torch.allclose(boxed_lse, plain_lse, rtol=1e-6, atol=1e-6)
+    assert _rel_err(boxed_out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, axis, causal)) <= 1e-4
+
+
+def test_tuned_packed_hops_name_a_first_hop_apart() -> None:
+    """A first hop (its value is v, on the kv heads) and a later hop of the same slice length are
+    tuned apart, and the provenance text tells them apart."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    case = Case(64, 2, True, dims=(8, 8), heads=4, kv_heads=2)
+    _check(case, device)
+    names = {kernel for kernel, key, _ in tt.tuned_configs() if key[0] == 8 and key[2] is True}
+    first_hop = {"packed (value with kv heads)", "packed-tma (value with kv heads)"}
+    assert names & {"packed", "packed-tma"} and names & first_hop
 
 
 def test_explicit_scale() -> None:

@@ -123,6 +123,35 @@ def test_triton_gradients_match_float64_spec(case: Case) -> None:
     _check_against_spec(tensorized_attention_train, case)
 
 
+# dims that fill N, contiguous tensors: packed hops move their tiles as TMA boxes, in the forward
+# and in the backward (slice-major on the innermost axis, coordinate-major on outer ones; axis 1 of
+# 4 x 6 x 4 cannot: eight slices of a tile would straddle two values of a, so pointer loads)
+BOXED_CASES = [
+    Case(64, 2, True, dims=(8, 8), heads=4, kv_heads=2),
+    Case(96, 3, False, dims=(4, 6, 4), heads=4, kv_heads=1),
+    Case(128, 2, True, BF16, dims=(16, 8), heads=4, kv_heads=2),
+    Case(64, 2, False, dims=(8, 8)),
+]
+
+
+@pytest.mark.parametrize("rows", [None, 32], ids=["table-tile", "two-slices-a-tile"])
+@pytest.mark.parametrize("case", BOXED_CASES, ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_packed_tiles_through_tma_boxes(case: Case, rows: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    boxes: list[list[int]] = []
+    shape_boxes = tb._packed_blocks
+
+    def spy(descs, *args) -> None:
+        shape_boxes(descs, *args)
+        boxes.append(list(descs[0].block_shape))
+
+    monkeypatch.setattr(tb, "_packed_blocks", spy)
+    if rows is not None:
+        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: tb.PackedTile(rows, 4, 1))
+    _check_against_spec(tensorized_attention_train, case)
+    assert len(boxes) >= len(case.resolved_dims) - (case.dims == (4, 6, 4))  # one backward launch per boxed hop
+
+
 def _recomputing(q, k, v, dims, causal):
     return tensorized_attention_train(q, k, v, dims, causal, recompute=True)
 

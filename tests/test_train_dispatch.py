@@ -19,7 +19,7 @@ from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisone
 from tbench.core.case import Case, Mode
 from tbench.core.folding import hop_axes
 from tbench.kernels import tensorized_train_dispatch as ttd
-from tbench.kernels.reference import _folded, _hop_f64, tensorized_attention_f64
+from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train, tensorized_hop_train
 from tbench.kernels.tensorized_dispatch import HopBackend
 from tbench.kernels.tensors import make_inputs
@@ -87,9 +87,7 @@ def test_one_triton_hop_alone_is_the_attention_inside_its_slices(causal):
     value = torch.randn(1, 4, n, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def one_hop(q, k, value):  # the spec's hop along axis 0 (stride 16) alone, in float64
-        qf, kf, vf, position = _folded(q, k, value, dims, torch.float64)
-        out = _hop_f64(qf, kf, vf, position, 0, n, causal, 32**-0.5)
-        return out.reshape(1, 4, 128, 32)[:, :, :n]
+        return tensorized_hop_f64(q, k, value, dims, 0, causal, 32**-0.5)
 
     got = _grads(lambda a, b, c: tensorized_hop_train(a, b, c, dims, 0, causal, 32**-0.5), (q, k, value, d_out),
                  torch.float32, DEVICE)
