@@ -432,17 +432,43 @@ class Gradients:
     accumulate: bool
 
 
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch, whole: the kernel, its grid, its positional and keyword arguments."""
+
+    kernel: triton.runtime.JITFunction
+    grid: tuple[int]
+    args: tuple
+    kwargs: dict[str, object]
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+
 def _launch_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
     packed: PackedTile | None = None, tma: bool = True,
 ) -> None:
-    """The backward of one hop: its share of dq and dk (see Gradients) and d_value. Slices of at most
-    PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for the blocked ones; `blocks`
-    and `packed` replace the tables' launch shapes (benchmarks/backward_tiles.py). The packed kernel
-    moves its tiles as TMA boxes where the dims fill N, the operands are contiguous and a tile's
-    slices fit one box; `tma=False` loads through pointers regardless (for comparisons)."""
+    """The backward of one hop (see `plan_hop_backward`), launched."""
+    for launch in plan_hop_backward(q, k, value, out, d_out, lse, grads, d_value, dims, axis, causal, scale,
+                                    blocks, packed, tma):
+        launch()
+
+
+def plan_hop_backward(
+    q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
+    lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
+    dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
+    packed: PackedTile | None = None, tma: bool = True,
+) -> list[KernelLaunch]:
+    """The launches of one hop's backward, in order: its share of dq and dk (see Gradients) and
+    d_value. Slices of at most PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for
+    the blocked ones; `blocks` and `packed` replace the tables' launch shapes
+    (benchmarks/backward_tiles.py). The packed kernel moves its tiles as TMA boxes where the dims
+    fill N, the operands are contiguous and a tile's slices fit one box; `tma=False` loads through
+    pointers regardless (for comparisons)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
@@ -471,45 +497,42 @@ def _launch_hop_backward(
         if descs is not None:
             _packed_blocks(descs, packed.rows, block_l, inner == 1, d)
             operands = tuple(descs)
-        _packed_kernel[grid](
+        return [KernelLaunch(_packed_kernel, grid, (
             *operands[:5], lse, *operands[5:], *strides,
             out.stride(0), out.stride(1), out.stride(2),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
             dq.stride(0), dq.stride(1), dq.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2),
-            d_value.stride(0), d_value.stride(1), d_value.stride(2),
-            *sizes, HEAD_DIM=d, BLOCK_L=block_l, CAUSAL=causal, DOT_PRECISION=precision,
-            SUM_DV=value_heads != heads, ACCUMULATE=grads.accumulate, ROWS=packed.rows,
-            DESC=descs is not None, INNER=descs is not None and inner == 1,
-            num_warps=packed.num_warps, num_stages=packed.num_stages,
-        )
-        return
+            d_value.stride(0), d_value.stride(1), d_value.stride(2), *sizes,
+        ), {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision,
+            "SUM_DV": value_heads != heads, "ACCUMULATE": grads.accumulate, "ROWS": packed.rows,
+            "DESC": descs is not None, "INNER": descs is not None and inner == 1,
+            "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
     blocks = blocks or backward_blocks(length, q.dtype)
     # filled by the dQ kernel for the dK/dV kernel, which runs after it on the same stream
     delta = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
     assert delta.stride()[:2] == lse.stride()[:2]
     common = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "ACCUMULATE": grads.accumulate}
-    tile = blocks.dq
-    _dq_kernel[(batch * heads * num_slices * triton.cdiv(length, tile.block_m),)](
-        q, k, value, out, d_out, lse, delta, grads.dq_src, dq, *strides,
-        out.stride(0), out.stride(1), out.stride(2),
-        d_out.stride(0), d_out.stride(1), d_out.stride(2),
-        lse.stride(0), lse.stride(1),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        *sizes, **common, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
-    )
-    tile = blocks.dkdv
-    _dkdv_kernel[(batch * kv_heads * num_slices * triton.cdiv(length, tile.block_n),)](
-        q, k, value, d_out, lse, delta, grads.dk_src, dk, d_value, *strides,
-        d_out.stride(0), d_out.stride(1), d_out.stride(2),
-        lse.stride(0), lse.stride(1),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        d_value.stride(0), d_value.stride(1), d_value.stride(2),
-        *sizes, SUM_DV=value_heads != heads, **common, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
-    )
+    dq_tile, dkdv_tile = blocks.dq, blocks.dkdv
+    return [
+        KernelLaunch(_dq_kernel, (batch * heads * num_slices * triton.cdiv(length, dq_tile.block_m),), (
+            q, k, value, out, d_out, lse, delta, grads.dq_src, dq, *strides,
+            out.stride(0), out.stride(1), out.stride(2),
+            d_out.stride(0), d_out.stride(1), d_out.stride(2),
+            lse.stride(0), lse.stride(1),
+            dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
+        ), {**common, "BLOCK_M": dq_tile.block_m, "BLOCK_N": dq_tile.block_n,
+            "num_warps": dq_tile.num_warps, "num_stages": dq_tile.num_stages}),
+        KernelLaunch(_dkdv_kernel, (batch * kv_heads * num_slices * triton.cdiv(length, dkdv_tile.block_n),), (
+            q, k, value, d_out, lse, delta, grads.dk_src, dk, d_value, *strides,
+            d_out.stride(0), d_out.stride(1), d_out.stride(2),
+            lse.stride(0), lse.stride(1),
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            d_value.stride(0), d_value.stride(1), d_value.stride(2), *sizes,
+        ), {"SUM_DV": value_heads != heads, **common, "BLOCK_M": dkdv_tile.block_m,
+            "BLOCK_N": dkdv_tile.block_n, "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}),
+    ]
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ output.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -610,15 +612,57 @@ def _new_buffer(like: torch.Tensor) -> torch.Tensor:
 _chosen: dict[tuple, triton.Config] = {}
 
 
-def _launch_hop(
+@dataclass
+class HopLaunch:
+    """One hop's kernel launch with everything but its config: the kernel (packed or flash), its
+    arguments (TMA descriptors in place of q, k, value and out where they serve), its constexprs,
+    its grid as a function of the config, and the key its tuned config is kept under."""
+
+    packed: bool
+    args: tuple
+    constexprs: dict[str, object]
+    grid: Callable[[dict], tuple[int]]
+    key: tuple
+    descs: list[TensorDescriptor] | None
+    block_l: int
+    inner_axis: bool
+    head_dim: int
+
+    @property
+    def kernel(self) -> triton.runtime.JITFunction:
+        return _packed_hop_kernel if self.packed else _flash_hop_kernel
+
+    @property
+    def tuner(self) -> triton.runtime.Autotuner:
+        return _packed_tuned if self.packed else _flash_tuned
+
+    def bind(self, config: triton.Config) -> dict[str, object]:
+        """The launch's keyword arguments under `config`, its descriptors given the config's boxes."""
+        if self.descs is not None and self.packed:
+            _packed_blocks(self.descs, config.kwargs["ROWS"], self.block_l, self.inner_axis, self.head_dim)
+        elif self.descs is not None:
+            _shape_descriptors(self.descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], self.head_dim)
+        return {**self.constexprs, **config.all_kwargs()}
+
+
+def _packed_grid(meta: dict, num_slices: int, block_l: int, batch: int, heads: int, kv_heads: int,
+                 programs: int) -> tuple[int]:
+    per_tile = kv_heads if meta.get("SHARE_KV") else heads
+    tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * per_tile
+    return (min(tiles, programs * meta["PROGRAMS_PER_SM"]),)
+
+
+def _flash_grid(meta: dict, num_slices: int, length: int, batch: int, heads: int) -> tuple[int]:
+    return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
+
+
+def plan_hop(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
     lse: torch.Tensor | None = None, tma: bool = True,
-) -> None:
-    """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used.
-    `lse`, a contiguous (B, H, N) float32 tensor if given, receives each row's log-sum-exp of its
-    scaled scores in log2 units (the training forward saves it for the backward). `tma=False`
-    loads through pointers even where TMA descriptors could serve (benchmarks compare the two)."""
+) -> HopLaunch:
+    """The launch of one hop (see `_launch_hop`). Packed tiles move as TMA boxes only if `config`
+    (or, without one, some config of the autotune list) fits them in one box."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     length = dims[axis]
@@ -635,52 +679,48 @@ def _launch_hop(
         scale * _LOG2E,
     )
     precision = "ieee" if q.dtype == torch.float32 else None
-    descs = None
-    if length <= PACKED_MAX_LEN:
-        block_l = max(16, triton.next_power_of_2(length))
-        sms = _sm_count(q.device)
-        tuner, raw = _packed_tuned, _packed_hop_kernel
-        descs = _hop_descriptors((q, k, value, out), dims, axis) if tma else None
+    packed = length <= PACKED_MAX_LEN
+    block_l = max(16, triton.next_power_of_2(length))
+    descs = _hop_descriptors((q, k, value, out), dims, axis) if tma else None
+    if packed:
         if descs is not None:
-            elem = q.element_size()
             candidates = [config] if config is not None else _packed_configs()
-            if not any(_packed_fits(cfg, block_l, elem) and _packed_box_fits(cfg.kwargs["ROWS"], block_l, inner, d)
-                       for cfg in candidates):
+            if not any(_packed_fits(cfg, block_l, q.element_size())
+                       and _packed_box_fits(cfg.kwargs["ROWS"], block_l, inner, d) for cfg in candidates):
                 descs = None  # no tile of this hop fits one box: pointer loads
-        if descs is not None:
-            args = (*descs, *args[4:])
         consts = {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision,
                   "STORE_LSE": lse is not None, "V_SHARED": value.shape[1] == kv_heads,
                   "DESC": descs is not None, "INNER": descs is not None and inner == 1}
-
-        def grid(meta: dict) -> tuple[int]:
-            per_tile = kv_heads if meta.get("SHARE_KV") else heads
-            tiles = triton.cdiv(num_slices, meta["ROWS"] // block_l) * batch * per_tile
-            return (min(tiles, sms * meta["PROGRAMS_PER_SM"]),)
+        grid = functools.partial(_packed_grid, num_slices=num_slices, block_l=block_l, batch=batch, heads=heads,
+                                 kv_heads=kv_heads, programs=_sm_count(q.device))
     else:
-        tuner, raw = _flash_tuned, _flash_hop_kernel
-        descs = _hop_descriptors((q, k, value, out), dims, axis) if tma else None
-        if descs is not None:
-            args = (*descs, *args[4:])
         consts = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "DESC": descs is not None,
                   "STORE_LSE": lse is not None}
+        grid = functools.partial(_flash_grid, num_slices=num_slices, length=length, batch=batch, heads=heads)
+    if descs is not None:
+        args = (*descs, *args[4:])
+    key = (packed, length, d, causal, q.dtype, q.device.type, descs is not None, consts.get("V_SHARED", False),
+           consts.get("INNER", False))
+    return HopLaunch(packed, args, consts, grid, key, descs, block_l, inner == 1, d)
 
-        def grid(meta: dict) -> tuple[int]:
-            return (batch * heads * num_slices * triton.cdiv(length, meta["BLOCK_M"]),)
 
+def _launch_hop(
+    q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+    dims: tuple[int, ...], axis: int, causal: bool, scale: float, config: triton.Config | None = None,
+    lse: torch.Tensor | None = None, tma: bool = True,
+) -> None:
+    """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used.
+    `lse`, a contiguous (B, H, N) float32 tensor if given, receives each row's log-sum-exp of its
+    scaled scores in log2 units (the training forward saves it for the backward). `tma=False`
+    loads through pointers even where TMA descriptors could serve (benchmarks compare the two)."""
+    launch = plan_hop(q, k, value, out, dims, axis, causal, scale, config, lse, tma)
     if config is None:
-        key = (raw is _packed_hop_kernel, length, d, causal, q.dtype, q.device.type, consts.get("DESC", False),
-               consts.get("V_SHARED", False), consts.get("INNER", False))
-        config = _chosen.get(key)
+        config = _chosen.get(launch.key)
         if config is None:
-            tuner[grid](*args, **consts)
-            _chosen[key] = tuner.best_config
+            launch.tuner[launch.grid](*launch.args, **launch.constexprs)
+            _chosen[launch.key] = launch.tuner.best_config
             return
-    if descs is not None and raw is _packed_hop_kernel:
-        _packed_blocks(descs, config.kwargs["ROWS"], block_l, inner == 1, d)
-    elif descs is not None:
-        _shape_descriptors(descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], d)
-    raw[grid](*args, **consts, **config.all_kwargs())
+    launch.kernel[launch.grid](*launch.args, **launch.bind(config))
 
 
 def tensorized_attention_triton(
