@@ -3,8 +3,9 @@
 For B=1, H=32, H_kv=8, D=128, bf16, causal and the given lengths and orders (auto dims), every hop's
 backward (kernels/tensorized_backward.py) runs with each candidate launch shape: the dQ kernel's
 shapes with the dK/dV kernel at the table's shape, then the dK/dV kernel's with dQ at the best one
-found; for slices the packed kernel takes, its shapes (each with TMA boxes where the dims fill N,
-and through pointer loads) and the blocked kernels' too. Each candidate is
+found, and the table's pair through pointer loads; for slices the packed kernel takes, its shapes
+(each with TMA boxes where the dims fill N, and through pointer loads) and the blocked kernels'
+too. Each candidate is
 timed with `triton.testing.do_bench` (median, L2 flushed before each rep), and its gradients (dQ, dK
 and the hop value's) are compared with the same hop's backward run in float32 from float32 inputs:
 the worst relative L2 error of the three, beside the table shape's own. Shapes differ in the order
@@ -132,6 +133,8 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
                 keep("blocked", blocks, hop.trial("blocked", blocks, blocks=blocks))
         return
     table = tb.backward_blocks(length, torch.bfloat16)
+    # the table's shapes through pointer loads (the kernels before their TMA boxes)
+    keep("dq + dkdv, pointer loads", table, hop.trial("dq + dkdv, pointer loads", table, blocks=table, tma=False))
     times = {}
     for tile in DQ_TILES:
         times[tile] = hop.trial("dq (+ table dkdv)", tile, blocks=tb.BackwardBlocks(table.dkdv, tile))

@@ -167,7 +167,7 @@ def backward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, arch: int) 
         value = v if t == 0 else torch.empty_like(q)
         # a middle hop of the backward: it adds to the float32 sums and writes them back
         grads = tb.Gradients(dq, dq, dk, dk, accumulate=True)
-        for tma in (True, False) if dims[axis] <= tb.PACKED_MAX_LEN else (True,):
+        for tma in (True, False):
             launches = tb.plan_hop_backward(q, k, value, torch.empty_like(q), torch.empty_like(q), lse, grads,
                                             torch.empty_like(value), dims, axis, True, D**-0.5, tma=tma)
             for launch in launches:

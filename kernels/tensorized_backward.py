@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..core.folding import hop_axes
 from .tensorized_triton import (
@@ -54,19 +55,48 @@ from .tensorized_triton import (
 
 
 @triton.jit
-def _add_and_store(src_ptr, dst_ptr, offset, value, ok, ACCUMULATE: tl.constexpr):
-    """value (plus, with ACCUMULATE, what src holds at `offset`) stored to dst in dst's dtype. Each
+def _block_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok,
+                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, MASK: tl.constexpr = True):
+    """BLOCK rows of one slice from coordinate `start` on: through pointers (src + offset: the head's
+    first row; rows where `ok` is false load as zero, unless MASK is off and every row is real), or,
+    with DESC, as one TMA box of the (B * heads, A, L, C * D) view, whose rows past the slice's end
+    load as zero."""
+    if DESC:
+        block = src.load([plane, a, start, c * HEAD_DIM]).reshape(BLOCK, HEAD_DIM)
+    else:
+        block = _load_rows(src + offset, pos, stride_n, offs_d, ok, MASK)
+    return block
+
+
+@triton.jit
+def _block_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value,
+                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr):
+    """`value` (float32) stored in dst's dtype where `_block_load` reads; rows past the slice's end
+    are not stored."""
+    if DESC:
+        dst.store([plane, a, start, c * HEAD_DIM], _narrow(value, dst.dtype).reshape(1, 1, BLOCK, HEAD_DIM))
+    else:
+        tl.store(dst + offset + pos[:, None] * stride_n + offs_d[None, :], _narrow(value, dst.dtype.element_ty),
+                 mask=ok[:, None])
+
+
+@triton.jit
+def _add_and_store_block(src, dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value,
+                         ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr):
+    """value (plus, with ACCUMULATE, what src holds there) stored to dst in dst's dtype. Each
     program owns its rows of the accumulators: a plain read-add-write, no atomics."""
     if ACCUMULATE:
-        value += tl.load(src_ptr + offset, mask=ok[:, None], other=0.0)
-    tl.store(dst_ptr + offset, _narrow(value, dst_ptr.dtype.element_ty), mask=ok[:, None])
+        value += _block_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok, BLOCK, HEAD_DIM,
+                             DESC).to(tl.float32)
+    _block_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value, BLOCK, HEAD_DIM, DESC)
 
 
 @triton.jit
 def _dkdv_tile(
-    k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n, offs_d, start, stop,
-    stride_qn, stride_don, C, qk_scale,
-    CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    k, v, dk, dv, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
+    offs_d, start, stop, stride_qn, stride_don, C, qk_scale,
+    CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DESC: tl.constexpr,
 ):
     """dK and dV of one key block over the query blocks in [start, stop). Without CAUSAL_MASK no score
     is masked: rows past the slice's end load as zero (q, dO, lse and Delta), which adds exactly
@@ -75,8 +105,10 @@ def _dkdv_tile(
         offs_m = q_at + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        q = tl.load(q_base + pos_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + pos_m[:, None] * stride_don + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _block_load(q_src, plane, a, c, q_at, q_offset, pos_m, stride_qn, offs_d, row_ok, BLOCK_M, HEAD_DIM,
+                        DESC)
+        do = _block_load(do_src, plane, a, c, q_at, do_offset, pos_m, stride_don, offs_d, row_ok, BLOCK_M,
+                         HEAD_DIM, DESC)
         lse = tl.load(lse_base + pos_m, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + pos_m, mask=row_ok, other=0.0)
         # transposed tiles (keys x queries), so that dK and dV come out row-major
@@ -103,30 +135,36 @@ def _dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_DV: tl.constexpr,
-    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
 ):
     """dK and dV of one key block of one slice for one kv head. dK is this hop's share plus, with
     ACCUMULATE, what dk_src holds, written to dk_dst in its dtype. With SUM_DV the value has one head
     per kv head (first hop), and dV sums over the group's query heads; otherwise the value has one
-    head per query head and each gets its own dV rows."""
+    head per query head and each gets its own dV rows. With DESC the (B, heads, N, D) operands are
+    TMA descriptors over their (B * heads, A, L, C * D) views."""
     pid = tl.program_id(0)
     k_blocks = tl.cdiv(L, BLOCK_N)
     kb = pid % k_blocks
     t = pid // k_blocks
     g = t % NUM_SLICES
     t = t // NUM_SLICES
-    hk = (t % H_KV).to(tl.int64)
-    b = (t // H_KV).to(tl.int64)
+    hk = t % H_KV
+    b = t // H_KV
+    b64 = b.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+    heads = H_KV * GROUP
+    kv_plane = b * H_KV + hk
 
     base, valid = _slice_layout(g, N, L, C)
+    a, c = _slice_coords(g, C)
     k_start = kb * BLOCK_N
     if k_start < valid:
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = k_start + tl.arange(0, BLOCK_N)
         key_ok = offs_n < valid
         pos_n = base + offs_n * C
-        k = tl.load(k_ptr + b * stride_kb + hk * stride_kh + pos_n[:, None] * stride_kn + offs_d[None, :],
-                    mask=key_ok[:, None], other=0.0)
+        k = _block_load(k_ptr, kv_plane, a, c, k_start, b64 * stride_kb + hk64 * stride_kh, pos_n, stride_kn,
+                        offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         # causal: query blocks before the key block see none of it; those that meet the diagonal
@@ -139,34 +177,40 @@ def _dkdv_kernel(
             diagonal_end = tl.maximum(diagonal_end, lo)
         for hg in range(0, _loop_bound(GROUP)):
             h = hk * GROUP + hg
-            v = tl.load(v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh + pos_n[:, None] * stride_vn
-                        + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            q_base = q_ptr + b * stride_qb + h * stride_qh
-            do_base = do_ptr + b * stride_dob + h * stride_doh
-            lse_base = lse_ptr + b * stride_lb + h * stride_lh
-            delta_base = delta_ptr + b * stride_lb + h * stride_lh
+            h64 = h.to(tl.int64)
+            plane = b * heads + h
+            hv = h // V_GROUP
+            v_plane = b * (heads // V_GROUP) + hv
+            v = _block_load(v_ptr, v_plane, a, c, k_start, b64 * stride_vb + hv.to(tl.int64) * stride_vh, pos_n,
+                            stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
+            q_offset = b64 * stride_qb + h64 * stride_qh
+            do_offset = b64 * stride_dob + h64 * stride_doh
+            lse_base = lse_ptr + b64 * stride_lb + h64 * stride_lh
+            delta_base = delta_ptr + b64 * stride_lb + h64 * stride_lh
             if CAUSAL:
-                dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n,
-                                    offs_d, lo, diagonal_end, stride_qn, stride_don, C, qk_scale,
-                                    True, DOT_PRECISION, BLOCK_M)
-            dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, base, valid, offs_n,
-                                offs_d, diagonal_end, valid, stride_qn, stride_don, C, qk_scale,
-                                False, DOT_PRECISION, BLOCK_M)
+                dk, dv = _dkdv_tile(k, v, dk, dv, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base, plane,
+                                    a, c, base, valid, offs_n, offs_d, lo, diagonal_end, stride_qn, stride_don, C,
+                                    qk_scale, True, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC)
+            dk, dv = _dkdv_tile(k, v, dk, dv, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base, plane,
+                                a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn, stride_don, C,
+                                qk_scale, False, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC)
             if not SUM_DV:
-                tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + pos_n[:, None] * stride_dvn + offs_d[None, :],
-                         _narrow(dv, dv_ptr.dtype.element_ty), mask=key_ok[:, None])
+                _block_store(dv_ptr, v_plane, a, c, k_start, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, pos_n,
+                             stride_dvn, offs_d, key_ok, dv, BLOCK_N, HEAD_DIM, DESC)
                 dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         if SUM_DV:
-            tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + pos_n[:, None] * stride_dvn + offs_d[None, :],
-                     _narrow(dv, dv_ptr.dtype.element_ty), mask=key_ok[:, None])
-        dk_offset = b * stride_dkb + hk * stride_dkh + pos_n[:, None] * stride_dkn + offs_d[None, :]
-        _add_and_store(dk_src_ptr, dk_dst_ptr, dk_offset, dk * sm_scale, key_ok, ACCUMULATE)
+            _block_store(dv_ptr, kv_plane, a, c, k_start, b64 * stride_dvb + hk64 * stride_dvh, pos_n, stride_dvn,
+                         offs_d, key_ok, dv, BLOCK_N, HEAD_DIM, DESC)
+        _add_and_store_block(dk_src_ptr, dk_dst_ptr, kv_plane, a, c, k_start, b64 * stride_dkb + hk64 * stride_dkh,
+                             pos_n, stride_dkn, offs_d, key_ok, dk * sm_scale, ACCUMULATE, BLOCK_N, HEAD_DIM, DESC)
 
 
 @triton.jit
 def _dq_tile(
-    q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, start, stop, stride_kn, stride_vn, C,
-    qk_scale, MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    q, do, lse, delta, dq, k_src, v_src, k_offset, v_offset, kv_plane, v_plane, a, c, base, valid, offs_m,
+    offs_d, start, stop, stride_kn, stride_vn, C, qk_scale,
+    MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DESC: tl.constexpr,
 ):
     """dQ of one query block over the key blocks in [start, stop). Without MASK every key of those
     blocks is real and visible to every query of the block."""
@@ -174,8 +218,10 @@ def _dq_tile(
         offs_n = k_at + tl.arange(0, BLOCK_N)
         pos_n = base + offs_n * C
         key_ok = offs_n < valid
-        k = _load_rows(k_base, pos_n, stride_kn, offs_d, key_ok, MASK)
-        v = _load_rows(v_base, pos_n, stride_vn, offs_d, key_ok, MASK)
+        k = _block_load(k_src, kv_plane, a, c, k_at, k_offset, pos_n, stride_kn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
+                        DESC, MASK)
+        v = _block_load(v_src, v_plane, a, c, k_at, v_offset, pos_n, stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
+                        DESC, MASK)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.exp2(s * qk_scale - lse[:, None])
         if MASK:
@@ -201,41 +247,50 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
 ):
     """dQ of one query block of one slice for one query head (plus, with ACCUMULATE, what dq_src
     holds), written to dq_dst in its dtype. It also forms the block's Delta = rowsum(dO * O) and
-    stores it for the dK/dV kernel, which runs after it."""
+    stores it for the dK/dV kernel, which runs after it. With DESC the (B, heads, N, D) operands
+    are TMA descriptors over their (B * heads, A, L, C * D) views."""
     pid = tl.program_id(0)
     q_blocks = tl.cdiv(L, BLOCK_M)
     qb = pid % q_blocks
     t = pid // q_blocks
     g = t % NUM_SLICES
     t = t // NUM_SLICES
-    h = (t % (H_KV * GROUP)).to(tl.int64)
-    b = (t // (H_KV * GROUP)).to(tl.int64)
+    heads = H_KV * GROUP
+    h = t % heads
+    b = t // heads
     hk = h // GROUP
+    hv = h // V_GROUP
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    plane = b * heads + h
 
     base, valid = _slice_layout(g, N, L, C)
+    a, c = _slice_coords(g, C)
     q_start = qb * BLOCK_M
     if q_start < valid:
         offs_d = tl.arange(0, HEAD_DIM)
         offs_m = q_start + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + pos_m[:, None] * stride_qn + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + pos_m[:, None] * stride_don + offs_d[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + pos_m[:, None] * stride_on + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
+        q = _block_load(q_ptr, plane, a, c, q_start, b64 * stride_qb + h64 * stride_qh, pos_m, stride_qn, offs_d,
+                        row_ok, BLOCK_M, HEAD_DIM, DESC)
+        do = _block_load(do_ptr, plane, a, c, q_start, b64 * stride_dob + h64 * stride_doh, pos_m, stride_don,
+                         offs_d, row_ok, BLOCK_M, HEAD_DIM, DESC)
+        o = _block_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
+                        row_ok, BLOCK_M, HEAD_DIM, DESC)
         # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-        row_at = b * stride_lb + h * stride_lh + pos_m
+        row_at = b64 * stride_lb + h64 * stride_lh + pos_m
         tl.store(delta_ptr + row_at, delta, mask=row_ok)
         lse = tl.load(lse_ptr + row_at, mask=row_ok, other=0.0)
-        k_base = k_ptr + b * stride_kb + hk * stride_kh
-        v_base = v_ptr + b * stride_vb + (h // V_GROUP) * stride_vh
+        k_offset = b64 * stride_kb + hk.to(tl.int64) * stride_kh
+        v_offset = b64 * stride_vb + hv.to(tl.int64) * stride_vh
+        kv_plane = b * H_KV + hk
+        v_plane = b * (heads // V_GROUP) + hv
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         # key blocks wholly below the diagonal (causal) or wholly real (not causal) need no mask
         if CAUSAL:
@@ -244,12 +299,14 @@ def _dq_kernel(
         else:
             bulk_end = (valid // BLOCK_N) * BLOCK_N
             hi = valid
-        dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, 0, bulk_end,
-                      stride_kn, stride_vn, C, qk_scale, False, CAUSAL, DOT_PRECISION, BLOCK_N)
-        dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, base, valid, offs_m, offs_d, bulk_end, hi,
-                      stride_kn, stride_vn, C, qk_scale, True, CAUSAL, DOT_PRECISION, BLOCK_N)
-        dq_offset = b * stride_dqb + h * stride_dqh + pos_m[:, None] * stride_dqn + offs_d[None, :]
-        _add_and_store(dq_src_ptr, dq_dst_ptr, dq_offset, dq * sm_scale, row_ok, ACCUMULATE)
+        dq = _dq_tile(q, do, lse, delta, dq, k_ptr, v_ptr, k_offset, v_offset, kv_plane, v_plane, a, c, base, valid,
+                      offs_m, offs_d, 0, bulk_end, stride_kn, stride_vn, C, qk_scale, False, CAUSAL, DOT_PRECISION,
+                      BLOCK_N, HEAD_DIM, DESC)
+        dq = _dq_tile(q, do, lse, delta, dq, k_ptr, v_ptr, k_offset, v_offset, kv_plane, v_plane, a, c, base, valid,
+                      offs_m, offs_d, bulk_end, hi, stride_kn, stride_vn, C, qk_scale, True, CAUSAL, DOT_PRECISION,
+                      BLOCK_N, HEAD_DIM, DESC)
+        _add_and_store_block(dq_src_ptr, dq_dst_ptr, plane, a, c, q_start, b64 * stride_dqb + h64 * stride_dqh,
+                             pos_m, stride_dqn, offs_d, row_ok, dq * sm_scale, ACCUMULATE, BLOCK_M, HEAD_DIM, DESC)
 
 
 @triton.jit
@@ -466,9 +523,10 @@ def plan_hop_backward(
     """The launches of one hop's backward, in order: its share of dq and dk (see Gradients) and
     d_value. Slices of at most PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for
     the blocked ones; `blocks` and `packed` replace the tables' launch shapes
-    (benchmarks/backward_tiles.py). The packed kernel moves its tiles as TMA boxes where the dims
-    fill N, the operands are contiguous and a tile's slices fit one box; `tma=False` loads through
-    pointers regardless (for comparisons)."""
+    (benchmarks/backward_tiles.py). Where the dims fill N and the operands are contiguous, the
+    kernels move their tiles as TMA boxes (the packed kernel where a tile's slices fit one box), which
+    keeps the pointer tiles out of the registers; `tma=False` loads through pointers regardless (for
+    comparisons)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
@@ -515,24 +573,46 @@ def plan_hop_backward(
     assert delta.stride()[:2] == lse.stride()[:2]
     common = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "ACCUMULATE": grads.accumulate}
     dq_tile, dkdv_tile = blocks.dq, blocks.dkdv
+    dq_ops = _boxes(((q, dq_tile.block_m), (k, dq_tile.block_n), (value, dq_tile.block_n), (out, dq_tile.block_m),
+                     (d_out, dq_tile.block_m), (grads.dq_src, dq_tile.block_m), (dq, dq_tile.block_m)),
+                    dims, axis, d, tma)
+    dkdv_ops = _boxes(((q, dkdv_tile.block_m), (k, dkdv_tile.block_n), (value, dkdv_tile.block_n),
+                       (d_out, dkdv_tile.block_m), (grads.dk_src, dkdv_tile.block_n), (dk, dkdv_tile.block_n),
+                       (d_value, dkdv_tile.block_n)), dims, axis, d, tma)
     return [
         KernelLaunch(_dq_kernel, (batch * heads * num_slices * triton.cdiv(length, dq_tile.block_m),), (
-            q, k, value, out, d_out, lse, delta, grads.dq_src, dq, *strides,
+            *dq_ops[:5], lse, delta, *dq_ops[5:], *strides,
             out.stride(0), out.stride(1), out.stride(2),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
             dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
         ), {**common, "BLOCK_M": dq_tile.block_m, "BLOCK_N": dq_tile.block_n,
+            "DESC": isinstance(dq_ops[0], TensorDescriptor),
             "num_warps": dq_tile.num_warps, "num_stages": dq_tile.num_stages}),
         KernelLaunch(_dkdv_kernel, (batch * kv_heads * num_slices * triton.cdiv(length, dkdv_tile.block_n),), (
-            q, k, value, d_out, lse, delta, grads.dk_src, dk, d_value, *strides,
+            *dkdv_ops[:4], lse, delta, *dkdv_ops[4:], *strides,
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
             dk.stride(0), dk.stride(1), dk.stride(2),
             d_value.stride(0), d_value.stride(1), d_value.stride(2), *sizes,
         ), {"SUM_DV": value_heads != heads, **common, "BLOCK_M": dkdv_tile.block_m,
-            "BLOCK_N": dkdv_tile.block_n, "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}),
+            "BLOCK_N": dkdv_tile.block_n, "DESC": isinstance(dkdv_ops[0], TensorDescriptor),
+            "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}),
     ]
+
+
+def _boxes(operands: tuple[tuple[torch.Tensor, int], ...], dims: tuple[int, ...], axis: int, head_dim: int,
+           tma: bool) -> tuple:
+    """The (tensor, rows per block) operands of a blocked kernel as TMA descriptors with boxes of
+    those rows where the dims fill N and every tensor is contiguous (see `_hop_descriptors`), else
+    the tensors themselves."""
+    tensors = tuple(t for t, _ in operands)
+    descs = _hop_descriptors(tensors, dims, axis) if tma else None
+    if descs is None:
+        return tensors
+    for desc, (_, rows) in zip(descs, operands, strict=True):
+        desc.block_shape = [1, 1, rows, head_dim]
+    return tuple(descs)
 
 
 @dataclass(frozen=True)

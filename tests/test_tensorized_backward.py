@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 if not torch.cuda.is_available():
     # must precede the kernel modules' import, which defines the kernels
@@ -123,33 +124,41 @@ def test_triton_gradients_match_float64_spec(case: Case) -> None:
     _check_against_spec(tensorized_attention_train, case)
 
 
-# dims that fill N, contiguous tensors: packed hops move their tiles as TMA boxes, in the forward
-# and in the backward (slice-major on the innermost axis, coordinate-major on outer ones; axis 1 of
-# 4 x 6 x 4 cannot: eight slices of a tile would straddle two values of a, so pointer loads)
+# dims that fill N, contiguous tensors: the backward's tiles move as TMA boxes (packed: slice-major
+# on the innermost axis, coordinate-major on outer ones; axis 1 of 4 x 6 x 4 cannot: eight slices of a
+# tile would straddle two values of a, so pointer loads), and so do the forward's
 BOXED_CASES = [
     Case(64, 2, True, dims=(8, 8), heads=4, kv_heads=2),
     Case(96, 3, False, dims=(4, 6, 4), heads=4, kv_heads=1),
     Case(128, 2, True, BF16, dims=(16, 8), heads=4, kv_heads=2),
     Case(64, 2, False, dims=(8, 8)),
+    # slices longer than the packed kernel's: the blocked kernels, several blocks, a ragged last one
+    Case(140, 2, True, dims=(70, 2), heads=4, kv_heads=2),
+    Case(160, 2, False, dims=(2, 80), heads=4, kv_heads=1),
 ]
 
 
-@pytest.mark.parametrize("rows", [None, 32], ids=["table-tile", "two-slices-a-tile"])
+@pytest.mark.parametrize("kernels", ["table", "packed-two-slices-a-tile", "blocked"])
 @pytest.mark.parametrize("case", BOXED_CASES, ids=str)
 @pytest.mark.usefixtures("poisoned_gradients")
-def test_packed_tiles_through_tma_boxes(case: Case, rows: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    boxes: list[list[int]] = []
-    shape_boxes = tb._packed_blocks
+def test_tiles_through_tma_boxes(case: Case, kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    boxed: list[bool] = []
+    plan = tb.plan_hop_backward
 
-    def spy(descs, *args) -> None:
-        shape_boxes(descs, *args)
-        boxes.append(list(descs[0].block_shape))
+    def spy(*args, **kwargs) -> list[tb.KernelLaunch]:
+        launches = plan(*args, **kwargs)
+        boxed.extend(any(isinstance(arg, TensorDescriptor) for arg in launch.args) for launch in launches)
+        return launches
 
-    monkeypatch.setattr(tb, "_packed_blocks", spy)
-    if rows is not None:
-        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: tb.PackedTile(rows, 4, 1))
+    monkeypatch.setattr(tb, "plan_hop_backward", spy)
+    if kernels == "packed-two-slices-a-tile":
+        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: tb.PackedTile(32, 4, 1))
+    elif kernels == "blocked":
+        monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
     _check_against_spec(tensorized_attention_train, case)
-    assert len(boxes) >= len(case.resolved_dims) - (case.dims == (4, 6, 4))  # one backward launch per boxed hop
+    # every hop's launches move through boxes but those of 4 x 6 x 4's axis 1 with 8 slices a tile
+    straddles = case.dims == (4, 6, 4) and kernels == "table"
+    assert sum(boxed) == len(boxed) - straddles and boxed
 
 
 def _recomputing(q, k, v, dims, causal):
