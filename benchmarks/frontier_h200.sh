@@ -12,11 +12,13 @@
 #   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
 #             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
 #   tiles     benchmarks/backward_tiles.py at 32k and 128k, m = 2, 3: the backward kernels' launch
-#             shapes, judged against a float32 backward
-# Usage: benchmarks/frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [extra tbench run options]
+#             shapes, judged against a float32 backward, each with TMA boxes and with pointer loads
+#   configs   benchmarks/kernel_bench.py --sweep: every forward config on every hop of 128k m = 2, 3
+#             and 4k m = 2, 3, with TMA boxes and with pointer loads
+# Usage: benchmarks/frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -62,8 +64,11 @@ case $PART in
   tiles)
     python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 | tee "$OUT/backward-tiles.md"
     ;;
+  configs)
+    python3 benchmarks/kernel_bench.py --sweep --no-table | tee "$OUT/hop-configs.txt"
+    ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, trainbench, gate or tiles" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, trainbench, gate, tiles or configs" >&2
     exit 2
     ;;
 esac

@@ -27,7 +27,7 @@ from .tensorized_backward import (
     forward_with_saved,
     recompute_intermediates,
 )
-from .tensorized_triton import _launch_hop, _row_major, unsupported_reason
+from .tensorized_triton import _launch_hop, _row_major, checked_arguments
 
 
 class TensorizedAttentionFunction(torch.autograd.Function):
@@ -54,19 +54,6 @@ class TensorizedAttentionFunction(torch.autograd.Function):
         dq, dk, dv = backward_from_saved(d_out, q, k, v, SavedForward(outputs, lses), ctx.dims, ctx.causal,
                                          ctx.scale)
         return dq, dk, dv, None, None, None, None
-
-
-def checked_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
-                      scale: float | None) -> tuple[tuple[int, ...], float]:
-    """The dims as ints and the softmax scale (D^-1/2 unless given), or ValueError naming what the
-    kernels cannot take (tensorized_triton.unsupported_reason) or a scale that is not positive."""
-    reason = unsupported_reason(q, k, v, dims, causal)
-    if reason is not None:
-        raise ValueError(reason)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
-    return tuple(int(x) for x in dims), scale
 
 
 def tensorized_attention_train(

@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend
 from .tensorized_sdpa import _slices_view, _unslices_view
-from .tensorized_triton import _launch_hop, unsupported_reason
+from .tensorized_triton import _launch_hop, checked_arguments
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
 
@@ -99,11 +99,7 @@ def sdpa_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[
 def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int],
                                   causal: bool, scale: float | None, backends: Sequence[HopBackend]) -> torch.Tensor:
     """The operator with hop t on backends[t]; (B, H, N, D) in q's dtype."""
-    reason = unsupported_reason(q, k, v, dims, causal)
-    if reason is not None:
-        raise ValueError(reason)
-    dims = tuple(int(x) for x in dims)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(min(2, len(dims)))]
     value = v
     for t, (axis, backend) in enumerate(zip(hop_axes(len(dims)), backends, strict=True)):

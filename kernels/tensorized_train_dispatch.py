@@ -18,8 +18,9 @@ from torch.nn.attention import SDPBackend
 
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend, all_triton
-from .tensorized_autograd import checked_arguments, tensorized_attention_train, tensorized_hop_train
+from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
 from .tensorized_dispatch import fastest_per_hop, hop_accepts, sdpa_hop
+from .tensorized_triton import checked_arguments
 
 TRAIN_BACKENDS = (HopBackend.TRITON, HopBackend.CUDNN)
 

@@ -597,6 +597,19 @@ def unsupported_reason(
     return None
 
 
+def checked_arguments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool,
+                      scale: float | None) -> tuple[tuple[int, ...], float]:
+    """The dims as ints and the softmax scale (D^-1/2 unless given), or ValueError naming what the
+    kernels cannot take (unsupported_reason) or a scale that is not positive."""
+    reason = unsupported_reason(q, k, v, dims, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
+    return tuple(int(x) for x in dims), scale
+
+
 def _row_major(x: torch.Tensor) -> torch.Tensor:
     # rows must be D contiguous elements; any batch/head/row strides are fine
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -737,14 +750,8 @@ def tensorized_attention_triton(
     `out`, if given, must be a distinct (B, H, N, D) tensor of q's dtype and device; it receives
     the result. Raises ValueError (see unsupported_reason) for configurations the kernel lacks.
     """
-    reason = unsupported_reason(q, k, v, dims, causal)
-    if reason is not None:
-        raise ValueError(reason)
-    dims = tuple(int(x) for x in dims)
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if not scale > 0:
-        raise ValueError(f"softmax scale {scale} unsupported; it must be positive")
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:

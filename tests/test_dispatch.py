@@ -145,3 +145,14 @@ def test_dispatch_on_the_gpu_matches_the_triton_kernel(n):
                 continue
             got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (first, second))
             assert _rel(got, want) < 1e-2, (first, second)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.125, float("nan")], ids=["zero", "negative", "nan"])
+def test_a_scale_that_is_not_positive_is_refused_before_any_hop_runs(scale: float) -> None:
+    """The dispatch takes the arguments the Triton kernel takes: a softmax scale that is not
+    positive would break the kernels' max-subtraction (they fold the scale into the exponent)."""
+    q, k, v = _inputs(64)
+    with pytest.raises(ValueError, match=f"softmax scale {scale} unsupported; it must be positive"):
+        td.tensorized_attention_dispatch(q, k, v, (8, 8), True, scale, (td.HopBackend.TRITON,) * 2)
+    out = td.tensorized_attention_dispatch(q, k, v, (8, 8), True, 0.125, (td.HopBackend.TRITON,) * 2)
+    assert _rel(out, tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), (8, 8), True, scale=0.125).to(DEVICE)) < 1e-5

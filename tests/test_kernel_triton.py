@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     # must precede the kernel module's import, which defines the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tbench.core.folding import resolve_dims
+from tbench.core.folding import hop_axes, resolve_dims
 from tbench.kernels import tensorized_triton as tt
 from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
@@ -317,6 +317,27 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_gpu_matches_float64_spec(case: Case, poisoned_scratch: None) -> None:
     _check(case, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", tt._packed_configs(), ids=tt._config_text)
+def test_gpu_every_packed_config_through_boxes_matches_pointer_loads(config: triton.Config) -> None:
+    """Each packed config of the autotune list, compiled, on every hop of 16k m = 3 (slices of 16 and
+    32, innermost and outer axes, first and later hops): with TMA boxes where they fit, against the
+    same config through pointer loads and the spec's hop in float64."""
+    case = Case(16384, 3, True, BF16, heads=8, kv_heads=2, head_dim=128)
+    q, k, v = _inputs(case, "cuda")
+    dims = case.resolved_dims
+    for t, axis in enumerate(hop_axes(3)):
+        value = v if t == 0 else torch.randn_like(q)
+        outs = []
+        for tma in (True, False):
+            out = torch.full_like(q, float("nan"))
+            tt._launch_hop(q, k, value, out, dims, axis, True, 128**-0.5, config=config, tma=tma)
+            assert not torch.isnan(out).any()
+            outs.append(out.float())
+        assert _rel_err(outs[0], outs[1]) <= 1e-2
+        assert _rel_err(outs[0].cpu(), tensorized_hop_f64(q, k, value, dims, axis, True).cpu()) <= 1e-2
 
 
 @pytest.mark.gpu

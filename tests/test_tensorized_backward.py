@@ -281,11 +281,13 @@ def test_bad_input_is_refused_with_the_reason() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [8192 - 5, 8192], ids=["pointer-loads", "tma-boxes"])
 @pytest.mark.parametrize("m", [2, 3])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool) -> None:
-    """Long bf16 sequences: the kernel's gradients against autograd of the float32 composition."""
-    case = Case(8192 - 5, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
+def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool, n: int) -> None:
+    """Long bf16 sequences: the kernel's gradients against autograd of the float32 composition; a
+    padded N loads through pointers, an N the dims fill moves its tiles as TMA boxes."""
+    case = Case(n, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
     got = _grads(tensorized_attention_train, case, BF16, "cuda")
     ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
