@@ -36,12 +36,13 @@ from .tensorized_triton import (
     _dot,
     _hop_descriptors,
     _launch_hop,
-    _load_rows,
     _loop_bound,
     _narrow,
     _packed_blocks,
     _packed_box_fits,
     _row_major,
+    _rows_load,
+    _rows_store,
     _slice_coords,
     _slice_layout,
     _tile_load,
@@ -55,40 +56,15 @@ from .tensorized_triton import (
 
 
 @triton.jit
-def _block_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok,
-                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, MASK: tl.constexpr = True):
-    """BLOCK rows of one slice from coordinate `start` on: through pointers (src + offset: the head's
-    first row; rows where `ok` is false load as zero, unless MASK is off and every row is real), or,
-    with DESC, as one TMA box of the (B * heads, A, L, C * D) view, whose rows past the slice's end
-    load as zero."""
-    if DESC:
-        block = src.load([plane, a, start, c * HEAD_DIM]).reshape(BLOCK, HEAD_DIM)
-    else:
-        block = _load_rows(src + offset, pos, stride_n, offs_d, ok, MASK)
-    return block
-
-
-@triton.jit
-def _block_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value,
-                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr):
-    """`value` (float32) stored in dst's dtype where `_block_load` reads; rows past the slice's end
-    are not stored."""
-    if DESC:
-        dst.store([plane, a, start, c * HEAD_DIM], _narrow(value, dst.dtype).reshape(1, 1, BLOCK, HEAD_DIM))
-    else:
-        tl.store(dst + offset + pos[:, None] * stride_n + offs_d[None, :], _narrow(value, dst.dtype.element_ty),
-                 mask=ok[:, None])
-
-
-@triton.jit
 def _add_and_store_block(src, dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value,
                          ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr):
     """value (plus, with ACCUMULATE, what src holds there) stored to dst in dst's dtype. Each
     program owns its rows of the accumulators: a plain read-add-write, no atomics."""
     if ACCUMULATE:
-        value += _block_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok, BLOCK, HEAD_DIM,
-                             DESC).to(tl.float32)
-    _block_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value, BLOCK, HEAD_DIM, DESC)
+        value += _rows_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok, BLOCK, HEAD_DIM,
+                            DESC).to(tl.float32)
+    _rows_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value, 1, BLOCK, HEAD_DIM, HEAD_DIM,
+                DESC)
 
 
 @triton.jit
@@ -105,10 +81,10 @@ def _dkdv_tile(
         offs_m = q_at + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        q = _block_load(q_src, plane, a, c, q_at, q_offset, pos_m, stride_qn, offs_d, row_ok, BLOCK_M, HEAD_DIM,
-                        DESC)
-        do = _block_load(do_src, plane, a, c, q_at, do_offset, pos_m, stride_don, offs_d, row_ok, BLOCK_M,
-                         HEAD_DIM, DESC)
+        q = _rows_load(q_src, plane, a, c, q_at, q_offset, pos_m, stride_qn, offs_d, row_ok, BLOCK_M, HEAD_DIM,
+                       DESC)
+        do = _rows_load(do_src, plane, a, c, q_at, do_offset, pos_m, stride_don, offs_d, row_ok, BLOCK_M,
+                        HEAD_DIM, DESC)
         lse = tl.load(lse_base + pos_m, mask=row_ok, other=0.0)
         delta = tl.load(delta_base + pos_m, mask=row_ok, other=0.0)
         # transposed tiles (keys x queries), so that dK and dV come out row-major
@@ -163,8 +139,8 @@ def _dkdv_kernel(
         offs_n = k_start + tl.arange(0, BLOCK_N)
         key_ok = offs_n < valid
         pos_n = base + offs_n * C
-        k = _block_load(k_ptr, kv_plane, a, c, k_start, b64 * stride_kb + hk64 * stride_kh, pos_n, stride_kn,
-                        offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
+        k = _rows_load(k_ptr, kv_plane, a, c, k_start, b64 * stride_kb + hk64 * stride_kh, pos_n, stride_kn,
+                       offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         # causal: query blocks before the key block see none of it; those that meet the diagonal
@@ -181,8 +157,8 @@ def _dkdv_kernel(
             plane = b * heads + h
             hv = h // V_GROUP
             v_plane = b * (heads // V_GROUP) + hv
-            v = _block_load(v_ptr, v_plane, a, c, k_start, b64 * stride_vb + hv.to(tl.int64) * stride_vh, pos_n,
-                            stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
+            v = _rows_load(v_ptr, v_plane, a, c, k_start, b64 * stride_vb + hv.to(tl.int64) * stride_vh, pos_n,
+                           stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
             q_offset = b64 * stride_qb + h64 * stride_qh
             do_offset = b64 * stride_dob + h64 * stride_doh
             lse_base = lse_ptr + b64 * stride_lb + h64 * stride_lh
@@ -195,12 +171,12 @@ def _dkdv_kernel(
                                 a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn, stride_don, C,
                                 qk_scale, False, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC)
             if not SUM_DV:
-                _block_store(dv_ptr, v_plane, a, c, k_start, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, pos_n,
-                             stride_dvn, offs_d, key_ok, dv, BLOCK_N, HEAD_DIM, DESC)
+                _rows_store(dv_ptr, v_plane, a, c, k_start, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, pos_n,
+                            stride_dvn, offs_d, key_ok, dv, 1, BLOCK_N, HEAD_DIM, HEAD_DIM, DESC)
                 dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         if SUM_DV:
-            _block_store(dv_ptr, kv_plane, a, c, k_start, b64 * stride_dvb + hk64 * stride_dvh, pos_n, stride_dvn,
-                         offs_d, key_ok, dv, BLOCK_N, HEAD_DIM, DESC)
+            _rows_store(dv_ptr, kv_plane, a, c, k_start, b64 * stride_dvb + hk64 * stride_dvh, pos_n, stride_dvn,
+                        offs_d, key_ok, dv, 1, BLOCK_N, HEAD_DIM, HEAD_DIM, DESC)
         _add_and_store_block(dk_src_ptr, dk_dst_ptr, kv_plane, a, c, k_start, b64 * stride_dkb + hk64 * stride_dkh,
                              pos_n, stride_dkn, offs_d, key_ok, dk * sm_scale, ACCUMULATE, BLOCK_N, HEAD_DIM, DESC)
 
@@ -218,10 +194,10 @@ def _dq_tile(
         offs_n = k_at + tl.arange(0, BLOCK_N)
         pos_n = base + offs_n * C
         key_ok = offs_n < valid
-        k = _block_load(k_src, kv_plane, a, c, k_at, k_offset, pos_n, stride_kn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
-                        DESC, MASK)
-        v = _block_load(v_src, v_plane, a, c, k_at, v_offset, pos_n, stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
-                        DESC, MASK)
+        k = _rows_load(k_src, kv_plane, a, c, k_at, k_offset, pos_n, stride_kn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
+                       DESC, MASK)
+        v = _rows_load(v_src, v_plane, a, c, k_at, v_offset, pos_n, stride_vn, offs_d, key_ok, BLOCK_N, HEAD_DIM,
+                       DESC, MASK)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.exp2(s * qk_scale - lse[:, None])
         if MASK:
@@ -276,12 +252,12 @@ def _dq_kernel(
         offs_m = q_start + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
         pos_m = base + offs_m * C
-        q = _block_load(q_ptr, plane, a, c, q_start, b64 * stride_qb + h64 * stride_qh, pos_m, stride_qn, offs_d,
-                        row_ok, BLOCK_M, HEAD_DIM, DESC)
-        do = _block_load(do_ptr, plane, a, c, q_start, b64 * stride_dob + h64 * stride_doh, pos_m, stride_don,
-                         offs_d, row_ok, BLOCK_M, HEAD_DIM, DESC)
-        o = _block_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
-                        row_ok, BLOCK_M, HEAD_DIM, DESC)
+        q = _rows_load(q_ptr, plane, a, c, q_start, b64 * stride_qb + h64 * stride_qh, pos_m, stride_qn, offs_d,
+                       row_ok, BLOCK_M, HEAD_DIM, DESC)
+        do = _rows_load(do_ptr, plane, a, c, q_start, b64 * stride_dob + h64 * stride_doh, pos_m, stride_don,
+                        offs_d, row_ok, BLOCK_M, HEAD_DIM, DESC)
+        o = _rows_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
+                       row_ok, BLOCK_M, HEAD_DIM, DESC)
         # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         row_at = b64 * stride_lb + h64 * stride_lh + pos_m

@@ -136,35 +136,54 @@ def _tile_rows(ROWS: tl.constexpr, BLOCK_L: tl.constexpr, COORD_MAJOR: tl.conste
 
 
 @triton.jit
+def _rows_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok,
+               ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, MASK: tl.constexpr = True):
+    """ROWS rows of one head at positions `pos`: through pointers (src + offset: the head's first row;
+    rows where `ok` is false load as zero, unless MASK is off and every row is real), or, with DESC,
+    as the TMA box at [plane, a, start, c * D] of the (B * heads, A, L, C * D) view (see
+    `_hop_descriptors`), in the box's element order whatever its shape; rows past a slice's end
+    fall outside the view and load as zero."""
+    if DESC:
+        rows = src.load([plane, a, start, c * HEAD_DIM]).reshape(ROWS, HEAD_DIM)
+    else:
+        rows = _load_rows(src + offset, pos, stride_n, offs_d, ok, MASK)
+    return rows
+
+
+@triton.jit
+def _rows_store(dst, plane, a, c, start, offset, pos, stride_n, offs_d, ok, value,
+                BOX_A: tl.constexpr, BOX_L: tl.constexpr, BOX_W: tl.constexpr, HEAD_DIM: tl.constexpr,
+                DESC: tl.constexpr):
+    """`value` (float32 rows) stored in dst's dtype where `_rows_load` reads them; with DESC the
+    descriptor's box is (1, BOX_A, BOX_L, BOX_W), and rows past a slice's end are dropped."""
+    if DESC:
+        dst.store([plane, a, start, c * HEAD_DIM], _narrow(value, dst.dtype).reshape(1, BOX_A, BOX_L, BOX_W))
+    else:
+        tl.store(dst + offset + pos[:, None] * stride_n + offs_d[None, :], _narrow(value, dst.dtype.element_ty),
+                 mask=ok[:, None])
+
+
+@triton.jit
 def _tile_load(src, plane, offset, a, c, pos, stride_n, offs_d, row_ok,
                ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, INNER: tl.constexpr):
-    """A packed tile's rows of one head: through pointers (src + offset: the head's first row), or,
-    with DESC, as one TMA box of the (B * heads, A, L, C * D) view at plane `plane`: consecutive
-    slices along A when INNER (C = 1), else consecutive slices along C in the box's last dimension,
-    which the reshape turns into coordinate-major rows."""
-    if DESC:
-        tile = src.load([plane, a, 0, 0]) if INNER else src.load([plane, a, 0, c * HEAD_DIM])
-        tile = tile.reshape(ROWS, HEAD_DIM)
-    else:
-        tile = tl.load(src + offset + pos[:, None] * stride_n + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    return tile
+    """A packed tile's rows of one head. Its box (`_packed_blocks`) holds consecutive slices along A
+    when INNER (C = 1, so c = 0), else consecutive slices side by side along C, which the reshape
+    turns into coordinate-major rows."""
+    return _rows_load(src, plane, a, c, 0, offset, pos, stride_n, offs_d, row_ok, ROWS, HEAD_DIM, DESC)
 
 
 @triton.jit
 def _tile_store(dst, plane, offset, a, c, pos, stride_n, offs_d, row_ok, value,
                 ROWS: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr,
                 INNER: tl.constexpr):
-    """`value` (ROWS x D, float32) stored in dst's dtype where `_tile_load` would read it. Through a
-    descriptor, rows past a slice's end or past the last slice fall outside the view and are dropped."""
-    if DESC:
-        value = _narrow(value, dst.dtype)
-        if INNER:
-            dst.store([plane, a, 0, 0], value.reshape(1, ROWS // BLOCK_L, BLOCK_L, HEAD_DIM))
-        else:
-            dst.store([plane, a, 0, c * HEAD_DIM], value.reshape(1, 1, BLOCK_L, ROWS // BLOCK_L * HEAD_DIM))
+    """`value` (ROWS x D, float32) stored where `_tile_load` reads it; rows past a slice's end or past
+    the last slice are dropped."""
+    if INNER:
+        _rows_store(dst, plane, a, c, 0, offset, pos, stride_n, offs_d, row_ok, value,
+                    ROWS // BLOCK_L, BLOCK_L, HEAD_DIM, HEAD_DIM, DESC)
     else:
-        tl.store(dst + offset + pos[:, None] * stride_n + offs_d[None, :], _narrow(value, dst.dtype.element_ty),
-                 mask=row_ok[:, None])
+        _rows_store(dst, plane, a, c, 0, offset, pos, stride_n, offs_d, row_ok, value,
+                    1, BLOCK_L, ROWS // BLOCK_L * HEAD_DIM, HEAD_DIM, DESC)
 
 
 @triton.jit
