@@ -414,7 +414,7 @@ def _flash_hop_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autotuning: keyed by (L, D, causal) plus the tensors' dtypes, which Triton appends to the key
+# Autotuning: keyed by (L, D, causal, TMA, dot precision) and, for packed hops, what decides their boxes
 # ---------------------------------------------------------------------------------------------
 
 
@@ -553,7 +553,9 @@ _TIMER = None if _AUTOTUNE else _first_fits
 # runs and move the kernel's time by a few percent. (Never for the first-fits stand-in timer.)
 _packed_tuned = triton.autotune(
     configs=_packed_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL", "V_SHARED", "DESC", "INNER"],
+    # C: which configs' boxes fit depends on it (`_packed_box_fits`); DOT_PRECISION stands for the
+    # dtype, which Triton cannot read off a descriptor (fp32 tiles fit fewer configs)
+    key=["L", "HEAD_DIM", "CAUSAL", "V_SHARED", "DESC", "INNER", "C", "DOT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_packed},
     do_bench=_TIMER,
     cache_results=_AUTOTUNE,
@@ -561,7 +563,7 @@ _packed_tuned = triton.autotune(
 
 _flash_tuned = triton.autotune(
     configs=_flash_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL", "DESC"],
+    key=["L", "HEAD_DIM", "CAUSAL", "DESC", "DOT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune_flash},
     do_bench=_TIMER,
     cache_results=_AUTOTUNE,
@@ -732,7 +734,7 @@ def plan_hop(
     if descs is not None:
         args = (*descs, *args[4:])
     key = (packed, length, d, causal, q.dtype, q.device.type, descs is not None, consts.get("V_SHARED", False),
-           consts.get("INNER", False))
+           consts.get("INNER", False), inner if packed else None)
     return HopLaunch(packed, args, consts, grid, key, descs, block_l, inner == 1, d)
 
 
@@ -787,10 +789,10 @@ def tensorized_attention_triton(
 
 
 def tuned_configs() -> list[tuple[str, tuple, str]]:
-    """(kernel, (L, D, causal, dtype, device, TMA, value on kv heads, innermost axis), chosen config)
-    for every key tuned in this process. Kernels: 'flash' or 'packed', with '-tma' where tiles move
-    through descriptors, and ' (value with kv heads)' for a packed hop whose value is v (a first
-    hop under GQA), which is tuned apart from later hops of the same slice length."""
+    """(kernel, (L, D, causal, dtype, device, TMA, value on kv heads, innermost axis, C for packed
+    hops), chosen config) for every key tuned in this process. Kernels: 'flash' or 'packed', with
+    '-tma' where tiles move through descriptors, and ' (value with kv heads)' for a packed hop whose
+    value is v (a first hop under GQA), which is tuned apart from later hops of the same slice length."""
     def kernel(key: tuple) -> str:
         is_packed, tma, kv_value = key[0], key[6], key[7]
         name = ("packed" if is_packed else "flash") + ("-tma" if tma else "")

@@ -179,7 +179,9 @@ def _triton_describe(case: Case) -> str:
         return text
     from ..kernels.tensorized_triton import tuned_configs
 
-    chosen = [f"L={key[0]} {kernel} {config}" for kernel, key, config in tuned_configs()
+    # packed hops are tuned per stride C too (their TMA boxes depend on it)
+    chosen = [f"L={key[0]}{'' if key[8] is None else f' C={key[8]}'} {kernel} {config}"
+              for kernel, key, config in tuned_configs()
               if key[0] in case.dims and key[1:4] == (case.head_dim, case.causal, torch_dtype(case))]
     return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
 

@@ -6,6 +6,7 @@ the tests marked gpu run the same checks at long sequences and against the SDPA 
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -249,6 +250,58 @@ def test_packed_tiles_through_tma_boxes(layout: tuple, causal: bool, value_heads
     assert _rel_err(boxed_out.cpu(), plain_out.cpu()) <= 1e-6
     assert torch.allclose(boxed_lse, plain_lse, rtol=1e-6, atol=1e-6)
     assert _rel_err(boxed_out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, axis, causal)) <= 1e-4
+
+
+@pytest.fixture
+def first_config_wins(monkeypatch: pytest.MonkeyPatch):
+    """A GPU-like packed config list in the interpreter, whose timer finds the first kept config
+    fastest, with empty tuning caches; yields a setter for the list."""
+    monkeypatch.setattr(tt, "_chosen", {})
+    monkeypatch.setattr(tt._packed_tuned, "cache", {})
+    monkeypatch.setattr(tt._packed_tuned, "_do_bench", lambda fn, quantiles=None: [1.0] * len(quantiles or [0]))
+
+    def use(configs: list[triton.Config]) -> None:
+        monkeypatch.setattr(tt, "_packed_configs", lambda: configs)
+        monkeypatch.setattr(tt._packed_tuned, "configs", configs)
+
+    return use
+
+
+def _packed_config(rows: int, stages: int) -> triton.Config:
+    return triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": 4, "SHARE_KV": False}, num_warps=4, num_stages=stages,
+                         pre_hook=tt._packed_desc_blocks)
+
+
+def test_a_config_tuned_where_its_box_fits_is_not_reused_where_it_does_not(first_config_wins) -> None:
+    """Eight slices of 16 side by side fit one box when C = 64, not when C = 4 (they would straddle
+    two values of a): the second hop, with the same slice length, is tuned apart and stays exact."""
+    first_config_wins([_packed_config(128, 1), _packed_config(64, 1)])
+    for dims, axis in (((16, 64), 0), ((2, 16, 4), 1)):
+        n = math.prod(dims)
+        gen = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, 1, n, 32, generator=gen) for _ in range(3))
+        out = torch.full_like(q, float("nan"))
+        tt._launch_hop(q, k, v, out, dims, axis, False, 32**-0.5)
+        assert not torch.isnan(out).any(), dims
+        assert _rel_err(out, tensorized_hop_f64(q, k, v, dims, axis, False)) <= 1e-5
+    rows = sorted(cfg.kwargs["ROWS"] for key, cfg in tt._chosen.items())
+    assert rows == [64, 128]
+
+
+def test_an_fp32_hop_is_not_given_a_config_tuned_for_bf16(first_config_wins) -> None:
+    """Triton keys its tuning on the tensors' dtypes, which descriptors do not show: the dot
+    precision in the key keeps a bf16 choice that fp32 tiles cannot take (128 rows, two stages)
+    from an fp32 hop of the same shape."""
+    first_config_wins([_packed_config(128, 2), _packed_config(128, 1)])
+    dims = (4, 16)
+    chosen = {}
+    for dtype in (BF16, F32):
+        q, k, v = (torch.randn(1, 2, 64, 64).to(dtype) for _ in range(3))
+        lse = torch.empty(1, 2, 64)
+        tt._launch_hop(q, k, v, torch.empty_like(q), dims, 1, True, 64**-0.5, lse=lse)
+        (config,) = [cfg for key, cfg in tt._chosen.items() if key[4] == dtype]
+        chosen[dtype] = config.num_stages
+    assert chosen == {BF16: 2, F32: 1}
 
 
 def test_tuned_packed_hops_name_a_first_hop_apart() -> None:
