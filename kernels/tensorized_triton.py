@@ -266,26 +266,16 @@ def _packed_hop_kernel(
 
         k = _tile_load(k_ptr, b * H_KV + hk, b64 * stride_kb + hk.to(tl.int64) * stride_kh, a, c, pos,
                        stride_kn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
-        if SHARE_KV:
-            if V_SHARED:
-                v = _tile_load(v_ptr, b * H_KV + hk, b64 * stride_vb + hk.to(tl.int64) * stride_vh, a, c, pos,
-                               stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
-            for member in range(0, _loop_bound(GROUP)):
-                h = hk * GROUP + member
-                if not V_SHARED:
-                    hv = h // V_GROUP
-                    v = _tile_load(v_ptr, b * value_heads + hv, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c,
-                                   pos, stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
-                h64 = h.to(tl.int64)
-                _packed_head(q_ptr, o_ptr, lse_ptr + b64 * stride_lb + h64 * stride_lh, b * heads + h,
-                             b64 * stride_qb + h64 * stride_qh, b64 * stride_ob + h64 * stride_oh, a, c, k, v,
-                             stride_qn, stride_on, pos, offs_d, row_ok, allowed, qk_scale,
-                             ROWS, BLOCK_L, HEAD_DIM, DOT_PRECISION, STORE_LSE, DESC, INNER)
-        else:
-            h = hk * GROUP + hg
-            hv = h // V_GROUP
-            v = _tile_load(v_ptr, b * value_heads + hv, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c, pos,
+        if SHARE_KV and V_SHARED:
+            v = _tile_load(v_ptr, b * H_KV + hk, b64 * stride_vb + hk.to(tl.int64) * stride_vh, a, c, pos,
                            stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
+        # with SHARE_KV the group's heads in turn over the tile's K; else the one head hg
+        for member in range(0, _loop_bound(GROUP if SHARE_KV else 1)):
+            h = hk * GROUP + hg + member
+            if not (SHARE_KV and V_SHARED):
+                hv = h // V_GROUP
+                v = _tile_load(v_ptr, b * value_heads + hv, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c,
+                               pos, stride_vn, offs_d, row_ok, ROWS, HEAD_DIM, DESC, INNER)
             h64 = h.to(tl.int64)
             _packed_head(q_ptr, o_ptr, lse_ptr + b64 * stride_lb + h64 * stride_lh, b * heads + h,
                          b64 * stride_qb + h64 * stride_qh, b64 * stride_ob + h64 * stride_oh, a, c, k, v,
