@@ -648,9 +648,6 @@ class HopLaunch:
     grid: Callable[[dict], tuple[int]]
     key: tuple
     descs: list[TensorDescriptor] | None
-    block_l: int
-    inner_axis: bool
-    head_dim: int
 
     @property
     def kernel(self) -> triton.runtime.JITFunction:
@@ -662,11 +659,12 @@ class HopLaunch:
 
     def bind(self, config: triton.Config) -> dict[str, object]:
         """The launch's keyword arguments under `config`, its descriptors given the config's boxes."""
+        c = self.constexprs
         if self.descs is not None and self.packed:
-            _packed_blocks(self.descs, config.kwargs["ROWS"], self.block_l, self.inner_axis, self.head_dim)
+            _packed_blocks(self.descs, config.kwargs["ROWS"], c["BLOCK_L"], c["INNER"], c["HEAD_DIM"])
         elif self.descs is not None:
-            _shape_descriptors(self.descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], self.head_dim)
-        return {**self.constexprs, **config.all_kwargs()}
+            _shape_descriptors(self.descs, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], c["HEAD_DIM"])
+        return {**c, **config.all_kwargs()}
 
 
 def _packed_grid(meta: dict, num_slices: int, block_l: int, batch: int, heads: int, kv_heads: int,
@@ -725,7 +723,7 @@ def plan_hop(
         args = (*descs, *args[4:])
     key = (packed, length, d, causal, q.dtype, q.device.type, descs is not None, consts.get("V_SHARED", False),
            consts.get("INNER", False), inner if packed else None)
-    return HopLaunch(packed, args, consts, grid, key, descs, block_l, inner == 1, d)
+    return HopLaunch(packed, args, consts, grid, key, descs)
 
 
 def _launch_hop(
