@@ -143,8 +143,7 @@ def choose_hop_backends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims:
                         seconds: Callable[[Callable[[], object]], float]) -> tuple[HopBackend, ...]:
     """For each hop in turn, the candidate that `seconds` finds fastest on that hop's real views
     (the next hop gets the chosen backend's output as its value); Triton where no other runs."""
-    dims = tuple(int(x) for x in dims)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(2)]
 
     def advance(backend: HopBackend, value: torch.Tensor, axis: int, t: int) -> torch.Tensor:
