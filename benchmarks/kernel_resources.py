@@ -129,7 +129,8 @@ def programs_per_sm(registers: int, shared: int, warps: int) -> int:
     return min(by_registers, by_shared, 64 // warps, 32)
 
 
-def _row(n, dims, pass_, t, axis, launch_kernel, config_text, tma, args, kwargs, arch) -> Row:
+def _row(n: int, dims: tuple[int, ...], pass_: str, t: int, axis: int, launch_kernel: triton.runtime.JITFunction,
+         config_text: str, tma: bool, args: tuple, kwargs: dict, arch: int) -> Row:
     registers, spills, shared = compile_launch(launch_kernel, args, kwargs, arch)
     return Row(n, format_dims(dims), pass_, t + 1, dims[axis], math.prod(dims[axis + 1:]),
                launch_kernel.fn.__name__.strip("_"), config_text, "tma" if tma else "pointers", registers, spills,
@@ -148,10 +149,8 @@ def forward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, first: bool,
         for config in configs[:1] if first else configs:
             for tma in (True, False):
                 launch = tt.plan_hop(q, k, value, torch.empty_like(q), dims, axis, True, D**-0.5, config, tma=tma)
-                kwargs = launch.bind(config)
-                kwargs = {key: val for key, val in kwargs.items() if key != "pre_hook"}
                 rows.append(_row(n, dims, "forward", t, axis, launch.kernel, tt._config_text(config),
-                                 launch.descs is not None, launch.args, kwargs, arch))
+                                 launch.descs is not None, launch.args, launch.bind(config), arch))
     return rows
 
 
