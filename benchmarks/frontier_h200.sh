@@ -4,21 +4,22 @@
 # under OUT_DIR:
 #   forward   every tensorized method against tensorized-sdpa, cuDNN and FA3, 4k..128k, m = 2, 3, 4
 #             (docs/kernel.md's final table)
-#   training  fwd_bwd of the tensorized methods, the exact kernels with a backward and the linear
-#             peers, 4k..128k, m = 2, 3
+#   training  fwd_bwd of the tensorized methods and the exact kernels with a backward, 4k..128k, m = 2, 3
+#   linear    fwd_bwd of the linear peers with a backward at 4k, 32k, 128k (apart: fla-core tunes its
+#             kernels at each new length, 4.5 min for gla at 4k on an H200)
 #   trainbench  benchmarks/train_bench.py's per-method table at 16k, 32k, 128k (the tensorized
 #             methods' forward and fwd+bwd side by side, each with its own chosen plan, and their
 #             gradients against tensorized-ref's)
 #   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
 #             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
-#   tiles     benchmarks/backward_tiles.py at 32k and 128k, m = 2, 3: the backward kernels' launch
+#   tiles     benchmarks/backward_tiles.py at 128k, m = 3 then 2: the backward kernels' launch
 #             shapes, judged against a float32 backward, each with TMA boxes and with pointer loads
 #   configs   benchmarks/kernel_bench.py --sweep: every forward config on every hop of 128k m = 2, 3
 #             and 4k m = 2, 3, with TMA boxes and with pointer loads
-# Usage: benchmarks/frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [extra tbench run options]
+# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -42,7 +43,11 @@ case $PART in
     ;;
   training)
     sweep training --modes fwd_bwd --lengths 4k..128k --orders 2,3 --budget 1 --min-time 0 --min-samples 3 \
-      --methods tensorized,tensorized-triton,tensorized-recompute,tensorized-sdpa,flash2,sdpa-cudnn,flex,simple-gla,gla,retention "$@"
+      --methods tensorized,tensorized-triton,tensorized-recompute,tensorized-sdpa,flash2,sdpa-cudnn,flex "$@"
+    ;;
+  linear)
+    sweep linear --modes fwd_bwd --lengths 4k,32k,128k --budget 1 --min-time 0 --min-samples 3 \
+      --methods simple-gla,gla,retention "$@"
     ;;
   trainbench)
     python3 benchmarks/train_bench.py --lengths 16k,32k,128k --orders 2,3 --json "$OUT/train-bench.json" \
@@ -62,13 +67,15 @@ case $PART in
     done
     ;;
   tiles)
-    python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 | tee "$OUT/backward-tiles.md"
+    # the packed kernel's slices (m = 3) first: they decide whether its tiles move as boxes
+    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 | tee "$OUT/backward-tiles.md"
+    python3 benchmarks/backward_tiles.py --lengths 128k --orders 2 | tee -a "$OUT/backward-tiles.md"
     ;;
   configs)
     python3 benchmarks/kernel_bench.py --sweep --no-table | tee "$OUT/hop-configs.txt"
     ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, trainbench, gate, tiles or configs" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles or configs" >&2
     exit 2
     ;;
 esac

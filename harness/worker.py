@@ -32,10 +32,11 @@ POISON_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, device: str) -> None:
     # The parent handles Ctrl-C, SIGTERM and SIGHUP; a worker must not die half-way through a message.
     ignore_stop_signals()
-    # Keep every Triton autotuner's choice on disk (fla-core's too, whose kernels tune over dozens of
-    # configs: 36 s at the first shape on an H200), so a later worker or run on this machine reuses
-    # it instead of timing every config again. Read when a kernel module is imported, so set first.
-    # Not when tbench's own tuning is switched off: its stand-in choice must not be kept as a result.
+    # Keep Triton autotuners' choices on disk (fla-core's kernels tune over dozens of configs: 36 s at
+    # the first shape on an H200), so a later worker or run on this machine reuses them instead of
+    # timing every config again; Triton keeps none for configs with a pre-hook, as tbench's own have.
+    # Read when a kernel module is imported, so set first. Not when tbench's own tuning is switched
+    # off: its stand-in choice must not be kept as a result.
     if os.environ.get("TBENCH_TRITON_AUTOTUNE", "1") != "0":
         os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     try:

@@ -425,11 +425,13 @@ def backward_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
 
 @dataclass(frozen=True)
 class PackedTile:
-    """The packed kernel's launch shape: rows per tile (whole slices), warps and stages."""
+    """The packed kernel's launch shape: rows per tile (whole slices), warps and stages, and whether
+    its tiles move as TMA boxes where they fit one."""
 
     rows: int
     num_warps: int = 4
     num_stages: int = 1
+    boxes: bool = False
 
 
 def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
@@ -437,7 +439,9 @@ def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     4 warps up to L = 32, 64 rows and 8 warps up to 64, one stage (the fastest on an H200, 2.5-2.8x
     faster than 64 rows and 4 warps at L = 32; two stages gave different gradients there, so they
     are not used). fp32: at least 32 rows, 4 warps. The interpreter takes big tiles (fewer programs
-    run faster there)."""
+    run faster there). Tiles load through pointers: once they moved as TMA boxes, the backward of
+    the m = 3 training steps (every hop on this kernel) measured 20-45 % slower on an H200, against
+    the blocked kernels' 16-24 % faster (docs/kernel-log.md)."""
     block_l = max(16, triton.next_power_of_2(length))
     if _INTERPRET:
         return PackedTile(max(block_l, 128), 8, 1)
@@ -482,7 +486,7 @@ def _launch_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
-    packed: PackedTile | None = None, tma: bool = True,
+    packed: PackedTile | None = None, tma: bool | None = None,
 ) -> None:
     """The backward of one hop (see `plan_hop_backward`), launched."""
     for launch in plan_hop_backward(q, k, value, out, d_out, lse, grads, d_value, dims, axis, causal, scale,
@@ -494,15 +498,15 @@ def plan_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
-    packed: PackedTile | None = None, tma: bool = True,
+    packed: PackedTile | None = None, tma: bool | None = None,
 ) -> list[KernelLaunch]:
     """The launches of one hop's backward, in order: its share of dq and dk (see Gradients) and
     d_value. Slices of at most PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for
     the blocked ones; `blocks` and `packed` replace the tables' launch shapes
     (benchmarks/backward_tiles.py). Where the dims fill N and the operands are contiguous, the
-    kernels move their tiles as TMA boxes (the packed kernel where a tile's slices fit one box), which
-    keeps the pointer tiles out of the registers; `tma=False` loads through pointers regardless (for
-    comparisons)."""
+    blocked kernels move their tiles as TMA boxes, which keeps the pointer tiles out of the
+    registers, and the packed kernel does where its tile asks for boxes and its slices fit one box;
+    `tma=True` moves every tile that can as a box, `tma=False` loads through pointers (comparisons)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
@@ -526,7 +530,7 @@ def plan_hop_backward(
             raise ValueError(f"packed tile of {packed.rows} rows cannot hold a slice of {length}")
         grid = (triton.cdiv(num_slices, packed.rows // block_l) * batch * kv_heads,)
         operands = (q, k, value, out, d_out, grads.dq_src, dq, grads.dk_src, dk, d_value)
-        boxed = tma and _packed_box_fits(packed.rows, block_l, inner, d)
+        boxed = (packed.boxes if tma is None else tma) and _packed_box_fits(packed.rows, block_l, inner, d)
         descs = _hop_descriptors(operands, dims, axis) if boxed else None
         if descs is not None:
             _packed_blocks(descs, packed.rows, block_l, inner == 1, d)
@@ -578,12 +582,12 @@ def plan_hop_backward(
 
 
 def _boxes(operands: tuple[tuple[torch.Tensor, int], ...], dims: tuple[int, ...], axis: int, head_dim: int,
-           tma: bool) -> tuple:
+           tma: bool | None) -> tuple:
     """The (tensor, rows per block) operands of a blocked kernel as TMA descriptors with boxes of
     those rows where the dims fill N and every tensor is contiguous (see `_hop_descriptors`), else
     the tensors themselves."""
     tensors = tuple(t for t, _ in operands)
-    descs = _hop_descriptors(tensors, dims, axis) if tma else None
+    descs = _hop_descriptors(tensors, dims, axis) if tma is not False else None
     if descs is None:
         return tensors
     for desc, (_, rows) in zip(descs, operands, strict=True):

@@ -27,11 +27,12 @@ import functools
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..core.folding import hop_axes
@@ -421,7 +422,9 @@ def _packed_configs() -> list[triton.Config]:
     # (64, 4, 1, 4): with TMA a 64-row program needs about 125 registers and, unpipelined, 48 KB of
     # shared memory, so four share an SM. The shared-K variants run a kv group's query heads in
     # one program (K, and the first hop's value, loaded once per tile instead of once per head).
-    shapes = ((64, 4, 2, 8), (64, 4, 3, 4), (128, 8, 2, 1), (128, 8, 1, 2), (64, 4, 1, 4))
+    # (32, 4, 3, 64): one slice of 32 a tile, a program per tile (the fastest on the last hop of
+    # 128k m = 3 in the config sweep, docs/results-h200.md).
+    shapes = ((64, 4, 2, 8), (64, 4, 3, 4), (128, 8, 2, 1), (128, 8, 1, 2), (64, 4, 1, 4), (32, 4, 3, 64))
     return [triton.Config({"ROWS": rows, "PROGRAMS_PER_SM": per_sm, "SHARE_KV": share}, num_warps=w, num_stages=st,
                           pre_hook=_packed_desc_blocks)
             for share in (False, True) for rows, w, st, per_sm in shapes]
@@ -538,25 +541,26 @@ def _first_fits(kernel_call: Callable[[], None], quantiles: Sequence[float]) -> 
 
 _TIMER = None if _AUTOTUNE else _first_fits
 
-# Tuning results are kept in Triton's cache directory, so that every process on a machine runs the
-# configs the first one chose: two configs within noise of each other would otherwise flip between
-# runs and move the kernel's time by a few percent. (Never for the first-fits stand-in timer.)
+# Tuned per problem size (B, H_kv, GROUP, N) as well as per hop shape: a config that wins on a
+# short sequence can lose by 1.7x on a long one (the first hop of 128k m = 3 ran 1.27 ms on the
+# config tuned on a shorter sequence, against 0.75 ms on the one tuned at 128k). Triton keeps no
+# tuning on disk for configs with a pre-hook, so each process tunes the shapes it runs.
+_SIZE_KEY = ["B", "H_KV", "GROUP", "N"]
+
 _packed_tuned = triton.autotune(
     configs=_packed_configs(),
     # C: which configs' boxes fit depends on it (`_packed_box_fits`); DOT_PRECISION stands for the
     # dtype, which Triton cannot read off a descriptor (fp32 tiles fit fewer configs)
-    key=["L", "HEAD_DIM", "CAUSAL", "V_SHARED", "DESC", "INNER", "C", "DOT_PRECISION"],
+    key=["L", "HEAD_DIM", "CAUSAL", "V_SHARED", "DESC", "INNER", "C", "DOT_PRECISION", *_SIZE_KEY],
     prune_configs_by={"early_config_prune": _prune_packed},
     do_bench=_TIMER,
-    cache_results=_AUTOTUNE,
 )(_packed_hop_kernel)
 
 _flash_tuned = triton.autotune(
     configs=_flash_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL", "DESC", "DOT_PRECISION"],
+    key=["L", "HEAD_DIM", "CAUSAL", "DESC", "DOT_PRECISION", *_SIZE_KEY],
     prune_configs_by={"early_config_prune": _prune_flash},
     do_bench=_TIMER,
-    cache_results=_AUTOTUNE,
 )(_flash_hop_kernel)
 
 
@@ -631,9 +635,31 @@ def _new_buffer(like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like, memory_format=torch.contiguous_format)
 
 
-# Config chosen per autotune key; once known, hops launch the bare kernel with it and skip the
+@dataclass(frozen=True)
+class HopKey:
+    """What a hop's tuned config is kept under: its kernel and slice shape, the dtype, whether its
+    tiles move as TMA boxes, and the problem's size (configs are tuned per size: see `_SIZE_KEY`)."""
+
+    packed: bool
+    length: int  # L
+    head_dim: int
+    causal: bool
+    dtype: torch.dtype
+    device: str
+    boxes: bool  # tiles move as TMA boxes
+    value_on_kv_heads: bool  # packed: the value is v (a first hop under GQA)
+    innermost: bool  # packed with boxes: the innermost axis (C = 1)
+    stride: int | None  # C, for packed hops
+    saves_lse: bool
+    batch: int
+    heads: int
+    kv_heads: int
+    n: int
+
+
+# Config chosen per key; once known, hops launch the bare kernel with it and skip the
 # autotuner's per-call argument handling, which is noticeable next to a 50 us hop.
-_chosen: dict[tuple, triton.Config] = {}
+_chosen: dict[HopKey, triton.Config] = {}
 
 
 @dataclass
@@ -646,7 +672,7 @@ class HopLaunch:
     args: tuple
     constexprs: dict[str, object]
     grid: Callable[[dict], tuple[int]]
-    key: tuple
+    key: HopKey
     descs: list[TensorDescriptor] | None
 
     @property
@@ -721,8 +747,9 @@ def plan_hop(
         grid = functools.partial(_flash_grid, num_slices=num_slices, length=length, batch=batch, heads=heads)
     if descs is not None:
         args = (*descs, *args[4:])
-    key = (packed, length, d, causal, q.dtype, q.device.type, descs is not None, consts.get("V_SHARED", False),
-           consts.get("INNER", False), inner if packed else None)
+    key = HopKey(packed, length, d, causal, q.dtype, q.device.type, descs is not None,
+                 bool(consts.get("V_SHARED", False)), bool(consts.get("INNER", False)), inner if packed else None,
+                 lse is not None, batch, heads, kv_heads, n)
     return HopLaunch(packed, args, consts, grid, key, descs)
 
 
@@ -734,8 +761,17 @@ def _launch_hop(
     """One hop; `config` bypasses the autotuner (for sweeps), else the tuned config is used.
     `lse`, a contiguous (B, H, N) float32 tensor if given, receives each row's log-sum-exp of its
     scaled scores in log2 units (the training forward saves it for the backward). `tma=False`
-    loads through pointers even where TMA descriptors could serve (benchmarks compare the two)."""
+    loads through pointers even where TMA descriptors could serve (benchmarks compare the two).
+    Without `config`, a hop that can take boxes runs them or pointer loads, whichever `_LOADS_TIMER`
+    finds faster once both are tuned (boxes win on long sequences, pointers on short ones)."""
     launch = plan_hop(q, k, value, out, dims, axis, causal, scale, config, lse, tma)
+    if config is None and launch.descs is not None and _LOADS_TIMER is not None:
+        launch = _faster_loads(launch, plan_hop(q, k, value, out, dims, axis, causal, scale, None, lse, tma=False))
+    _run(launch, config)
+
+
+def _run(launch: HopLaunch, config: triton.Config | None = None) -> None:
+    """The launch under `config`, else under its tuned config (tuning it on first use)."""
     if config is None:
         config = _chosen.get(launch.key)
         if config is None:
@@ -743,6 +779,38 @@ def _launch_hop(
             _chosen[launch.key] = launch.tuner.best_config
             return
     launch.kernel[launch.grid](*launch.args, **launch.bind(config))
+
+
+def _median_launch_ms(fn: Callable[[], None]) -> float:
+    """A tuned launch's median time (its first call, which tunes it, not timed)."""
+    fn()
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+# Times a hop's boxed and pointer launches to choose between them; None keeps the boxes (the
+# interpreter, and TBENCH_TRITON_AUTOTUNE=0, whose stand-in choice must not depend on timing).
+_LOADS_TIMER: Callable[[Callable[[], None]], float] | None = (
+    _median_launch_ms if _AUTOTUNE and not _INTERPRET else None)
+
+# Per hop shape (`_shape_of` its key): whether the boxes measured faster than pointer loads.
+_boxes_win: dict[HopKey, bool] = {}
+
+
+def _shape_of(key: HopKey) -> HopKey:
+    """The key of a hop's pointer launch, which stands for the hop's shape whatever its loads."""
+    return replace(key, boxes=False, innermost=False)
+
+
+def _faster_loads(boxed: HopLaunch, pointers: HopLaunch) -> HopLaunch:
+    """Of one hop's two launches, each under its tuned config, the one `_LOADS_TIMER` finds faster,
+    timed on the first call of the shape (ties keep the boxes)."""
+    shape = _shape_of(boxed.key)
+    wins = _boxes_win.get(shape)
+    if wins is None:
+        boxed_ms = _LOADS_TIMER(functools.partial(_run, boxed))
+        pointers_ms = _LOADS_TIMER(functools.partial(_run, pointers))
+        wins = _boxes_win[shape] = boxed_ms <= pointers_ms
+    return boxed if wins else pointers
 
 
 def tensorized_attention_triton(
@@ -776,17 +844,21 @@ def tensorized_attention_triton(
     return out
 
 
-def tuned_configs() -> list[tuple[str, tuple, str]]:
-    """(kernel, (L, D, causal, dtype, device, TMA, value on kv heads, innermost axis, C for packed
-    hops), chosen config) for every key tuned in this process. Kernels: 'flash' or 'packed', with
-    '-tma' where tiles move through descriptors, and ' (value with kv heads)' for a packed hop whose
-    value is v (a first hop under GQA), which is tuned apart from later hops of the same slice length."""
-    def kernel(key: tuple) -> str:
-        is_packed, tma, kv_value = key[0], key[6], key[7]
-        name = ("packed" if is_packed else "flash") + ("-tma" if tma else "")
-        return f"{name} (value with kv heads)" if is_packed and kv_value else name
+def tuned_configs() -> list[tuple[str, HopKey, str]]:
+    """(kernel, key, chosen config) for every key tuned in this process whose launch ran: a shape
+    that measured faster through pointer loads than with boxes names only its pointer launch.
+    Kernels: 'flash' or 'packed', with '-tma' where tiles move through descriptors, and ' (value
+    with kv heads)' for a packed hop whose value is v (a first hop under GQA), which is tuned apart
+    from later hops of the same slice length."""
+    def kernel(key: HopKey) -> str:
+        name = ("packed" if key.packed else "flash") + ("-tma" if key.boxes else "")
+        return f"{name} (value with kv heads)" if key.packed and key.value_on_kv_heads else name
 
-    return [(kernel(key), key[1:], _config_text(cfg)) for key, cfg in _chosen.items()]
+    def ran(key: HopKey) -> bool:
+        wins = _boxes_win.get(_shape_of(key))
+        return wins is None or wins == key.boxes
+
+    return [(kernel(key), key, _config_text(cfg)) for key, cfg in _chosen.items() if ran(key)]
 
 
 def _config_text(cfg: triton.Config) -> str:

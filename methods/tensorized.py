@@ -180,9 +180,11 @@ def _triton_describe(case: Case) -> str:
     from ..kernels.tensorized_triton import tuned_configs
 
     # packed hops are tuned per stride C too (their TMA boxes depend on it)
-    chosen = [f"L={key[0]}{'' if key[8] is None else f' C={key[8]}'} {kernel} {config}"
+    chosen = [f"L={key.length}{'' if key.stride is None else f' C={key.stride}'} {kernel} {config}"
               for kernel, key, config in tuned_configs()
-              if key[0] in case.dims and key[1:4] == (case.head_dim, case.causal, torch_dtype(case))]
+              if key.length in case.dims
+              and (key.head_dim, key.causal, key.dtype) == (case.head_dim, case.causal, torch_dtype(case))
+              and (key.batch, key.heads, key.kv_heads, key.n) == (case.batch, case.heads, case.kv_heads, case.seq_len)]
     return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
 
 

@@ -144,7 +144,7 @@ def test_a_tuned_descriptor_hop_runs_again_from_its_cached_config(poisoned_scrat
     case = Case(420, 2, True, dims=(210, 2), heads=4, kv_heads=2)
     first, second = _check(case, device), _check(case, device)
     assert first == second
-    assert any(kernel == "flash-tma" and key[0] == 210 for kernel, key, _ in tt.tuned_configs())
+    assert any(kernel == "flash-tma" and key.length == 210 for kernel, key, _ in tt.tuned_configs())
 
 
 FLASH_VARIANTS = [
@@ -299,7 +299,7 @@ def test_an_fp32_hop_is_not_given_a_config_tuned_for_bf16(first_config_wins) -> 
         q, k, v = (torch.randn(1, 2, 64, 64).to(dtype) for _ in range(3))
         lse = torch.empty(1, 2, 64)
         tt._launch_hop(q, k, v, torch.empty_like(q), dims, 1, True, 64**-0.5, lse=lse)
-        (config,) = [cfg for key, cfg in tt._chosen.items() if key[4] == dtype]
+        (config,) = [cfg for key, cfg in tt._chosen.items() if key.dtype == dtype]
         chosen[dtype] = config.num_stages
     assert chosen == {BF16: 2, F32: 1}
 
@@ -310,9 +310,76 @@ def test_tuned_packed_hops_name_a_first_hop_apart() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     case = Case(64, 2, True, dims=(8, 8), heads=4, kv_heads=2)
     _check(case, device)
-    names = {kernel for kernel, key, _ in tt.tuned_configs() if key[0] == 8 and key[2] is True}
+    names = {kernel for kernel, key, _ in tt.tuned_configs() if key.length == 8 and key.causal}
     first_hop = {"packed (value with kv heads)", "packed-tma (value with kv heads)"}
     assert names & {"packed", "packed-tma"} and names & first_hop
+
+
+def test_a_config_tuned_at_one_length_is_not_reused_at_another(first_config_wins) -> None:
+    """Configs are tuned per problem size: the same hop shape (slice length, stride, head dim) at
+    two sequence lengths is tuned twice, by Triton's autotuner and in tbench's own cache."""
+    first_config_wins([_packed_config(64, 1), _packed_config(128, 1)])
+    for n in (64, 128):
+        dims = (n // 16, 16)
+        gen = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for _ in range(3))
+        out = torch.full_like(q, float("nan"))
+        tt._launch_hop(q, k, v, out, dims, 1, True, 32**-0.5)
+        assert _rel_err(out, tensorized_hop_f64(q, k, v, dims, 1, True)) <= 1e-5
+    assert sorted(key.n for key in tt._chosen) == [64, 128]
+    assert len(tt._packed_tuned.cache) == 2
+
+
+@pytest.fixture
+def loads_timer(monkeypatch: pytest.MonkeyPatch):
+    """A stand-in for the timer that picks boxes or pointer loads per hop shape, with empty caches:
+    yields a setter for the times it reports (boxes first, then pointers) and the calls it got."""
+    monkeypatch.setattr(tt, "_chosen", {})
+    monkeypatch.setattr(tt, "_boxes_win", {})
+    calls: list[str] = []
+    times: dict[str, float] = {}
+
+    def timer(fn) -> float:
+        fn()  # the launch runs (and is tuned) as under the real timer
+        which = "boxes" if len(calls) % 2 == 0 else "pointers"
+        calls.append(which)
+        return times[which]
+
+    monkeypatch.setattr(tt, "_LOADS_TIMER", timer)
+
+    def use(boxes_ms: float, pointers_ms: float) -> list[str]:
+        times.update(boxes=boxes_ms, pointers=pointers_ms)
+        return calls
+
+    return use
+
+
+@pytest.mark.parametrize("faster", ["boxes", "pointers"])
+@pytest.mark.parametrize("dims,axis", [((4, 16), 1), ((2, 16, 8), 1), ((3, 70), 1)], ids=["packed", "strided", "flash"])
+def test_a_hop_runs_the_loads_that_measured_faster(loads_timer, faster: str, dims: tuple, axis: int) -> None:
+    """Where a hop's tiles can move as TMA boxes, both launches are timed once per shape and the
+    faster one runs, then and on every later call; either way the hop is the spec's."""
+    calls = loads_timer(1.0 if faster == "boxes" else 2.0, 2.0 if faster == "boxes" else 1.0)
+    n = math.prod(dims)
+    gen = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for _ in range(3))
+    ref = tensorized_hop_f64(q, k, v, dims, axis, True)
+    for _ in range(2):
+        out = torch.full_like(q, float("nan"))
+        tt._launch_hop(q, k, v, out, dims, axis, True, 32**-0.5)
+        assert _rel_err(out, ref) <= 1e-5
+    assert calls == ["boxes", "pointers"]  # timed once
+    (kernel,) = {name for name, _, _ in tt.tuned_configs()}
+    assert ("-tma" in kernel) == (faster == "boxes"), kernel
+
+
+def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
+    """Padded dims (prod > N) take no descriptors: nothing to choose, the timer is not called."""
+    calls = loads_timer(1.0, 2.0)
+    q, k, v = (torch.randn(1, 2, 60, 32) for _ in range(3))
+    out = torch.empty_like(q)
+    tt._launch_hop(q, k, v, out, (4, 16), 1, True, 32**-0.5)
+    assert calls == [] and not tt._boxes_win
 
 
 def test_explicit_scale() -> None:

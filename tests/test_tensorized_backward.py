@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -138,27 +138,36 @@ BOXED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernels", ["table", "packed-two-slices-a-tile", "blocked"])
+@pytest.mark.parametrize("kernels", ["table", "packed-boxes", "packed-two-slices-a-tile", "blocked"])
 @pytest.mark.parametrize("case", BOXED_CASES, ids=str)
 @pytest.mark.usefixtures("poisoned_gradients")
 def test_tiles_through_tma_boxes(case: Case, kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    boxed: list[bool] = []
+    """The blocked kernels' tiles move as TMA boxes; the packed kernel's do where its tile asks for
+    boxes (the table's tiles do not) and its slices fit one box; the gradients stay the spec's."""
+    launched: list[tuple[bool, bool]] = []  # (packed kernel, boxed) per launch
     plan = tb.plan_hop_backward
 
     def spy(*args, **kwargs) -> list[tb.KernelLaunch]:
         launches = plan(*args, **kwargs)
-        boxed.extend(any(isinstance(arg, TensorDescriptor) for arg in launch.args) for launch in launches)
+        launched.extend((launch.kernel is tb._packed_kernel, any(isinstance(arg, TensorDescriptor)
+                                                                  for arg in launch.args)) for launch in launches)
         return launches
 
     monkeypatch.setattr(tb, "plan_hop_backward", spy)
-    if kernels == "packed-two-slices-a-tile":
-        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: tb.PackedTile(32, 4, 1))
+    table_tile = tb.packed_tile
+    if kernels == "packed-boxes":
+        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: replace(table_tile(length, dtype), boxes=True))
+    elif kernels == "packed-two-slices-a-tile":
+        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: tb.PackedTile(32, 4, 1, boxes=True))
     elif kernels == "blocked":
         monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
     _check_against_spec(tensorized_attention_train, case)
-    # every hop's launches move through boxes but those of 4 x 6 x 4's axis 1 with 8 slices a tile
-    straddles = case.dims == (4, 6, 4) and kernels == "table"
-    assert sum(boxed) == len(boxed) - straddles and boxed
+    assert launched
+    assert all(boxed for packed, boxed in launched if not packed)
+    packed_boxed = [boxed for packed, boxed in launched if packed]
+    # 4 x 6 x 4's axis 1 with 8 slices a tile would straddle two values of a: pointer loads
+    straddles = case.dims == (4, 6, 4) and kernels == "packed-boxes"
+    assert sum(packed_boxed) == (0 if kernels == "table" else len(packed_boxed) - straddles)
 
 
 def _recomputing(q, k, v, dims, causal):
@@ -281,12 +290,18 @@ def test_bad_input_is_refused_with_the_reason() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n", [8192 - 5, 8192], ids=["pointer-loads", "tma-boxes"])
+@pytest.mark.parametrize("n,packed_boxes", [(8192 - 5, False), (8192, False), (8192, True)],
+                         ids=["pointer-loads", "tma-boxes", "packed-tma-boxes"])
 @pytest.mark.parametrize("m", [2, 3])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool, n: int) -> None:
+def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool, n: int, packed_boxes: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Long bf16 sequences: the kernel's gradients against autograd of the float32 composition; a
-    padded N loads through pointers, an N the dims fill moves its tiles as TMA boxes."""
+    padded N loads through pointers, an N the dims fill moves the blocked kernels' tiles as TMA
+    boxes, and the packed kernel's too where its tile asks for them."""
+    if packed_boxes:
+        table_tile = tb.packed_tile
+        monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: replace(table_tile(length, dtype), boxes=True))
     case = Case(n, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
     got = _grads(tensorized_attention_train, case, BF16, "cuda")
     ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
