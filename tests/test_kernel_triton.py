@@ -382,6 +382,29 @@ def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
     assert calls == [] and not tt._boxes_win
 
 
+def test_a_measurement_names_the_configs_of_its_own_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provenance lists the configs tuned for the measured shape only: not those of another
+    length, nor the launch of a hop that measured faster the other way (boxes or pointers)."""
+    from tbench.core.case import Case as RunCase
+    from tbench.methods import tensorized as methods_tensorized
+    from tbench.methods.availability import Availability
+
+    monkeypatch.setattr(methods_tensorized, "_triton_availability", lambda device: Availability(True, provenance="k"))
+
+    def key(n: int, boxes: bool) -> tt.HopKey:
+        return tt.HopKey(True, 16, 32, True, torch.float32, "cuda", boxes, True, boxes, 1, False, 1, 2, 2, n)
+
+    chosen = {key(64, True): _packed_config(64, 1), key(64, False): _packed_config(32, 2),
+              key(128, False): _packed_config(128, 3)}
+    monkeypatch.setattr(tt, "_chosen", chosen)
+    monkeypatch.setattr(tt, "_boxes_win", {key(64, False): False})
+    case = RunCase(method="tensorized-triton", family="tensorized", seq_len=64, batch=1, heads=2, kv_heads=2,
+                   head_dim=32, dtype="fp32", causal=True, device="cuda", order=2, dims=(4, 16))
+    text = methods_tensorized._triton_describe(case)
+    assert text == "k; tuned: L=16 C=1 packed (value with kv heads) ROWS=32 PROGRAMS_PER_SM=4 SHARE_KV=False " \
+                   "warps=4 stages=2", text
+
+
 def test_explicit_scale() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     case = Case(120, 2, True)
