@@ -73,13 +73,14 @@ class HopSweep:
         self.reference = self.float32_reference()
         self.table_error = self.error(self.fresh())
 
-    def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None, tma: bool = True) -> None:
+    def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None,
+            tma: bool | None = None) -> None:
         grads = grads or tb.Gradients(self.acc_q, self.acc_q, self.acc_k, self.acc_k, True)
         tb._launch_hop_backward(self.q, self.k, self.value, self.out, self.d_out, self.lse, grads,
                                 self.d_prev if d_prev is None else d_prev, self.dims, self.axis, True, D**-0.5,
                                 blocks=blocks, packed=packed, tma=tma)
 
-    def fresh(self, blocks=None, packed=None, tma: bool = True) -> tuple[torch.Tensor, ...]:
+    def fresh(self, blocks=None, packed=None, tma: bool | None = None) -> tuple[torch.Tensor, ...]:
         """(dQ, dK, the value's gradient) written from nothing (no accumulation)."""
         dq, dk, dp = torch.empty_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
         self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp, tma)
@@ -100,7 +101,7 @@ class HopSweep:
     def error(self, grads: tuple[torch.Tensor, ...]) -> float:
         return max(float((g.float() - r).norm() / r.norm()) for g, r in zip(grads, self.reference, strict=True))
 
-    def trial(self, kernel: str, shape: object, blocks=None, packed=None, tma: bool = True) -> float:
+    def trial(self, kernel: str, shape: object, blocks=None, packed=None, tma: bool | None = None) -> float:
         """The candidate's time, or inf if it fails or its error is above ACCEPT x the table's."""
         try:
             err = self.error(self.fresh(blocks, packed, tma))
@@ -125,8 +126,8 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
         block_l = max(16, triton.next_power_of_2(length))
         for tile in PACKED_TILES:
             if tile.rows >= block_l:
-                keep("packed", tile, hop.trial("packed", tile, packed=tile))
-                # the same tile through pointer loads (the kernel before its TMA boxes)
+                # each tile with TMA boxes and through pointer loads (what the table runs)
+                keep("packed, boxes", tile, hop.trial("packed, boxes", tile, packed=tile, tma=True))
                 keep("packed, pointer loads", tile, hop.trial("packed, pointer loads", tile, packed=tile, tma=False))
         for blocks in SHORT_BLOCKS:
             if max(blocks.dkdv.block_m, blocks.dkdv.block_n, blocks.dq.block_m, blocks.dq.block_n) <= block_l:

@@ -405,7 +405,8 @@ def _flash_hop_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autotuning: keyed by (L, D, causal, TMA, dot precision) and, for packed hops, what decides their boxes
+# Autotuning: keyed by the hop's shape (L, C, D, causal, TMA, dot precision; for packed hops what
+# decides their boxes) and the problem's size
 # ---------------------------------------------------------------------------------------------
 
 
@@ -558,7 +559,7 @@ _packed_tuned = triton.autotune(
 
 _flash_tuned = triton.autotune(
     configs=_flash_configs(),
-    key=["L", "HEAD_DIM", "CAUSAL", "DESC", "DOT_PRECISION", *_SIZE_KEY],
+    key=["L", "C", "HEAD_DIM", "CAUSAL", "DESC", "DOT_PRECISION", *_SIZE_KEY],
     prune_configs_by={"early_config_prune": _prune_flash},
     do_bench=_TIMER,
 )(_flash_hop_kernel)
@@ -649,7 +650,7 @@ class HopKey:
     boxes: bool  # tiles move as TMA boxes
     value_on_kv_heads: bool  # packed: the value is v (a first hop under GQA)
     innermost: bool  # packed with boxes: the innermost axis (C = 1)
-    stride: int | None  # C, for packed hops
+    stride: int  # C
     saves_lse: bool
     batch: int
     heads: int
@@ -747,10 +748,21 @@ def plan_hop(
         grid = functools.partial(_flash_grid, num_slices=num_slices, length=length, batch=batch, heads=heads)
     if descs is not None:
         args = (*descs, *args[4:])
-    key = HopKey(packed, length, d, causal, q.dtype, q.device.type, descs is not None,
-                 bool(consts.get("V_SHARED", False)), bool(consts.get("INNER", False)), inner if packed else None,
-                 lse is not None, batch, heads, kv_heads, n)
+    key = _hop_key(q, k, value, dims, axis, causal, lse, boxes=descs is not None,
+                   innermost=bool(consts.get("INNER", False)))
     return HopLaunch(packed, args, consts, grid, key, descs)
+
+
+def _hop_key(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,
+             lse: torch.Tensor | None, boxes: bool = False, innermost: bool = False) -> HopKey:
+    """The key of a hop's launch; with boxes and innermost off, that of its pointer launch, which
+    stands for the hop's shape whatever its loads."""
+    batch, heads, n, d = q.shape
+    length = dims[axis]
+    packed = length <= PACKED_MAX_LEN
+    return HopKey(packed, length, d, causal, q.dtype, q.device.type, boxes,
+                  packed and value.shape[1] == k.shape[1], innermost, math.prod(dims[axis + 1:]),
+                  lse is not None, batch, heads, k.shape[1], n)
 
 
 def _launch_hop(
@@ -764,8 +776,11 @@ def _launch_hop(
     loads through pointers even where TMA descriptors could serve (benchmarks compare the two).
     Without `config`, a hop that can take boxes runs them or pointer loads, whichever `_LOADS_TIMER`
     finds faster once both are tuned (boxes win on long sequences, pointers on short ones)."""
+    choosing = config is None and tma and _LOADS_TIMER is not None
+    if choosing and _boxes_win.get(_hop_key(q, k, value, dims, axis, causal, lse)) is False:
+        tma = choosing = False  # this shape ran faster through pointers: no descriptors to build
     launch = plan_hop(q, k, value, out, dims, axis, causal, scale, config, lse, tma)
-    if config is None and launch.descs is not None and _LOADS_TIMER is not None:
+    if choosing and launch.descs is not None:
         launch = _faster_loads(launch, plan_hop(q, k, value, out, dims, axis, causal, scale, None, lse, tma=False))
     _run(launch, config)
 

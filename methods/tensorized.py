@@ -179,12 +179,14 @@ def _triton_describe(case: Case) -> str:
         return text
     from ..kernels.tensorized_triton import tuned_configs
 
-    # packed hops are tuned per stride C too (their TMA boxes depend on it)
-    chosen = [f"L={key.length}{'' if key.stride is None else f' C={key.stride}'} {kernel} {config}"
+    # hops are tuned per stride C and per size too; a training pass's forward (which saves the
+    # log-sum-exps) apart from an inference one
+    chosen = [f"L={key.length} C={key.stride} {kernel} {config}"
               for kernel, key, config in tuned_configs()
               if key.length in case.dims
               and (key.head_dim, key.causal, key.dtype) == (case.head_dim, case.causal, torch_dtype(case))
-              and (key.batch, key.heads, key.kv_heads, key.n) == (case.batch, case.heads, case.kv_heads, case.seq_len)]
+              and (key.batch, key.heads, key.kv_heads, key.n) == (case.batch, case.heads, case.kv_heads, case.seq_len)
+              and key.saves_lse == case.mode.needs_backward]
     return f"{text}; tuned: {'; '.join(sorted(set(chosen)))}" if chosen else text
 
 

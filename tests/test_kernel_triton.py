@@ -138,8 +138,10 @@ def test_descriptors_are_used_exactly_when_the_dims_fill_n_and_rows_are_contiguo
     assert descs(Case(400, 2, False, dims=(200, 2), layout="bnhd"), 0) is None  # rows H*D apart
 
 
-def test_a_tuned_descriptor_hop_runs_again_from_its_cached_config(poisoned_scratch: None) -> None:
+def test_a_tuned_descriptor_hop_runs_again_from_its_cached_config(poisoned_scratch: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The second call of a key skips the autotuner and shapes the descriptors itself."""
+    monkeypatch.setattr(tt, "_LOADS_TIMER", None)  # the boxes, whatever a GPU would time
     device = "cuda" if torch.cuda.is_available() else "cpu"
     case = Case(420, 2, True, dims=(210, 2), heads=4, kv_heads=2)
     first, second = _check(case, device), _check(case, device)
@@ -355,7 +357,8 @@ def loads_timer(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("faster", ["boxes", "pointers"])
-@pytest.mark.parametrize("dims,axis", [((4, 16), 1), ((2, 16, 8), 1), ((3, 70), 1)], ids=["packed", "strided", "flash"])
+@pytest.mark.parametrize("dims,axis", [((4, 16), 1), ((2, 16, 8), 1), ((2, 160), 1)],
+                         ids=["packed", "strided", "flash"])
 def test_a_hop_runs_the_loads_that_measured_faster(loads_timer, faster: str, dims: tuple, axis: int) -> None:
     """Where a hop's tiles can move as TMA boxes, both launches are timed once per shape and the
     faster one runs, then and on every later call; either way the hop is the spec's."""
@@ -373,6 +376,22 @@ def test_a_hop_runs_the_loads_that_measured_faster(loads_timer, faster: str, dim
     assert ("-tma" in kernel) == (faster == "boxes"), kernel
 
 
+def test_a_shape_that_ran_faster_through_pointers_builds_no_descriptors_again(
+        loads_timer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once pointer loads won a shape, its later calls plan no boxes (descriptors cost host time
+    next to a short hop)."""
+    loads_timer(2.0, 1.0)
+    q, k, v = (torch.randn(1, 2, 64, 32) for _ in range(3))
+    tt._launch_hop(q, k, v, torch.empty_like(q), (4, 16), 1, True, 32**-0.5)
+    built: list[int] = []
+    make = tt._hop_descriptors
+    monkeypatch.setattr(tt, "_hop_descriptors", lambda *args: built.append(1) or make(*args))
+    out = torch.empty_like(q)
+    tt._launch_hop(q, k, v, out, (4, 16), 1, True, 32**-0.5)
+    assert built == []
+    assert _rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
+
+
 def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
     """Padded dims (prod > N) take no descriptors: nothing to choose, the timer is not called."""
     calls = loads_timer(1.0, 2.0)
@@ -383,26 +402,27 @@ def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
 
 
 def test_a_measurement_names_the_configs_of_its_own_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The provenance lists the configs tuned for the measured shape only: not those of another
-    length, nor the launch of a hop that measured faster the other way (boxes or pointers)."""
+    """The provenance lists the configs tuned for the measured shape and pass only: not those of
+    another length or of the training forward (which saves log-sum-exps) in an inference row, nor
+    the launch of a hop that measured faster the other way (boxes or pointers)."""
     from tbench.core.case import Case as RunCase
     from tbench.methods import tensorized as methods_tensorized
     from tbench.methods.availability import Availability
 
     monkeypatch.setattr(methods_tensorized, "_triton_availability", lambda device: Availability(True, provenance="k"))
 
-    def key(n: int, boxes: bool) -> tt.HopKey:
-        return tt.HopKey(True, 16, 32, True, torch.float32, "cuda", boxes, True, boxes, 1, False, 1, 2, 2, n)
+    def key(n: int, boxes: bool, lse: bool = False) -> tt.HopKey:
+        return tt.HopKey(True, 16, 32, True, torch.float32, "cuda", boxes, True, boxes, 1, lse, 1, 2, 2, n)
 
     chosen = {key(64, True): _packed_config(64, 1), key(64, False): _packed_config(32, 2),
-              key(128, False): _packed_config(128, 3)}
+              key(128, False): _packed_config(128, 3), key(64, False, lse=True): _packed_config(64, 2)}
     monkeypatch.setattr(tt, "_chosen", chosen)
     monkeypatch.setattr(tt, "_boxes_win", {key(64, False): False})
-    case = RunCase(method="tensorized-triton", family="tensorized", seq_len=64, batch=1, heads=2, kv_heads=2,
-                   head_dim=32, dtype="fp32", causal=True, device="cuda", order=2, dims=(4, 16))
-    text = methods_tensorized._triton_describe(case)
-    assert text == "k; tuned: L=16 C=1 packed (value with kv heads) ROWS=32 PROGRAMS_PER_SM=4 SHARE_KV=False " \
-                   "warps=4 stages=2", text
+    row = dict(method="tensorized-triton", family="tensorized", seq_len=64, batch=1, heads=2, kv_heads=2,
+               head_dim=32, dtype="fp32", causal=True, device="cuda", order=2, dims=(4, 16))
+    tuned = "k; tuned: L=16 C=1 packed (value with kv heads) ROWS={} PROGRAMS_PER_SM=4 SHARE_KV=False warps=4 stages={}"
+    assert methods_tensorized._triton_describe(RunCase(**row)) == tuned.format(32, 2)
+    assert methods_tensorized._triton_describe(RunCase(**row, mode="fwd_bwd")) == tuned.format(64, 2)
 
 
 def test_explicit_scale() -> None:
