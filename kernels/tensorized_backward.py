@@ -68,6 +68,17 @@ def _add_and_store_block(src, dst, plane, a, c, start, offset, pos, stride_n, of
 
 
 @triton.jit
+def _add_and_store_tile(src, dst, plane, offset, a, c, pos, stride_n, offs_d, ok, value, ACCUMULATE: tl.constexpr,
+                        ROWS: tl.constexpr, BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr,
+                        INNER: tl.constexpr):
+    """`_add_and_store_block` for a packed tile (see `_tile_load`, `_tile_store`)."""
+    if ACCUMULATE:
+        value += _tile_load(src, plane, offset, a, c, pos, stride_n, offs_d, ok, ROWS, HEAD_DIM, DESC,
+                            INNER).to(tl.float32)
+    _tile_store(dst, plane, offset, a, c, pos, stride_n, offs_d, ok, value, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+
+
+@triton.jit
 def _dkdv_tile(
     k, v, dk, dv, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
     offs_d, start, stop, stride_qn, stride_don, C, qk_scale,
@@ -359,11 +370,8 @@ def _packed_kernel(
         ds = p * (dp - delta[:, None])
         dq_offset = b64 * stride_dqb + h64 * stride_dqh
         dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
-        if ACCUMULATE:
-            dq += _tile_load(dq_src_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok,
-                             ROWS, HEAD_DIM, DESC, INNER).to(tl.float32)
-        _tile_store(dq_dst_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok, dq,
-                    ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+        _add_and_store_tile(dq_src_ptr, dq_dst_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok, dq,
+                            ACCUMULATE, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
         dk = _dot(_narrow(tl.trans(ds), q.dtype), q, dk, DOT_PRECISION)
         dv = _dot(_narrow(tl.trans(p), do.dtype), do, dv, DOT_PRECISION)
         if not SUM_DV:
@@ -373,13 +381,8 @@ def _packed_kernel(
     if SUM_DV:
         _tile_store(dv_ptr, kv_plane, b64 * stride_dvb + hk64 * stride_dvh, a, c, pos, stride_dvn, offs_d, row_ok,
                     dv, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
-    dk_offset = b64 * stride_dkb + hk64 * stride_dkh
-    dk = dk * sm_scale
-    if ACCUMULATE:
-        dk += _tile_load(dk_src_ptr, kv_plane, dk_offset, a, c, pos, stride_dkn, offs_d, row_ok,
-                         ROWS, HEAD_DIM, DESC, INNER).to(tl.float32)
-    _tile_store(dk_dst_ptr, kv_plane, dk_offset, a, c, pos, stride_dkn, offs_d, row_ok, dk,
-                ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+    _add_and_store_tile(dk_src_ptr, dk_dst_ptr, kv_plane, b64 * stride_dkb + hk64 * stride_dkh, a, c, pos,
+                        stride_dkn, offs_d, row_ok, dk * sm_scale, ACCUMULATE, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
 
 
 # ---------------------------------------------------------------------------------------------

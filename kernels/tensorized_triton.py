@@ -669,12 +669,15 @@ class HopLaunch:
     arguments (TMA descriptors in place of q, k, value and out where they serve), its constexprs,
     its grid as a function of the config, and the key its tuned config is kept under."""
 
-    packed: bool
     args: tuple
     constexprs: dict[str, object]
     grid: Callable[[dict], tuple[int]]
     key: HopKey
     descs: list[TensorDescriptor] | None
+
+    @property
+    def packed(self) -> bool:
+        return self.key.packed
 
     @property
     def kernel(self) -> triton.runtime.JITFunction:
@@ -750,7 +753,7 @@ def plan_hop(
         args = (*descs, *args[4:])
     key = _hop_key(q, k, value, dims, axis, causal, lse, boxes=descs is not None,
                    innermost=bool(consts.get("INNER", False)))
-    return HopLaunch(packed, args, consts, grid, key, descs)
+    return HopLaunch(args, consts, grid, key, descs)
 
 
 def _hop_key(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,
