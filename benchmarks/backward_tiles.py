@@ -65,6 +65,8 @@ class HopSweep:
     axis: int
     rep_ms: int
     label: str
+    # as in a whole backward: Delta from the next hop's backward, the previous hop's Delta handed on
+    deltas: tb.Deltas
 
     def __post_init__(self) -> None:
         self.acc_q = torch.zeros(self.q.shape, dtype=torch.float32, device=self.q.device)
@@ -74,16 +76,17 @@ class HopSweep:
         self.table_error = self.error(self.fresh())
 
     def run(self, blocks=None, packed=None, grads: tb.Gradients | None = None, d_prev=None,
-            tma: bool | None = None) -> None:
+            tma: bool | None = None, deltas: tb.Deltas | None = None) -> None:
         grads = grads or tb.Gradients(self.acc_q, self.acc_q, self.acc_k, self.acc_k, True)
         tb._launch_hop_backward(self.q, self.k, self.value, self.out, self.d_out, self.lse, grads,
                                 self.d_prev if d_prev is None else d_prev, self.dims, self.axis, True, D**-0.5,
-                                blocks=blocks, packed=packed, tma=tma)
+                                blocks=blocks, packed=packed, tma=tma, deltas=self.deltas if deltas is None else deltas)
 
-    def fresh(self, blocks=None, packed=None, tma: bool | None = None) -> tuple[torch.Tensor, ...]:
+    def fresh(self, blocks=None, packed=None, tma: bool | None = None,
+              deltas: tb.Deltas | None = None) -> tuple[torch.Tensor, ...]:
         """(dQ, dK, the value's gradient) written from nothing (no accumulation)."""
         dq, dk, dp = torch.empty_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
-        self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp, tma)
+        self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp, tma, deltas)
         return dq, dk, dp
 
     def float32_reference(self) -> tuple[torch.Tensor, ...]:
@@ -101,11 +104,12 @@ class HopSweep:
     def error(self, grads: tuple[torch.Tensor, ...]) -> float:
         return max(float((g.float() - r).norm() / r.norm()) for g, r in zip(grads, self.reference, strict=True))
 
-    def trial(self, kernel: str, shape: object, blocks=None, packed=None, tma: bool | None = None) -> float:
+    def trial(self, kernel: str, shape: object, blocks=None, packed=None, tma: bool | None = None,
+              deltas: tb.Deltas | None = None) -> float:
         """The candidate's time, or inf if it fails or its error is above ACCEPT x the table's."""
         try:
-            err = self.error(self.fresh(blocks, packed, tma))
-            took = _ms(lambda: self.run(blocks, packed, tma=tma), self.rep_ms)
+            err = self.error(self.fresh(blocks, packed, tma, deltas))
+            took = _ms(lambda: self.run(blocks, packed, tma=tma, deltas=deltas), self.rep_ms)
         except Exception as exc:  # a shape that does not fit (shared memory, registers)
             print(f"{self.label} {kernel} | {shape} | failed: {type(exc).__name__} | | |", flush=True)
             return math.inf
@@ -122,6 +126,10 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
         if took < best.get((length, kernel), (math.inf, None))[0]:
             best[(length, kernel)] = (took, shape)
 
+    if hop.deltas != tb.Deltas():
+        # the table's shapes with Delta handed between hops (as runs do) and with this hop forming its own
+        keep("table, Delta handed", None, hop.trial("table, Delta handed", None))
+        keep("table, Delta formed here", None, hop.trial("table, Delta formed here", None, deltas=tb.Deltas()))
     if length <= tb.PACKED_MAX_LEN:
         block_l = max(16, triton.next_power_of_2(length))
         for tile in PACKED_TILES:
@@ -168,8 +176,11 @@ def main() -> None:
                 axis = axes[t]
                 label = f"| {n} | {format_dims(dims)} | {t + 1} | {dims[axis]} | {math.prod(dims[axis + 1:])} |"
                 value = v if t == 0 else saved.outputs[t - 1]
-                sweep(HopSweep(q, k, value, saved.outputs[t], d_out, saved.lses[t], dims, axis, args.rep_ms, label),
-                      best)
+                out = saved.outputs[t]
+                given = (d_out.float() * out.float()).sum(-1) if t < m - 1 else None
+                previous = torch.empty_like(saved.lses[t]) if t > 0 else None
+                sweep(HopSweep(q, k, value, out, d_out, saved.lses[t], dims, axis, args.rep_ms, label,
+                               tb.Deltas(given, previous)), best)
     print("\nBest shape per slice length (the time includes the other kernel where one is named):")
     for (length, kernel), (took, shape) in sorted(best.items()):
         print(f"L={length} {kernel}: {shape} {took:.4f} ms")

@@ -166,9 +166,13 @@ def backward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, arch: int) 
         value = v if t == 0 else torch.empty_like(q)
         # a middle hop of the backward: it adds to the float32 sums and writes them back
         grads = tb.Gradients(dq, dq, dk, dk, accumulate=True)
+        # Delta handed between hops, as backward_from_saved does
+        deltas = tb.Deltas(given=torch.empty_like(lse) if t < len(dims) - 1 else None,
+                           previous=torch.empty_like(lse) if t > 0 else None)
         for tma in (True, False):
             launches = tb.plan_hop_backward(q, k, value, torch.empty_like(q), torch.empty_like(q), lse, grads,
-                                            torch.empty_like(value), dims, axis, True, D**-0.5, tma=tma)
+                                            torch.empty_like(value), dims, axis, True, D**-0.5, tma=tma,
+                                            deltas=deltas)
             for launch in launches:
                 shape = {key: val for key, val in launch.kwargs.items() if key in ("ROWS", "BLOCK_M", "BLOCK_N")}
                 text = " ".join(f"{key}={val}" for key, val in shape.items())

@@ -80,14 +80,15 @@ def _add_and_store_tile(src, dst, plane, offset, a, c, pos, stride_n, offs_d, ok
 
 @triton.jit
 def _dkdv_tile(
-    k, v, dk, dv, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
+    k, v, dk, dv, prev, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
     offs_d, start, stop, stride_qn, stride_don, C, qk_scale,
     CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-    DESC: tl.constexpr,
+    DESC: tl.constexpr, DELTA_OUT: tl.constexpr,
 ):
-    """dK and dV of one key block over the query blocks in [start, stop). Without CAUSAL_MASK no score
-    is masked: rows past the slice's end load as zero (q, dO, lse and Delta), which adds exactly
-    zero to dK and dV, and key rows past it are never stored."""
+    """dK and dV of one key block over the query blocks in [start, stop), and with DELTA_OUT the key
+    rows' sums of P * dP (`prev`: the previous hop's Delta, see `_packed_kernel`). Without
+    CAUSAL_MASK no score is masked: rows past the slice's end load as zero (q, dO, lse and Delta),
+    which adds exactly zero to dK, dV and `prev`, and key rows past it are never stored."""
     for q_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_M):
         offs_m = q_at + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
@@ -106,13 +107,15 @@ def _dkdv_tile(
         dv = _dot(_narrow(p_t, do.dtype), do, dv, DOT_PRECISION)
         dp_t = _dot(v, tl.trans(do), None, DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
+        if DELTA_OUT:
+            prev += tl.sum(p_t * dp_t, axis=1)
         dk = _dot(_narrow(ds_t, q.dtype), q, dk, DOT_PRECISION)
-    return dk, dv
+    return dk, dv, prev
 
 
 @triton.jit
 def _dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, delta_out_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -123,12 +126,14 @@ def _dkdv_kernel(
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_DV: tl.constexpr,
     ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
+    DELTA_OUT: tl.constexpr = False,
 ):
     """dK and dV of one key block of one slice for one kv head. dK is this hop's share plus, with
     ACCUMULATE, what dk_src holds, written to dk_dst in its dtype. With SUM_DV the value has one head
     per kv head (first hop), and dV sums over the group's query heads; otherwise the value has one
-    head per query head and each gets its own dV rows. With DESC the (B, heads, N, D) operands are
-    TMA descriptors over their (B * heads, A, L, C * D) views."""
+    head per query head and each gets its own dV rows, and with DELTA_OUT the previous hop's Delta
+    goes to delta_out. With DESC the (B, heads, N, D) operands are TMA descriptors over their
+    (B * heads, A, L, C * D) views."""
     pid = tl.program_id(0)
     k_blocks = tl.cdiv(L, BLOCK_N)
     kb = pid % k_blocks
@@ -154,6 +159,7 @@ def _dkdv_kernel(
                        offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        prev = tl.zeros([BLOCK_N], tl.float32)
         # causal: query blocks before the key block see none of it; those that meet the diagonal
         # are masked; from the first query at or after the block's last key on, none is
         lo = 0
@@ -175,15 +181,19 @@ def _dkdv_kernel(
             lse_base = lse_ptr + b64 * stride_lb + h64 * stride_lh
             delta_base = delta_ptr + b64 * stride_lb + h64 * stride_lh
             if CAUSAL:
-                dk, dv = _dkdv_tile(k, v, dk, dv, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base, plane,
-                                    a, c, base, valid, offs_n, offs_d, lo, diagonal_end, stride_qn, stride_don, C,
-                                    qk_scale, True, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC)
-            dk, dv = _dkdv_tile(k, v, dk, dv, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base, plane,
-                                a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn, stride_don, C,
-                                qk_scale, False, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC)
+                dk, dv, prev = _dkdv_tile(k, v, dk, dv, prev, q_ptr, do_ptr, q_offset, do_offset, lse_base,
+                                          delta_base, plane, a, c, base, valid, offs_n, offs_d, lo, diagonal_end,
+                                          stride_qn, stride_don, C, qk_scale, True, DOT_PRECISION, BLOCK_M, HEAD_DIM,
+                                          DESC, DELTA_OUT)
+            dk, dv, prev = _dkdv_tile(k, v, dk, dv, prev, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base,
+                                      plane, a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn,
+                                      stride_don, C, qk_scale, False, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC, DELTA_OUT)
             if not SUM_DV:
                 _rows_store(dv_ptr, v_plane, a, c, k_start, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, pos_n,
                             stride_dvn, offs_d, key_ok, dv, 1, BLOCK_N, HEAD_DIM, HEAD_DIM, DESC)
+                if DELTA_OUT:
+                    tl.store(delta_out_ptr + b64 * stride_lb + hv.to(tl.int64) * stride_lh + pos_n, prev, mask=key_ok)
+                    prev = tl.zeros([BLOCK_N], tl.float32)
                 dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         if SUM_DV:
             _rows_store(dv_ptr, kv_plane, a, c, k_start, b64 * stride_dvb + hk64 * stride_dvh, pos_n, stride_dvn,
@@ -234,11 +244,12 @@ def _dq_kernel(
     stride_dqb, stride_dqh, stride_dqn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, ACCUMULATE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False, DELTA_IN: tl.constexpr = False,
 ):
     """dQ of one query block of one slice for one query head (plus, with ACCUMULATE, what dq_src
     holds), written to dq_dst in its dtype. It also forms the block's Delta = rowsum(dO * O) and
-    stores it for the dK/dV kernel, which runs after it. With DESC the (B, heads, N, D) operands
+    stores it for the dK/dV kernel, which runs after it; with DELTA_IN, Delta is already there
+    (formed by the next hop's backward) and O is not read. With DESC the (B, heads, N, D) operands
     are TMA descriptors over their (B * heads, A, L, C * D) views."""
     pid = tl.program_id(0)
     q_blocks = tl.cdiv(L, BLOCK_M)
@@ -267,12 +278,15 @@ def _dq_kernel(
                        row_ok, BLOCK_M, HEAD_DIM, DESC)
         do = _rows_load(do_ptr, plane, a, c, q_start, b64 * stride_dob + h64 * stride_doh, pos_m, stride_don,
                         offs_d, row_ok, BLOCK_M, HEAD_DIM, DESC)
-        o = _rows_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
-                       row_ok, BLOCK_M, HEAD_DIM, DESC)
-        # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         row_at = b64 * stride_lb + h64 * stride_lh + pos_m
-        tl.store(delta_ptr + row_at, delta, mask=row_ok)
+        if DELTA_IN:
+            delta = tl.load(delta_ptr + row_at, mask=row_ok, other=0.0)
+        else:
+            o = _rows_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
+                           row_ok, BLOCK_M, HEAD_DIM, DESC)
+            # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+            tl.store(delta_ptr + row_at, delta, mask=row_ok)
         lse = tl.load(lse_ptr + row_at, mask=row_ok, other=0.0)
         k_offset = b64 * stride_kb + hk.to(tl.int64) * stride_kh
         v_offset = b64 * stride_vb + hv.to(tl.int64) * stride_vh
@@ -298,7 +312,8 @@ def _dq_kernel(
 
 @triton.jit
 def _packed_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_src_ptr, dq_dst_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, delta_in_ptr, delta_out_ptr, dq_src_ptr, dq_dst_ptr, dk_src_ptr,
+    dk_dst_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -311,7 +326,8 @@ def _packed_kernel(
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SUM_DV: tl.constexpr, ACCUMULATE: tl.constexpr, ROWS: tl.constexpr,
-    DESC: tl.constexpr = False, INNER: tl.constexpr = False,
+    DESC: tl.constexpr = False, INNER: tl.constexpr = False, DELTA_IN: tl.constexpr = False,
+    DELTA_OUT: tl.constexpr = False,
 ):
     """Short slices: one tile holds ROWS // BLOCK_L whole slices (BLOCK_L >= L coordinates each),
     so one program computes dQ, dK and dV of its slices for one kv head and the group's query heads,
@@ -319,7 +335,9 @@ def _packed_kernel(
     dQ and dK are this hop's share plus, with ACCUMULATE, what the src buffers hold, written to the
     dst buffers in their dtype. With DESC every (B, heads, N, D) operand is a TMA descriptor over
     its (B * heads, A, L, C * D) view, as in the forward's packed kernel (rows coordinate-major
-    unless INNER), which keeps the pointer tiles out of the registers."""
+    unless INNER), which keeps the pointer tiles out of the registers. With DELTA_IN the rows'
+    Delta is read from delta_in (formed by the next hop's backward) instead of from dO and O; with
+    DELTA_OUT (value on the query heads) the previous hop's Delta is written to delta_out."""
     SLICES: tl.constexpr = ROWS // BLOCK_L
     slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -357,17 +375,26 @@ def _packed_kernel(
                        ROWS, HEAD_DIM, DESC, INNER)
         do = _tile_load(do_ptr, plane, b64 * stride_dob + h64 * stride_doh, a, c, pos, stride_don, offs_d, row_ok,
                         ROWS, HEAD_DIM, DESC, INNER)
-        o = _tile_load(o_ptr, plane, b64 * stride_ob + h64 * stride_oh, a, c, pos, stride_on, offs_d, row_ok,
-                       ROWS, HEAD_DIM, DESC, INNER)
         v = _tile_load(v_ptr, v_plane, b64 * stride_vb + hv.to(tl.int64) * stride_vh, a, c, pos, stride_vn, offs_d,
                        row_ok, ROWS, HEAD_DIM, DESC, INNER)
-        lse = tl.load(lse_ptr + b64 * stride_lb + h64 * stride_lh + pos, mask=row_ok, other=0.0)
-        # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        row_at = b64 * stride_lb + h64 * stride_lh + pos
+        lse = tl.load(lse_ptr + row_at, mask=row_ok, other=0.0)
+        if DELTA_IN:
+            delta = tl.load(delta_in_ptr + row_at, mask=row_ok, other=0.0)
+        else:
+            o = _tile_load(o_ptr, plane, b64 * stride_ob + h64 * stride_oh, a, c, pos, stride_on, offs_d, row_ok,
+                           ROWS, HEAD_DIM, DESC, INNER)
+            # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
         ds = p * (dp - delta[:, None])
+        if DELTA_OUT:
+            # the previous hop's O is this hop's value V and its dO this hop's dV = P^T dO, so its
+            # Delta = rowsum(dV * V) is the column sums of P * dP (dP = dO V^T), already at hand
+            tl.store(delta_out_ptr + b64 * stride_lb + hv.to(tl.int64) * stride_lh + pos, tl.sum(p * dp, axis=0),
+                     mask=row_ok)
         dq_offset = b64 * stride_dqb + h64 * stride_dqh
         dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
         _add_and_store_tile(dq_src_ptr, dq_dst_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok, dq,
@@ -473,6 +500,17 @@ class Gradients:
 
 
 @dataclass(frozen=True)
+class Deltas:
+    """Delta = rowsum(dO * O) handed from one hop's backward to the previous hop's, in float32
+    (B, heads, N) buffers strided as the log-sum-exps: `given` holds this hop's, formed by the next
+    hop's backward (None: formed here from dO and O, which costs a read of O); `previous` receives
+    the previous hop's, whose O is this hop's value (None: not formed)."""
+
+    given: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class KernelLaunch:
     """One kernel launch, whole: the kernel, its grid, its positional and keyword arguments."""
 
@@ -489,11 +527,11 @@ def _launch_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
-    packed: PackedTile | None = None, tma: bool | None = None,
+    packed: PackedTile | None = None, tma: bool | None = None, deltas: Deltas = Deltas(),
 ) -> None:
     """The backward of one hop (see `plan_hop_backward`), launched."""
     for launch in plan_hop_backward(q, k, value, out, d_out, lse, grads, d_value, dims, axis, causal, scale,
-                                    blocks, packed, tma):
+                                    blocks, packed, tma, deltas):
         launch()
 
 
@@ -501,7 +539,7 @@ def plan_hop_backward(
     q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
     lse: torch.Tensor, grads: Gradients, d_value: torch.Tensor,
     dims: tuple[int, ...], axis: int, causal: bool, scale: float, blocks: BackwardBlocks | None = None,
-    packed: PackedTile | None = None, tma: bool | None = None,
+    packed: PackedTile | None = None, tma: bool | None = None, deltas: Deltas = Deltas(),
 ) -> list[KernelLaunch]:
     """The launches of one hop's backward, in order: its share of dq and dk (see Gradients) and
     d_value. Slices of at most PACKED_MAX_LEN go through the packed kernel unless `blocks` asks for
@@ -509,10 +547,12 @@ def plan_hop_backward(
     (benchmarks/backward_tiles.py). Where the dims fill N and the operands are contiguous, the
     blocked kernels move their tiles as TMA boxes, which keeps the pointer tiles out of the
     registers, and the packed kernel does where its tile asks for boxes and its slices fit one box;
-    `tma=True` moves every tile that can as a box, `tma=False` loads through pointers (comparisons)."""
+    `tma=True` moves every tile that can as a box, `tma=False` loads through pointers (comparisons).
+    `deltas` hands Delta between the hops of one backward (see Deltas)."""
     batch, heads, n, d = q.shape
     kv_heads = k.shape[1]
     value_heads = value.shape[1]
+    _check_deltas(deltas, lse, value_heads == heads)
     length = dims[axis]
     inner = math.prod(dims[axis + 1:])
     num_slices = math.prod(dims) // length
@@ -539,7 +579,7 @@ def plan_hop_backward(
             _packed_blocks(descs, packed.rows, block_l, inner == 1, d)
             operands = tuple(descs)
         return [KernelLaunch(_packed_kernel, grid, (
-            *operands[:5], lse, *operands[5:], *strides,
+            *operands[:5], lse, _or(deltas.given, lse), _or(deltas.previous, lse), *operands[5:], *strides,
             out.stride(0), out.stride(1), out.stride(2),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
@@ -549,11 +589,12 @@ def plan_hop_backward(
         ), {"HEAD_DIM": d, "BLOCK_L": block_l, "CAUSAL": causal, "DOT_PRECISION": precision,
             "SUM_DV": value_heads != heads, "ACCUMULATE": grads.accumulate, "ROWS": packed.rows,
             "DESC": descs is not None, "INNER": descs is not None and inner == 1,
+            "DELTA_IN": deltas.given is not None, "DELTA_OUT": deltas.previous is not None,
             "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
     blocks = blocks or backward_blocks(length, q.dtype)
-    # filled by the dQ kernel for the dK/dV kernel, which runs after it on the same stream
-    delta = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
-    assert delta.stride()[:2] == lse.stride()[:2]
+    # filled by the dQ kernel for the dK/dV kernel, which runs after it on the same stream, unless given
+    delta = deltas.given if deltas.given is not None else torch.empty_like(lse)
+    assert delta.stride() == lse.stride()
     common = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "ACCUMULATE": grads.accumulate}
     dq_tile, dkdv_tile = blocks.dq, blocks.dkdv
     dq_ops = _boxes(((q, dq_tile.block_m), (k, dq_tile.block_n), (value, dq_tile.block_n), (out, dq_tile.block_m),
@@ -570,18 +611,35 @@ def plan_hop_backward(
             lse.stride(0), lse.stride(1),
             dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
         ), {**common, "BLOCK_M": dq_tile.block_m, "BLOCK_N": dq_tile.block_n,
-            "DESC": isinstance(dq_ops[0], TensorDescriptor),
+            "DESC": isinstance(dq_ops[0], TensorDescriptor), "DELTA_IN": deltas.given is not None,
             "num_warps": dq_tile.num_warps, "num_stages": dq_tile.num_stages}),
         KernelLaunch(_dkdv_kernel, (batch * kv_heads * num_slices * triton.cdiv(length, dkdv_tile.block_n),), (
-            *dkdv_ops[:4], lse, delta, *dkdv_ops[4:], *strides,
+            *dkdv_ops[:4], lse, delta, _or(deltas.previous, lse), *dkdv_ops[4:], *strides,
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             lse.stride(0), lse.stride(1),
             dk.stride(0), dk.stride(1), dk.stride(2),
             d_value.stride(0), d_value.stride(1), d_value.stride(2), *sizes,
         ), {"SUM_DV": value_heads != heads, **common, "BLOCK_M": dkdv_tile.block_m,
             "BLOCK_N": dkdv_tile.block_n, "DESC": isinstance(dkdv_ops[0], TensorDescriptor),
+            "DELTA_OUT": deltas.previous is not None,
             "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}),
     ]
+
+
+def _or(tensor: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or for a pointer argument the kernel will not touch, `default`."""
+    return default if tensor is None else tensor
+
+
+def _check_deltas(deltas: Deltas, lse: torch.Tensor, value_on_query_heads: bool) -> None:
+    for name, buffer in (("given", deltas.given), ("previous", deltas.previous)):
+        if buffer is not None and (buffer.shape != lse.shape or buffer.stride() != lse.stride()
+                                   or buffer.dtype != torch.float32):
+            raise ValueError(f"Deltas.{name} must be float32 {tuple(lse.shape)} with strides {lse.stride()}, "
+                             f"got {buffer.dtype} {tuple(buffer.shape)} with strides {buffer.stride()}")
+    if deltas.previous is not None and not value_on_query_heads:
+        # the value of the first hop has the kv heads, and there is no hop before it
+        raise ValueError("Deltas.previous needs a value with one head per query head")
 
 
 def _boxes(operands: tuple[tuple[torch.Tensor, int], ...], dims: tuple[int, ...], axis: int, head_dim: int,
@@ -636,9 +694,12 @@ def recompute_intermediates(
 
 def backward_from_saved(
     d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, saved: SavedForward,
-    dims: tuple[int, ...], causal: bool, scale: float,
+    dims: tuple[int, ...], causal: bool, scale: float, hand_deltas: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward."""
+    """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward.
+    With `hand_deltas` each hop's backward forms the previous hop's Delta from the value and d_value
+    it holds anyway, so that no hop but the last reads its output back (one (B, H, N, D) read fewer
+    per hop; off for comparisons)."""
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))
@@ -646,12 +707,16 @@ def backward_from_saved(
     dq_acc = torch.empty(q.shape, dtype=torch.float32, device=q.device) if len(hops) > 1 else dq
     dk_acc = torch.empty(k.shape, dtype=torch.float32, device=k.device) if len(hops) > 1 else dk
     d_value = _row_major(d_out.to(q.dtype))
+    # two buffers in turn: a hop reads its own Delta while it writes the previous hop's
+    handed = [torch.empty_like(saved.lses[0]) for _ in range(2)] if hand_deltas and len(hops) > 1 else None
+    given = None
     for t in reversed(range(len(hops))):
         value = v if t == 0 else saved.outputs[t - 1]
         d_prev = _new_gradient_buffer(value)
         grads = Gradients(dq_acc, dq if t == 0 else dq_acc, dk_acc, dk if t == 0 else dk_acc,
                           accumulate=t < len(hops) - 1)
+        previous = handed[t % 2] if handed is not None and t > 0 else None
         _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
-                             dims, hops[t], causal, scale)
-        d_value = d_prev
+                             dims, hops[t], causal, scale, deltas=Deltas(given, previous))
+        d_value, given = d_prev, previous
     return dq, dk, d_value

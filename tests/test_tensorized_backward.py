@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 
 from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
 
-from tbench.core.folding import resolve_dims
+from tbench.core.folding import hop_axes, resolve_dims
 from tbench.kernels import tensorized_backward as tb
 from tbench.kernels.reference import tensorized_attention_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
@@ -238,6 +238,89 @@ def test_blocked_kernels_with_unequal_tiles(
 ) -> None:
     monkeypatch.setattr(tb, "backward_blocks", lambda length, dtype: blocks)
     _check_against_spec(tensorized_attention_train, case)
+
+
+def _saved_forward(case: Case) -> tuple[tuple[torch.Tensor, ...], tb.SavedForward, float]:
+    """(q, k, v, dO) on the device in the case's dtype, the training forward's saved hops, the scale."""
+    q, k, v, d_out = (_leaf(x, case, case.dtype, DEVICE).detach() for x in _inputs(case))
+    scale = case.head_dim**-0.5
+    return (q, k, v, d_out), tb.forward_with_saved(q, k, v, case.resolved_dims, case.causal, scale), scale
+
+
+HANDED_CASES = [Case(50, 3, True, heads=4, kv_heads=2), Case(60, 2, False, BF16, heads=4, kv_heads=2, batch=2,
+                                                                   layout="bnhd")]
+
+
+@pytest.mark.parametrize("kernels", ["packed", "blocked"])
+@pytest.mark.parametrize("case", HANDED_CASES, ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_a_hop_hands_the_previous_hop_its_delta(case: Case, kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last hop's backward writes rowsum(dO * O) of the hop before (dO its value's gradient, O its
+    value) for every row; the hop before, given it, never reads its own output (NaN here) and
+    gives the gradients it gives when it forms Delta itself."""
+    if kernels == "blocked":
+        monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
+    (q, k, v, d_out), saved, scale = _saved_forward(case)
+    dims, hops = case.resolved_dims, hop_axes(case.m)
+    t = case.m - 1
+
+    def hop(t: int, d_value: torch.Tensor, out: torch.Tensor, deltas: tb.Deltas) -> tuple[torch.Tensor, ...]:
+        value = v if t == 0 else saved.outputs[t - 1]
+        dq, dk = torch.empty(q.shape, device=DEVICE), torch.empty(k.shape, device=DEVICE)
+        d_prev = torch.full_like(value, float("nan"))
+        tb._launch_hop_backward(q, k, value, out, d_value, saved.lses[t], tb.Gradients(dq, dq, dk, dk, False), d_prev,
+                                dims, hops[t], case.causal, scale, deltas=deltas)
+        return dq, dk, d_prev
+
+    handed = torch.full_like(saved.lses[0], float("nan"))
+    d_value = d_out.contiguous()
+    _, _, d_prev = hop(t, d_value, saved.outputs[t], tb.Deltas(previous=handed))
+    expected = (d_prev.float() * saved.outputs[t - 1].float()).sum(-1)
+    # the hop sums P * dP, which equals rowsum(dO * O) of the hop before up to rounding; in bf16, dO's
+    # (d_prev is stored in bf16)
+    tolerance = 1e-5 if case.dtype == F32 else 1e-2
+    assert not torch.isnan(handed).any(), f"{case}: a row's Delta was not handed"
+    assert worst_head_err(handed.unsqueeze(-1), expected.unsqueeze(-1)) <= tolerance, f"{case}: handed Delta differs"
+
+    formed = hop(t - 1, d_prev, saved.outputs[t - 1], tb.Deltas())
+    given = hop(t - 1, d_prev, torch.full_like(saved.outputs[t - 1], float("nan")), tb.Deltas(given=handed))
+    for name, a, b in zip(("dq", "dk", "dv"), formed, given, strict=True):
+        assert not torch.isnan(b).any(), f"{case}: NaN in {name}: the hop read its output"
+        assert worst_head_err(b, a) <= tolerance, f"{case}: {name} differs with the handed Delta"
+
+
+@pytest.mark.parametrize("case,blocked", [
+    (KERNEL_CASES[2], False), (KERNEL_CASES[4], False), (KERNEL_CASES[6], False),
+    # a middle hop whose slices span two key blocks, every query seeing every key: a hop that wrote
+    # the previous hop's Delta over its own would corrupt rows that another block still reads
+    (Case(160, 3, False, dims=(2, 40, 2), heads=4, kv_heads=2), True),
+], ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_handing_deltas_keeps_the_gradients(case: Case, blocked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole backward with Delta handed between hops against the one whose hops form their own."""
+    if blocked:
+        monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
+    (q, k, v, d_out), saved, scale = _saved_forward(case)
+    handed = tb.backward_from_saved(d_out, q, k, v, saved, case.resolved_dims, case.causal, scale)
+    formed = tb.backward_from_saved(d_out, q, k, v, saved, case.resolved_dims, case.causal, scale, hand_deltas=False)
+    for name, a, b in zip(("dq", "dk", "dv"), formed, handed, strict=True):
+        assert worst_head_err(b, a) <= (1e-5 if case.dtype == F32 else 1e-2), f"{case}: {name} differs"
+
+
+def test_deltas_of_the_wrong_form_are_refused() -> None:
+    case = Case(16, 2, True, dims=(4, 4), heads=4, kv_heads=2)
+    (q, k, v, d_out), saved, scale = _saved_forward(case)
+    dq, dk = torch.empty(q.shape, device=DEVICE), torch.empty(k.shape, device=DEVICE)
+    grads = tb.Gradients(dq, dq, dk, dk, False)
+    lse, hops = saved.lses[1], hop_axes(case.m)
+    with pytest.raises(ValueError, match=r"Deltas\.given must be float32 \(1, 4, 16\).*got torch.float16"):
+        tb.plan_hop_backward(q, k, saved.outputs[0], saved.outputs[1], d_out, lse, grads,
+                             torch.empty_like(q), case.resolved_dims, hops[1], True, scale,
+                             deltas=tb.Deltas(given=lse.half()))
+    # the first hop's value has the kv heads (and no hop comes before it)
+    with pytest.raises(ValueError, match=r"Deltas\.previous needs a value with one head per query head"):
+        tb.plan_hop_backward(q, k, v, saved.outputs[0], d_out, saved.lses[0], grads, torch.empty_like(v),
+                             case.resolved_dims, hops[0], True, scale, deltas=tb.Deltas(previous=torch.empty_like(lse)))
 
 
 SDPA_CASES = [
