@@ -66,9 +66,22 @@ def hop_accepts(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: to
     return backend is HopBackend.CUDNN or value.shape[1] == k.shape[1]
 
 
-def run_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+def writes_into_buffer(backend: HopBackend) -> bool:
+    """Whether `backend` writes a hop's output into a buffer it is given (cuDNN returns its own)."""
+    return backend is not HopBackend.CUDNN
+
+
+def _new_output(like: torch.Tensor) -> torch.Tensor:
+    """A hop's output buffer (a module-level hook so that tests can count them)."""
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
+
+
+def run_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor | None,
             dims: tuple[int, ...], axis: int, causal: bool, scale: float) -> torch.Tensor:
-    """One hop on `backend`; returns its output, (B, H, N, D), `out` itself unless cuDNN ran it."""
+    """One hop on `backend`; returns its output, (B, H, N, D): `out` itself where the backend
+    `writes_into_buffer` (then `out` is required), else a new tensor."""
+    if writes_into_buffer(backend) and out is None:
+        raise ValueError(f"hop backend {backend.value!r} writes into an output buffer; none was given")
     if backend is HopBackend.TRITON:
         _launch_hop(q, k, value, out, dims, axis, causal, scale)
         return out
@@ -100,12 +113,20 @@ def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
                                   causal: bool, scale: float | None, backends: Sequence[HopBackend]) -> torch.Tensor:
     """The operator with hop t on backends[t]; (B, H, N, D) in q's dtype."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
-    buffers = [torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(min(2, len(dims)))]
-    value = v
-    for t, (axis, backend) in enumerate(zip(hop_axes(len(dims)), backends, strict=True)):
+    value, value_is_ours = v, False
+    # a buffer of ours whose contents no hop reads any more: the next hop that needs one writes there,
+    # so that no more than two are alive and none is made for a hop cuDNN runs (it returns its own)
+    spare: torch.Tensor | None = None
+    for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
         # inputs laid out otherwise than those the choice was timed on may not make views
         chosen = backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
-        value = run_hop(chosen, q, k, value, buffers[t % 2], dims, axis, causal, scale)
+        out = None
+        if writes_into_buffer(chosen):
+            out, spare = (spare if spare is not None else _new_output(q)), None
+        result = run_hop(chosen, q, k, value, out, dims, axis, causal, scale)
+        if value_is_ours:
+            spare = value
+        value, value_is_ours = result, out is not None
     return value
 
 

@@ -105,6 +105,39 @@ def test_dispatch_runs_each_hop_where_chosen(monkeypatch: pytest.MonkeyPatch):
     assert len(calls) == 2 and torch.allclose(again, got)
 
 
+T, F3, CU = td.HopBackend.TRITON, td.HopBackend.FA3, td.HopBackend.CUDNN
+
+
+@pytest.mark.parametrize("backends,buffers", [
+    ((F3, CU), 1), ((T, CU), 1), ((T, T), 2), ((CU, T), 1), ((CU, CU), 0), ((T, T, T), 2), ((CU, T, CU), 1),
+    ((CU, T, T), 2), ((T, T, CU), 2), ((T, T, T, T), 2),
+], ids=lambda x: x if isinstance(x, int) else "-".join(b.name for b in x))
+def test_dispatch_makes_only_the_buffers_its_hops_write(backends, buffers, monkeypatch: pytest.MonkeyPatch):
+    """A hop cuDNN runs returns its own output, so it gets no buffer; a buffer whose contents no
+    hop reads any more is written again: at most two, as the Triton kernel alone. (The math
+    backend stands in for cuDNN on the CPU.)"""
+    made: list[torch.Tensor] = []
+    new_output = td._new_output
+    monkeypatch.setattr(td, "_new_output", lambda like: made.append(new_output(like)) or made[-1])
+    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3([]))
+    sdpa_hop, sdpa_calls = td.sdpa_hop, []
+    monkeypatch.setattr(td, "sdpa_hop", lambda *args: sdpa_calls.append(args[5]) or sdpa_hop(*args[:-1],
+                                                                                           SDPBackend.MATH))
+    dims = (8, 16) if len(backends) == 2 else (4, 8, 4) if len(backends) == 3 else (2, 4, 4, 4)
+    q, k, v = _inputs(128)
+    got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, backends)
+    # each hop ran where asked (FA3 takes only the first hop, cuDNN the first and last of m = 3)
+    assert len(sdpa_calls) == backends.count(CU)
+    assert len(made) == buffers
+    assert _rel(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
+
+
+def test_a_hop_that_writes_into_a_buffer_needs_one():
+    q, k, v = _inputs(16)
+    with pytest.raises(ValueError, match="hop backend 'Triton' writes into an output buffer; none was given"):
+        td.run_hop(T, q, k, v, None, (4, 4), 1, True, 0.125)
+
+
 def test_choose_hop_backends_keeps_the_fastest_and_skips_refusals(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple] = []
     monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3(calls))
