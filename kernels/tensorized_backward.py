@@ -15,8 +15,9 @@ positions a*L*C + i*C + c, and positions >= N are never read or written.
 
 Two kernels per hop, neither with atomics: one program per (batch, kv head, slice, key block)
 computes dK and dV (looping over the group's query heads and the query blocks), one program per
-(batch, head, slice, query block) computes dQ and Delta, and runs first. Short slices take one
-packed kernel that does all of it per tile of whole slices.
+(batch, head, slice, query block) computes dQ (and Delta, on the one hop whose Delta no later hop
+handed it, see `Deltas`), and runs first. Short slices take one packed kernel that does all of it
+per tile of whole slices.
 """
 
 from __future__ import annotations
@@ -637,6 +638,10 @@ def _check_deltas(deltas: Deltas, lse: torch.Tensor, value_on_query_heads: bool)
                                    or buffer.dtype != torch.float32):
             raise ValueError(f"Deltas.{name} must be float32 {tuple(lse.shape)} with strides {lse.stride()}, "
                              f"got {buffer.dtype} {tuple(buffer.shape)} with strides {buffer.stride()}")
+    if (deltas.given is not None and deltas.previous is not None
+            and deltas.given.untyped_storage().data_ptr() == deltas.previous.untyped_storage().data_ptr()):
+        # the blocked kernels' programs of one slice read rows of `given` that others write in `previous`
+        raise ValueError("Deltas.given and Deltas.previous must be different buffers")
     if deltas.previous is not None and not value_on_query_heads:
         # the value of the first hop has the kv heads, and there is no hop before it
         raise ValueError("Deltas.previous needs a value with one head per query head")
@@ -707,15 +712,19 @@ def backward_from_saved(
     dq_acc = torch.empty(q.shape, dtype=torch.float32, device=q.device) if len(hops) > 1 else dq
     dk_acc = torch.empty(k.shape, dtype=torch.float32, device=k.device) if len(hops) > 1 else dk
     d_value = _row_major(d_out.to(q.dtype))
-    # two buffers in turn: a hop reads its own Delta while it writes the previous hop's
-    handed = [torch.empty_like(saved.lses[0]) for _ in range(2)] if hand_deltas and len(hops) > 1 else None
+    # two buffers in turn (one for m = 2): a hop reads its own Delta while it writes the previous hop's
+    handed: list[torch.Tensor | None] = [None, None]
     given = None
     for t in reversed(range(len(hops))):
         value = v if t == 0 else saved.outputs[t - 1]
         d_prev = _new_gradient_buffer(value)
         grads = Gradients(dq_acc, dq if t == 0 else dq_acc, dk_acc, dk if t == 0 else dk_acc,
                           accumulate=t < len(hops) - 1)
-        previous = handed[t % 2] if handed is not None and t > 0 else None
+        previous = None
+        if hand_deltas and t > 0:
+            if handed[t % 2] is None:
+                handed[t % 2] = torch.empty_like(saved.lses[0])
+            previous = handed[t % 2]
         _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
                              dims, hops[t], causal, scale, deltas=Deltas(given, previous))
         d_value, given = d_prev, previous

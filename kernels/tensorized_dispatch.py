@@ -120,9 +120,11 @@ def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
         # inputs laid out otherwise than those the choice was timed on may not make views
         chosen = backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
-        out = None
         if writes_into_buffer(chosen):
             out, spare = (spare if spare is not None else _new_output(q)), None
+        else:
+            # cuDNN makes its own output: the spare's memory goes back to the allocator for it
+            out, spare = None, None
         result = run_hop(chosen, q, k, value, out, dims, axis, causal, scale)
         if value_is_ours:
             spare = value

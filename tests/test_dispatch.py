@@ -6,6 +6,7 @@ it receives and writes through the output view it is given."""
 from __future__ import annotations
 
 import os
+import weakref
 
 import pytest
 import torch
@@ -113,21 +114,32 @@ T, F3, CU = td.HopBackend.TRITON, td.HopBackend.FA3, td.HopBackend.CUDNN
     ((CU, T, T), 2), ((T, T, CU), 2), ((T, T, T, T), 2),
 ], ids=lambda x: x if isinstance(x, int) else "-".join(b.name for b in x))
 def test_dispatch_makes_only_the_buffers_its_hops_write(backends, buffers, monkeypatch: pytest.MonkeyPatch):
-    """A hop cuDNN runs returns its own output, so it gets no buffer; a buffer whose contents no
-    hop reads any more is written again: at most two, as the Triton kernel alone. (The math
-    backend stands in for cuDNN on the CPU.)"""
-    made: list[torch.Tensor] = []
+    """A hop cuDNN runs returns its own output, so it gets no buffer and none but the one it reads
+    stays alive while it runs; a buffer whose contents no hop reads any more is written again: at
+    most two, as the Triton kernel alone. (The math backend stands in for cuDNN on the CPU.)"""
+    made: list[weakref.ref] = []  # the buffers, not kept alive by the test
     new_output = td._new_output
-    monkeypatch.setattr(td, "_new_output", lambda like: made.append(new_output(like)) or made[-1])
+
+    def counted(like: torch.Tensor) -> torch.Tensor:
+        buffer = new_output(like)
+        made.append(weakref.ref(buffer))
+        return buffer
+
+    monkeypatch.setattr(td, "_new_output", counted)
     monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3([]))
-    sdpa_hop, sdpa_calls = td.sdpa_hop, []
-    monkeypatch.setattr(td, "sdpa_hop", lambda *args: sdpa_calls.append(args[5]) or sdpa_hop(*args[:-1],
-                                                                                           SDPBackend.MATH))
+    sdpa_hop, alive_at_sdpa = td.sdpa_hop, []
+
+    def cudnn_stand_in(q, k, value, *args):
+        # at most the buffer the hop reads is alive while cuDNN makes its own output
+        alive_at_sdpa.append(sum(ref() is not None and ref() is not value for ref in made))
+        return sdpa_hop(q, k, value, *args[:-1], SDPBackend.MATH)
+
+    monkeypatch.setattr(td, "sdpa_hop", cudnn_stand_in)
     dims = (8, 16) if len(backends) == 2 else (4, 8, 4) if len(backends) == 3 else (2, 4, 4, 4)
     q, k, v = _inputs(128)
     got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, backends)
     # each hop ran where asked (FA3 takes only the first hop, cuDNN the first and last of m = 3)
-    assert len(sdpa_calls) == backends.count(CU)
+    assert alive_at_sdpa == [0] * backends.count(CU)
     assert len(made) == buffers
     assert _rel(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
 

@@ -294,6 +294,8 @@ def test_a_hop_hands_the_previous_hop_its_delta(case: Case, kernels: str, monkey
     # a middle hop whose slices span two key blocks, every query seeing every key: a hop that wrote
     # the previous hop's Delta over its own would corrupt rows that another block still reads
     (Case(160, 3, False, dims=(2, 40, 2), heads=4, kv_heads=2), True),
+    # causal slices of 70: a key block's sums run through the masked (diagonal) and unmasked query blocks
+    (Case(135, 2, True, dims=(70, 2), kv_heads=1), True),
 ], ids=str)
 @pytest.mark.usefixtures("poisoned_gradients")
 def test_handing_deltas_keeps_the_gradients(case: Case, blocked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,6 +319,10 @@ def test_deltas_of_the_wrong_form_are_refused() -> None:
         tb.plan_hop_backward(q, k, saved.outputs[0], saved.outputs[1], d_out, lse, grads,
                              torch.empty_like(q), case.resolved_dims, hops[1], True, scale,
                              deltas=tb.Deltas(given=lse.half()))
+    with pytest.raises(ValueError, match=r"Deltas\.given and Deltas\.previous must be different buffers"):
+        tb.plan_hop_backward(q, k, saved.outputs[0], saved.outputs[1], d_out, lse, grads,
+                             torch.empty_like(q), case.resolved_dims, hops[1], True, scale,
+                             deltas=tb.Deltas(given=lse, previous=lse))
     # the first hop's value has the kv heads (and no hop comes before it)
     with pytest.raises(ValueError, match=r"Deltas\.previous needs a value with one head per query head"):
         tb.plan_hop_backward(q, k, v, saved.outputs[0], d_out, saved.lses[0], grads, torch.empty_like(v),
