@@ -146,6 +146,10 @@ def forward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, first: bool,
         value = v if t == 0 else torch.empty_like(q)
         packed = dims[axis] <= tt.PACKED_MAX_LEN
         configs = tt._packed_configs() if packed else tt._flash_configs()
+        if packed:
+            # as the autotuner's prune: a tile must hold whole slices
+            block_l = max(16, triton.next_power_of_2(dims[axis]))
+            configs = [c for c in configs if tt._packed_fits(c, block_l, q.element_size())]
         for config in configs[:1] if first else configs:
             for tma in (True, False):
                 launch = tt.plan_hop(q, k, value, torch.empty_like(q), dims, axis, True, D**-0.5, config, tma=tma)
