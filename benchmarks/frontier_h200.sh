@@ -16,10 +16,12 @@
 #             shapes, judged against a float32 backward, each with TMA boxes and with pointer loads
 #   configs   benchmarks/kernel_bench.py --sweep: every forward config on every hop of 128k m = 2, 3
 #             and 4k m = 2, 3, with TMA boxes and with pointer loads
-# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [extra tbench run options]
+#   host      benchmarks/host_profile.py at 4k and 16k: the host's time to issue each tensorized call
+#             (forward, training step) against cuDNN's, and where the Triton chain's goes
+# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -74,8 +76,11 @@ case $PART in
   configs)
     python3 benchmarks/kernel_bench.py --sweep --no-table | tee "$OUT/hop-configs.txt"
     ;;
+  host)
+    python3 benchmarks/host_profile.py --lengths 4k,16k --orders 2,3 | tee "$OUT/host-profile.txt"
+    ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles or configs" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles, configs or host" >&2
     exit 2
     ;;
 esac
