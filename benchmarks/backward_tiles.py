@@ -126,7 +126,7 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
         if took < best.get((length, kernel), (math.inf, None))[0]:
             best[(length, kernel)] = (took, shape)
 
-    if hop.deltas != tb.Deltas():
+    if hop.deltas.given is not None or hop.deltas.previous is not None:
         # the table's shapes with Delta handed between hops (as runs do) and with this hop forming its own
         keep("table, Delta handed", None, hop.trial("table, Delta handed", None))
         keep("table, Delta formed here", None, hop.trial("table, Delta formed here", None, deltas=tb.Deltas()))
