@@ -26,13 +26,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.kernels import tensorized_backward as tb
+from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
-from tbench.kernels.tensorized_dispatch import choose_hop_backends, tensorized_attention_dispatch
-from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
+from tbench.kernels.tensorized_dispatch import choose_hop_backends, fa3_forward, tensorized_attention_dispatch
+from tbench.kernels.tensorized_sdpa import choose_plans, tensorized_attention_sdpa
 from tbench.kernels.tensorized_triton import tensorized_attention_triton
 from tbench.methods.tensorized import HOP_CANDIDATES, _median_cuda_seconds
 
@@ -73,6 +75,11 @@ def _step(run: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...], gra
     return lambda: torch.autograd.grad(run(), leaves, grad)
 
 
+def _cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
 def measure(n: int, m: int, top: int) -> None:
     q = torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)
@@ -81,7 +88,10 @@ def measure(n: int, m: int, top: int) -> None:
     leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
     dims = auto_dims(n, m)
     scale = D**-0.5
-    backends = choose_hop_backends(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds)
+    # the choices the methods' binds make: `tensorized`'s hop backends, `tensorized-sdpa`'s training plans
+    candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+    backends = choose_hop_backends(q, k, v, dims, True, None, candidates, _median_cuda_seconds)
+    plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds, train=True)
     saved = tb.forward_with_saved(q, k, v, dims, True, scale)
 
     def train_forward() -> object:
@@ -99,10 +109,9 @@ def measure(n: int, m: int, top: int) -> None:
         ("Triton chain: step under autograd",
          _step(lambda: tensorized_attention_train(*leaves, dims, True), leaves, grad)),
         ("tensorized-sdpa: step under autograd",
-         _step(lambda: tensorized_attention_sdpa(*leaves, dims, True), leaves, grad)),
-        ("cuDNN SDPA forward", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)),
-        ("cuDNN SDPA step under autograd",
-         _step(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True, enable_gqa=True), leaves, grad)),
+         _step(lambda: tensorized_attention_sdpa(*leaves, dims, True, plans=plans), leaves, grad)),
+        ("cuDNN SDPA forward", lambda: _cudnn(q, k, v)),
+        ("cuDNN SDPA step under autograd", _step(lambda: _cudnn(*leaves), leaves, grad)),
     ]
     for name, fn in calls:
         print(f"N={n} m={m} {format_dims(dims)} | {name} | host {host_ms(fn):.3f} ms", flush=True)
