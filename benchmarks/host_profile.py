@@ -20,8 +20,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -30,36 +28,31 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
+from tbench.harness.timing import CudaEventTimer
 from tbench.kernels import tensorized_backward as tb
 from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
 from tbench.kernels.tensorized_dispatch import choose_hop_backends, fa3_forward, tensorized_attention_dispatch
 from tbench.kernels.tensorized_sdpa import choose_plans, tensorized_attention_sdpa
+from tbench.kernels.tensorized_train_dispatch import _step
 from tbench.kernels.tensorized_triton import tensorized_attention_triton
 from tbench.methods.tensorized import HOP_CANDIDATES, _median_cuda_seconds
 
 B, H, H_KV, D = 1, 32, 8, 128
-SLEEP_CYCLES = 40_000_000  # about 20 ms of GPU time: longer than any call's issue here
+BUSY_MS = 20.0  # GPU kept busy this long while the profiled calls are issued
 
 
-def host_ms(fn: Callable[[], object], reps: int = 15) -> float:
-    """Median wall time of issuing `fn` with the GPU busy (never waiting on it)."""
+def host_ms(timer: CudaEventTimer, fn: Callable[[], object]) -> float:
+    """The host's time to issue `fn` with the GPU busy, as tbench measures it for every row
+    (`CudaEventTimer.prepare`), after one untimed call (tuning, first launches)."""
     fn()
-    torch.cuda.synchronize()
-    took = []
-    for _ in range(reps):
-        torch.cuda._sleep(SLEEP_CYCLES)
-        start = time.perf_counter()
-        fn()
-        took.append(time.perf_counter() - start)
-        torch.cuda.synchronize()
-    return 1e3 * statistics.median(took)
+    return timer.prepare(fn).host_ms
 
 
-def profile(fns: list[Callable[[], object]], top: int) -> str:
+def profile(timer: CudaEventTimer, fns: list[Callable[[], object]], top: int) -> str:
     pr = cProfile.Profile()
     for _ in range(10):
-        torch.cuda._sleep(SLEEP_CYCLES)
+        torch.cuda._sleep(int(BUSY_MS * timer.cycles_per_ms))
         pr.enable()
         for fn in fns:
             fn()
@@ -70,22 +63,16 @@ def profile(fns: list[Callable[[], object]], top: int) -> str:
     return text.getvalue()
 
 
-def _step(run: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...], grad: torch.Tensor
-          ) -> Callable[[], object]:
-    return lambda: torch.autograd.grad(run(), leaves, grad)
-
-
 def _cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
 
-def measure(n: int, m: int, top: int) -> None:
+def measure(timer: CudaEventTimer, n: int, m: int, top: int) -> None:
     q = torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)
     grad = torch.randn_like(q)
-    leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
     dims = auto_dims(n, m)
     scale = D**-0.5
     # the choices the methods' binds make: `tensorized`'s hop backends, `tensorized-sdpa`'s training plans
@@ -107,16 +94,16 @@ def measure(n: int, m: int, top: int) -> None:
         ("Triton chain: training forward (direct)", train_forward),
         ("Triton chain: backward (direct)", train_backward),
         ("Triton chain: step under autograd",
-         _step(lambda: tensorized_attention_train(*leaves, dims, True), leaves, grad)),
+         _step(lambda q_, k_, v_: tensorized_attention_train(q_, k_, v_, dims, True), (q, k, v), grad)),
         ("tensorized-sdpa: step under autograd",
-         _step(lambda: tensorized_attention_sdpa(*leaves, dims, True, plans=plans), leaves, grad)),
+         _step(lambda q_, k_, v_: tensorized_attention_sdpa(q_, k_, v_, dims, True, plans=plans), (q, k, v), grad)),
         ("cuDNN SDPA forward", lambda: _cudnn(q, k, v)),
-        ("cuDNN SDPA step under autograd", _step(lambda: _cudnn(*leaves), leaves, grad)),
+        ("cuDNN SDPA step under autograd", _step(_cudnn, (q, k, v), grad)),
     ]
     for name, fn in calls:
-        print(f"N={n} m={m} {format_dims(dims)} | {name} | host {host_ms(fn):.3f} ms", flush=True)
+        print(f"N={n} m={m} {format_dims(dims)} | {name} | host {host_ms(timer, fn):.3f} ms", flush=True)
     if top:
-        print(profile([train_forward, train_backward], top), flush=True)
+        print(profile(timer, [train_forward, train_backward], top), flush=True)
 
 
 def main() -> None:
@@ -125,9 +112,10 @@ def main() -> None:
     parser.add_argument("--orders", default="2,3")
     parser.add_argument("--top", type=int, default=25, help="cProfile rows per shape (0: none)")
     args = parser.parse_args()
+    timer = CudaEventTimer(torch.device("cuda"))
     for n in parse_lengths(args.lengths):
         for m in parse_ints(args.orders, "orders"):
-            measure(n, m, args.top)
+            measure(timer, n, m, args.top)
             torch.cuda.empty_cache()
 
 
