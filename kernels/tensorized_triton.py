@@ -780,8 +780,11 @@ def _launch_hop(
     Without `config`, a hop that can take boxes runs them or pointer loads, whichever `_LOADS_TIMER`
     finds faster once both are tuned (boxes win on long sequences, pointers on short ones)."""
     choosing = config is None and tma and _LOADS_TIMER is not None
-    if choosing and _boxes_win.get(_hop_key(q, k, value, dims, axis, causal, lse)) is False:
-        tma = choosing = False  # this shape ran faster through pointers: no descriptors to build
+    if choosing:
+        boxes_won = _boxes_win.get(_hop_key(q, k, value, dims, axis, causal, lse))
+        # a known verdict plans one launch: no descriptors where pointers won, no pointer plan where boxes did
+        tma = boxes_won is not False
+        choosing = boxes_won is None
     launch = plan_hop(q, k, value, out, dims, axis, causal, scale, config, lse, tma)
     if choosing and launch.descs is not None:
         launch = _faster_loads(launch, plan_hop(q, k, value, out, dims, axis, causal, scale, None, lse, tma=False))
@@ -820,14 +823,11 @@ def _shape_of(key: HopKey) -> HopKey:
 
 
 def _faster_loads(boxed: HopLaunch, pointers: HopLaunch) -> HopLaunch:
-    """Of one hop's two launches, each under its tuned config, the one `_LOADS_TIMER` finds faster,
-    timed on the first call of the shape (ties keep the boxes)."""
-    shape = _shape_of(boxed.key)
-    wins = _boxes_win.get(shape)
-    if wins is None:
-        boxed_ms = _LOADS_TIMER(functools.partial(_run, boxed))
-        pointers_ms = _LOADS_TIMER(functools.partial(_run, pointers))
-        wins = _boxes_win[shape] = boxed_ms <= pointers_ms
+    """Of one hop's two launches, each under its tuned config, the one `_LOADS_TIMER` finds faster
+    (ties keep the boxes), on the first call of the shape; the verdict is kept for later calls."""
+    boxed_ms = _LOADS_TIMER(functools.partial(_run, boxed))
+    pointers_ms = _LOADS_TIMER(functools.partial(_run, pointers))
+    wins = _boxes_win[_shape_of(boxed.key)] = boxed_ms <= pointers_ms
     return boxed if wins else pointers
 
 

@@ -392,6 +392,22 @@ def test_a_shape_that_ran_faster_through_pointers_builds_no_descriptors_again(
     assert _rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
 
 
+def test_a_shape_whose_boxes_won_plans_no_pointer_launch_again(loads_timer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the boxes won a shape, its later calls plan the boxed launch alone (a second plan, its
+    arguments and key, is host time spent on every call for nothing)."""
+    calls = loads_timer(1.0, 2.0)
+    q, k, v = (torch.randn(1, 2, 64, 32) for _ in range(3))
+    tt._launch_hop(q, k, v, torch.empty_like(q), (4, 16), 1, True, 32**-0.5)
+    planned: list[bool] = []  # tma asked of each plan
+    plan = tt.plan_hop
+    monkeypatch.setattr(tt, "plan_hop", lambda *args, **kwargs: planned.append(kwargs.get("tma", args[-1]))
+                        or plan(*args, **kwargs))
+    out = torch.empty_like(q)
+    tt._launch_hop(q, k, v, out, (4, 16), 1, True, 32**-0.5)
+    assert planned == [True] and calls == ["boxes", "pointers"]
+    assert _rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
+
+
 def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
     """Padded dims (prod > N) take no descriptors: nothing to choose, the timer is not called."""
     calls = loads_timer(1.0, 2.0)
