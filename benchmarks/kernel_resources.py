@@ -8,7 +8,9 @@ pointer loads. Each launch is compiled ahead of time for the target (no GPU need
 ptxas), with the specialisations a real launch gets (arguments equal to 1 become constants,
 16-divisible ones and pointers carry divisibility hints), and `cuobjdump` reads the registers per
 thread, the stack bytes per thread (spills) and the shared memory per program. Programs per SM are
-what registers and shared memory allow (65,536 registers, 228 KB).
+what registers and shared memory allow (65,536 registers, 228 KB). The PTX column is a digest of
+each launch's code less its line numbers: equal digests before and after a source change (a
+helper taken out, say) mean it alters nothing the GPU runs, so it needs no GPU to time.
 
     python3 benchmarks/kernel_resources.py [--lengths 128k] [--orders 2,3] [--dtype bf16] [--first] [--json PATH]
 
@@ -19,6 +21,7 @@ Must run without TRITON_INTERPRET (the interpreter's kernels do not compile).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import math
@@ -49,6 +52,7 @@ _TYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 REGISTERS_PER_SM = 65536
 SHARED_PER_SM = 228 * 1024
+_DEBUG_LABEL = re.compile(r"\$L__tmp\d+:")  # marks inlined scopes for the debug sections, never a branch target
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
@@ -67,6 +71,7 @@ class Row:
     spill_bytes: int
     shared_bytes: int
     programs_per_sm: int
+    ptx: str  # digest of the code, less its line numbers: a source change that keeps it changed nothing that runs
 
 
 def _signature(kernel: triton.runtime.JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
@@ -103,8 +108,9 @@ def _signature(kernel: triton.runtime.JITFunction, args: tuple, kwargs: dict) ->
 
 
 def compile_launch(kernel: triton.runtime.JITFunction, args: tuple, kwargs: dict, arch: int
-                   ) -> tuple[int, int, int]:
-    """(registers per thread, spill bytes per thread, shared bytes per program) of one launch."""
+                   ) -> tuple[int, int, int, str]:
+    """(registers per thread, spill bytes per thread, shared bytes per program, `ptx_digest`) of
+    one launch."""
     signature, constexprs, attrs = _signature(kernel, args, kwargs)
     options = {k: kwargs[k] for k in _OPTIONS if kwargs.get(k) is not None}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
@@ -117,7 +123,20 @@ def compile_launch(kernel: triton.runtime.JITFunction, args: tuple, kwargs: dict
     found = re.search(r"REG:(\d+) STACK:(\d+)", text)
     if found is None:
         raise RuntimeError(f"cuobjdump gave no resource usage for {kernel.fn.__name__}: {text[:200]}")
-    return int(found[1]), int(found[2]), int(compiled.metadata.shared)
+    return int(found[1]), int(found[2]), int(compiled.metadata.shared), ptx_digest(compiled.asm["ptx"])
+
+
+def ptx_digest(ptx: str) -> str:
+    """A digest of a kernel's PTX without what only names source lines (`.loc`, `.file`, comments,
+    the debug sections and their `$L__tmp` labels), so that moving code between functions or lines
+    keeps it. PTX rather than SASS: ptxas 12.x does not always give the same machine code for the
+    same PTX (the packed backward with TMA boxes, at equal registers), while Triton gives the same
+    PTX for the same source."""
+    code = ptx.split("\t.section\t.debug", 1)[0]
+    lines = (line.split("//", 1)[0].strip() for line in code.splitlines())
+    kept = [line for line in lines
+            if line and not line.startswith((".loc", ".file")) and not _DEBUG_LABEL.fullmatch(line)]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:12]
 
 
 def programs_per_sm(registers: int, shared: int, warps: int) -> int:
@@ -131,10 +150,10 @@ def programs_per_sm(registers: int, shared: int, warps: int) -> int:
 
 def _row(n: int, dims: tuple[int, ...], pass_: str, t: int, axis: int, launch_kernel: triton.runtime.JITFunction,
          config_text: str, tma: bool, args: tuple, kwargs: dict, arch: int) -> Row:
-    registers, spills, shared = compile_launch(launch_kernel, args, kwargs, arch)
+    registers, spills, shared, ptx = compile_launch(launch_kernel, args, kwargs, arch)
     return Row(n, format_dims(dims), pass_, t + 1, dims[axis], math.prod(dims[axis + 1:]),
                launch_kernel.fn.__name__.strip("_"), config_text, "tma" if tma else "pointers", registers, spills,
-               shared, programs_per_sm(registers, shared, kwargs.get("num_warps", 4)))
+               shared, programs_per_sm(registers, shared, kwargs.get("num_warps", 4)), ptx)
 
 
 def forward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, first: bool, arch: int) -> list[Row]:
@@ -198,8 +217,8 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[Row] = []
     print("| N | dims | pass | hop | L | C | kernel | config | loads | registers | spill bytes | shared KB "
-          "| programs/SM |")
-    print("|---|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|")
+          "| programs/SM | PTX |")
+    print("|---|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|")
     for n in parse_lengths(args.lengths):
         for m in parse_ints(args.orders, "orders"):
             dims = auto_dims(n, m)
@@ -208,7 +227,7 @@ def main() -> None:
             for r in new:
                 print(f"| {r.n} | {r.dims} | {r.pass_} | {r.hop} | {r.length} | {r.inner} | {r.kernel} | {r.config} "
                       f"| {r.loads} | {r.registers} | {r.spill_bytes} | {r.shared_bytes / 1024:.1f} "
-                      f"| {r.programs_per_sm} |", flush=True)
+                      f"| {r.programs_per_sm} | {r.ptx} |", flush=True)
             rows += new
     if args.json:
         with open(args.json, "w") as fh:

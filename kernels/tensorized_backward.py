@@ -46,7 +46,9 @@ from .tensorized_triton import (
     _rows_store,
     _slice_coords,
     _slice_layout,
+    _tile_allowed,
     _tile_load,
+    _tile_place,
     _tile_rows,
     _tile_store,
 )
@@ -342,20 +344,14 @@ def _packed_kernel(
     SLICES: tl.constexpr = ROWS // BLOCK_L
     slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
-    allowed = slice_of_row[:, None] == slice_of_row[None, :]
-    if CAUSAL:
-        allowed = allowed & (coord[None, :] <= coord[:, None])
+    allowed = _tile_allowed(slice_of_row, coord, CAUSAL)
 
     pid = tl.program_id(0)
     hk = pid % H_KV
     t = pid // H_KV
     b = t % B
     tile = t // B
-    a, c = _slice_coords(tile * SLICES, C)
-    base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
-    valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
-    row_ok = coord < valid
-    pos = base + coord * C
+    a, c, pos, row_ok = _tile_place(tile, slice_of_row, coord, N, L, C, NUM_SLICES, SLICES)
     ok = allowed & row_ok[:, None] & row_ok[None, :]
     heads = H_KV * GROUP
     b64 = b.to(tl.int64)

@@ -137,6 +137,28 @@ def _tile_rows(ROWS: tl.constexpr, BLOCK_L: tl.constexpr, COORD_MAJOR: tl.conste
 
 
 @triton.jit
+def _tile_allowed(slice_of_row, coord, CAUSAL: tl.constexpr):
+    """Which scores of a packed tile count: a row sees only its own slice's keys (and, causal,
+    none at a later coordinate)."""
+    allowed = slice_of_row[:, None] == slice_of_row[None, :]
+    if CAUSAL:
+        allowed = allowed & (coord[None, :] <= coord[:, None])
+    return allowed
+
+
+@triton.jit
+def _tile_place(tile, slice_of_row, coord, N, L, C, NUM_SLICES, SLICES: tl.constexpr):
+    """Where packed tile `tile` lies: (a, c) of its first slice, each row's position, and whether
+    the row is real (in a slice that exists, at a position < N)."""
+    a, c = _slice_coords(tile * SLICES, C)
+    base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
+    valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
+    row_ok = coord < valid
+    pos = base + coord * C
+    return a, c, pos, row_ok
+
+
+@triton.jit
 def _rows_load(src, plane, a, c, start, offset, pos, stride_n, offs_d, ok,
                ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr, MASK: tl.constexpr = True):
     """ROWS rows of one head at positions `pos`: through pointers (src + offset: the head's first row;
@@ -240,9 +262,7 @@ def _packed_hop_kernel(
     SLICES: tl.constexpr = ROWS // BLOCK_L
     slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
-    allowed = slice_of_row[:, None] == slice_of_row[None, :]
-    if CAUSAL:
-        allowed = allowed & (coord[None, :] <= coord[:, None])
+    allowed = _tile_allowed(slice_of_row, coord, CAUSAL)
 
     heads_per_tile = 1 if SHARE_KV else GROUP
     heads = H_KV * GROUP
@@ -258,11 +278,7 @@ def _packed_hop_kernel(
         tile = t // B
 
         # with DESC the tile's slices share a (INNER: consecutive a, c = 0); the host makes sure
-        a, c = _slice_coords(tile * SLICES, C)
-        base, valid = _slice_layout(tile * SLICES + slice_of_row, N, L, C)
-        valid = tl.where(tile * SLICES + slice_of_row < NUM_SLICES, valid, 0)
-        row_ok = coord < valid
-        pos = base + coord * C
+        a, c, pos, row_ok = _tile_place(tile, slice_of_row, coord, N, L, C, NUM_SLICES, SLICES)
         b64 = b.to(tl.int64)
 
         k = _tile_load(k_ptr, b * H_KV + hk, b64 * stride_kb + hk.to(tl.int64) * stride_kh, a, c, pos,

@@ -58,3 +58,57 @@ def test_refuses_to_run_in_the_interpreter() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--first"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode != 0 and "without TRITON_INTERPRET" in done.stderr
+
+
+
+_HEADER = "import triton\nimport triton.language as tl\n\n"
+# three versions of one kernel, each in its own module so that all three have the same name
+_INLINE = _HEADER + """
+@triton.jit
+def scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    x = tl.load(x_ptr + offs, mask=ok)
+    tl.store(y_ptr + offs, x * 2.0 + 1.0, mask=ok)
+"""
+_HELPER = _HEADER + """
+@triton.jit
+def _scaled(x, FACTOR: tl.constexpr):
+    # the same arithmetic taken out into a helper, on other lines
+    return x * FACTOR + 1.0
+
+
+@triton.jit
+def scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+
+    x = tl.load(x_ptr + offs, mask=ok)
+    tl.store(y_ptr + offs, _scaled(x, 2.0), mask=ok)
+"""
+_CHANGED = _INLINE.replace("x * 2.0", "x * 3.0")
+_PROBE = """
+import sys
+
+import torch
+
+sys.path[:0] = sys.argv[1:3]
+import kernel_resources
+
+x = torch.empty(4096, dtype=torch.float32, device="meta")
+for name in ("inline", "helper", "changed"):
+    kernel = __import__(name).scale
+    print(kernel_resources.compile_launch(kernel, (x, torch.empty_like(x), 4000), {"BLOCK": 256}, 90)[3])
+"""
+
+
+def test_the_ptx_digest_keeps_a_helper_taken_out_and_catches_a_changed_operation(tmp_path: Path) -> None:
+    for name, source in (("inline", _INLINE), ("helper", _HELPER), ("changed", _CHANGED), ("probe", _PROBE)):
+        (tmp_path / f"{name}.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(SCRIPT.parent), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inline, helper, changed = done.stdout.split()
+    assert inline == helper
+    assert changed != inline
