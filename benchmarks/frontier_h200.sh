@@ -18,10 +18,12 @@
 #             and 4k m = 2, 3, with TMA boxes and with pointer loads
 #   host      benchmarks/host_profile.py at 4k and 16k: the host's time to issue each tensorized call
 #             (forward, training step) against cuDNN's, and where the Triton chain's goes
-# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [extra tbench run options]
+#   chunks    benchmarks/l2_chunks.py at 16k..128k, m = 2: both hops a kv group or a head at a time
+#             against both hops over all heads (whether the intermediate stays in L2 between them)
+# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host|chunks OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host|chunks OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|configs|host|chunks OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -79,8 +81,11 @@ case $PART in
   host)
     python3 benchmarks/host_profile.py --lengths 4k,16k --orders 2,3 | tee "$OUT/host-profile.txt"
     ;;
+  chunks)
+    python3 benchmarks/l2_chunks.py --lengths 16k,32k,64k,128k --chunks 4,1 | tee "$OUT/l2-chunks.md"
+    ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles, configs or host" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles, configs, host or chunks" >&2
     exit 2
     ;;
 esac

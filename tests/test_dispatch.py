@@ -5,8 +5,10 @@ it receives and writes through the output view it is given."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +203,45 @@ def test_a_scale_that_is_not_positive_is_refused_before_any_hop_runs(scale: floa
         td.tensorized_attention_dispatch(q, k, v, (8, 8), True, scale, (td.HopBackend.TRITON,) * 2)
     out = td.tensorized_attention_dispatch(q, k, v, (8, 8), True, 0.125, (td.HopBackend.TRITON,) * 2)
     assert _rel(out, tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), (8, 8), True, scale=0.125).to(DEVICE)) < 1e-5
+
+
+def _l2_chunks():
+    """benchmarks/l2_chunks.py, the experiment that runs both hops a few heads at a time."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "l2_chunks.py"
+    spec = importlib.util.spec_from_file_location("l2_chunks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backends", [(F3, CU), (CU, CU), (T, T), (T, CU), (CU, F3)],
+                         ids=lambda x: "-".join(b.name for b in x))
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_hops_run_a_chunk_of_heads_at_a_time_give_the_operator(backends, heads, monkeypatch: pytest.MonkeyPatch):
+    chunks = _l2_chunks()
+    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3([]))
+    sdpa_hop = td.sdpa_hop
+    monkeypatch.setattr(td, "sdpa_hop", lambda *args: sdpa_hop(*args[:-1], SDPBackend.MATH))
+    q, k, v = _inputs(128)  # 4 query heads, 2 kv heads: chunks of 1 and 2 heads split a kv group or hold one
+    dims = (8, 16)
+    want = tensorized_attention_f64(q, k, v, dims, True)
+    for place in (True, False):
+        out, scratch = torch.full_like(q, torch.nan), torch.full_like(q, torch.nan)
+        parts = chunks.chunked(q, k, v, dims, True, 32**-0.5, backends, heads, out, scratch, place)
+        assert len(parts) == 4 // heads
+        assert _rel(torch.cat(parts, dim=1), want) < 1e-5
+        if place or backends[-1] is not CU:
+            assert _rel(out, want) < 1e-5  # written in place, or copied there
+        else:
+            assert out.isnan().all()  # outputs apart: nothing copied
+
+
+def test_chunks_of_heads_are_refused_where_they_cannot_be_views():
+    chunks = _l2_chunks()
+    q, k, v = _inputs(128, heads=6, kv_heads=2)
+    out = torch.empty_like(q)
+    with pytest.raises(ValueError, match="chunks of 2 heads do not tile kv groups of 3"):
+        chunks.chunked(q, k, v, (8, 16), True, 0.2, (T, T), 2, out, out.clone())
+    q2, k2, v2 = (torch.cat([x, x]) for x in (q, k, v))
+    with pytest.raises(ValueError, match="chunked hops need batch 1, got 2"):
+        chunks.chunked(q2, k2, v2, (8, 16), True, 0.2, (T, T), 3, q2.clone(), q2.clone())

@@ -1,0 +1,135 @@
+"""Would running both hops of m = 2 a few heads at a time beat running each hop over all heads?
+
+At 16k-64k, m = 2, both `tensorized` and the SDPA composition run at 74-85 % of the spec's bytes
+floor (docs/kernel.md), which counts every hop's reads and writes from HBM. Run hop 1 and hop 2 for
+one chunk of heads before the next chunk, and hop 2 may find the chunk's intermediate (which hop 1
+has just written), its Q and its K still in the L2 cache: up to 39 % fewer HBM bytes if all of it
+stays, against more launches, each with its own last wave. This measures whether it does.
+
+For B=1, H=32, H_kv=8, D=128, bf16, causal, m = 2 (auto dims), each hop on the backend
+`tensorized` chooses for the whole problem (FA3 or cuDNN; Triton where neither takes it), prints
+the median GPU time (the GPU held until each call is issued, as tbench times) and the host's issue
+time of:
+  whole                the two hops over all heads (as `tensorized` runs them)
+  chunks of G heads    per chunk, hop 1 then hop 2 on views of its heads; a hop whose backend returns
+                       its own tensor (cuDNN) has it copied into place
+  ... outputs apart    the same without that copy (the lever's ceiling: what a backend that writes
+                       into a view would give)
+  ... on FA3+FA3       chunks of one head, whose hop 2 FA3 takes (one kv head for one value head)
+                       and writes into place
+each with its largest difference from `whole`.
+
+    python3 benchmarks/l2_chunks.py [--lengths 16k,32k,64k,128k] [--chunks 4,1] [--samples 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable, Sequence
+
+import torch
+
+from tbench.core.folding import auto_dims, format_dims, hop_axes
+from tbench.core.sweep import parse_ints, parse_lengths
+from tbench.harness.timing import CudaEventTimer
+from tbench.kernels.hop_backend import HopBackend
+from tbench.kernels.tensorized_dispatch import (
+    choose_hop_backends,
+    fa3_forward,
+    hop_accepts,
+    run_hop,
+    tensorized_attention_dispatch,
+    writes_into_buffer,
+)
+from tbench.methods.tensorized import _median_cuda_seconds
+
+B, H, H_KV, D = 1, 32, 8, 128
+
+
+def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float,
+            backends: Sequence[HopBackend], heads: int, out: torch.Tensor, scratch: torch.Tensor,
+            place: bool = True) -> list[torch.Tensor]:
+    """Every hop for query heads [h, h + heads), then the next chunk; returns each chunk's output.
+    Outputs of backends that write into a buffer land in `out` (the last hop) or `scratch`; a
+    returned tensor is copied into `out` when `place` is on. Needs B = 1, so that a chunk's heads
+    are one contiguous block of every (B, H, N, D) tensor and the hops take views of it."""
+    if q.shape[0] != 1:
+        raise ValueError(f"chunked hops need batch 1, got {q.shape[0]}")
+    group = q.shape[1] // k.shape[1]
+    if heads % group and group % heads:
+        raise ValueError(f"chunks of {heads} heads do not tile kv groups of {group}")
+    axes = hop_axes(len(dims))
+    results = []
+    for h in range(0, q.shape[1], heads):
+        kv = slice(h // group, h // group + max(1, heads // group))
+        q_c, k_c, value = q[:, h:h + heads], k[:, kv], v[:, kv]
+        for t, (axis, backend) in enumerate(zip(axes, backends, strict=True)):
+            # as tensorized_attention_dispatch: Triton takes a hop the backend cannot take as a view
+            chosen = backend if hop_accepts(backend, q_c, k_c, value, dims, axis) else HopBackend.TRITON
+            target = (out if t == len(axes) - 1 else scratch)[:, h:h + heads]
+            value = run_hop(chosen, q_c, k_c, value, target if writes_into_buffer(chosen) else None, dims, axis,
+                            causal, scale)
+        if place and value.data_ptr() != out[:, h:h + heads].data_ptr():
+            out[:, h:h + heads].copy_(value)
+        results.append(value)
+    return results
+
+
+def gpu_and_host_ms(timer: CudaEventTimer, fn: Callable[[], object], samples: int) -> tuple[float, float]:
+    fn()
+    prepared = timer.prepare(fn)
+    return statistics.median(timer.sample(prepared) for _ in range(samples)), prepared.host_ms or 0.0
+
+
+def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    dims = auto_dims(n, 2)
+    scale = D**-0.5
+    candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+    backends = choose_hop_backends(q, k, v, dims, True, None, candidates, _median_cuda_seconds)
+    whole = tensorized_attention_dispatch(q, k, v, dims, True, None, backends)
+    out, scratch = torch.empty_like(q), torch.empty_like(q)
+    names = "+".join(b.value for b in backends)
+    base_ms, base_host = gpu_and_host_ms(timer, lambda: tensorized_attention_dispatch(q, k, v, dims, True, None,
+                                                                                      backends), samples)
+    print(f"| {n} | {format_dims(dims)} | {names} | whole | {base_ms:.3f} | 1.00 | {base_host:.3f} | 0 |", flush=True)
+    variants = [(heads, backends, place) for heads in chunk_heads for place in (True, False)]
+    if HopBackend.FA3 in candidates and 1 in chunk_heads:
+        # one head per chunk has one kv head: FA3 takes hop 2 too, and writes it into place
+        variants.append((1, (HopBackend.FA3, HopBackend.FA3), True))
+    for heads, chunk_backends, place in variants:
+        def run(heads: int = heads, chunk_backends: Sequence[HopBackend] = chunk_backends,
+                place: bool = place) -> list[torch.Tensor]:
+            return chunked(q, k, v, dims, True, scale, chunk_backends, heads, out, scratch, place)
+
+        parts = run()
+        diff = max((part.float() - whole[:, i * heads:(i + 1) * heads].float()).abs().max().item()
+                   for i, part in enumerate(parts))
+        ms, host = gpu_and_host_ms(timer, run, samples)
+        label = f"chunks of {heads} head{'s' if heads > 1 else ''}" + ("" if place else ", outputs apart")
+        if chunk_backends != backends:
+            label += " on " + "+".join(b.value for b in chunk_backends)
+        print(f"| {n} | {format_dims(dims)} | {names} | {label} | {ms:.3f} | {ms / base_ms:.2f} | {host:.3f} "
+              f"| {diff:.2e} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="16k,32k,64k,128k")
+    parser.add_argument("--chunks", default="4,1", help="query heads per chunk (4: one kv group)")
+    parser.add_argument("--samples", type=int, default=30)
+    args = parser.parse_args()
+    timer = CudaEventTimer(torch.device("cuda"))
+    print("| N | dims | hop backends | run | GPU ms | / whole | host ms | max diff from whole |")
+    print("|---:|---|---|---|---:|---:|---:|---:|")
+    for n in parse_lengths(args.lengths):
+        measure(timer, n, parse_ints(args.chunks, "chunks"), args.samples)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
