@@ -82,6 +82,25 @@ def _add_and_store_tile(src, dst, plane, offset, a, c, pos, stride_n, offs_d, ok
 
 
 @triton.jit
+def _program_block(L, NUM_SLICES, BLOCK: tl.constexpr):
+    """This program's block of BLOCK rows as (block of its slice, slice, the rest): programs walk a
+    slice's blocks first, then the slices, then (the rest) the heads and the batch."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(L, BLOCK)
+    block = pid % blocks
+    t = pid // blocks
+    return block, t % NUM_SLICES, t // NUM_SLICES
+
+
+@triton.jit
+def _block_rows(start, base, valid, C, BLOCK: tl.constexpr):
+    """Coordinates, realness and positions of the BLOCK rows from `start` of a slice at `base`."""
+    offs = start + tl.arange(0, BLOCK)
+    ok = offs < valid
+    return offs, ok, base + offs * C
+
+
+@triton.jit
 def _dkdv_tile(
     k, v, dk, dv, prev, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
     offs_d, start, stop, stride_qn, stride_don, C, qk_scale,
@@ -137,12 +156,7 @@ def _dkdv_kernel(
     head per query head and each gets its own dV rows, and with DELTA_OUT the previous hop's Delta
     goes to delta_out. With DESC the (B, heads, N, D) operands are TMA descriptors over their
     (B * heads, A, L, C * D) views."""
-    pid = tl.program_id(0)
-    k_blocks = tl.cdiv(L, BLOCK_N)
-    kb = pid % k_blocks
-    t = pid // k_blocks
-    g = t % NUM_SLICES
-    t = t // NUM_SLICES
+    kb, g, t = _program_block(L, NUM_SLICES, BLOCK_N)
     hk = t % H_KV
     b = t // H_KV
     b64 = b.to(tl.int64)
@@ -155,9 +169,7 @@ def _dkdv_kernel(
     k_start = kb * BLOCK_N
     if k_start < valid:
         offs_d = tl.arange(0, HEAD_DIM)
-        offs_n = k_start + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < valid
-        pos_n = base + offs_n * C
+        offs_n, key_ok, pos_n = _block_rows(k_start, base, valid, C, BLOCK_N)
         k = _rows_load(k_ptr, kv_plane, a, c, k_start, b64 * stride_kb + hk64 * stride_kh, pos_n, stride_kn,
                        offs_d, key_ok, BLOCK_N, HEAD_DIM, DESC)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -254,12 +266,7 @@ def _dq_kernel(
     stores it for the dK/dV kernel, which runs after it; with DELTA_IN, Delta is already there
     (formed by the next hop's backward) and O is not read. With DESC the (B, heads, N, D) operands
     are TMA descriptors over their (B * heads, A, L, C * D) views."""
-    pid = tl.program_id(0)
-    q_blocks = tl.cdiv(L, BLOCK_M)
-    qb = pid % q_blocks
-    t = pid // q_blocks
-    g = t % NUM_SLICES
-    t = t // NUM_SLICES
+    qb, g, t = _program_block(L, NUM_SLICES, BLOCK_M)
     heads = H_KV * GROUP
     h = t % heads
     b = t // heads
@@ -274,9 +281,7 @@ def _dq_kernel(
     q_start = qb * BLOCK_M
     if q_start < valid:
         offs_d = tl.arange(0, HEAD_DIM)
-        offs_m = q_start + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < valid
-        pos_m = base + offs_m * C
+        offs_m, row_ok, pos_m = _block_rows(q_start, base, valid, C, BLOCK_M)
         q = _rows_load(q_ptr, plane, a, c, q_start, b64 * stride_qb + h64 * stride_qh, pos_m, stride_qn, offs_d,
                        row_ok, BLOCK_M, HEAD_DIM, DESC)
         do = _rows_load(do_ptr, plane, a, c, q_start, b64 * stride_dob + h64 * stride_doh, pos_m, stride_don,
