@@ -8,7 +8,8 @@ found, and the table's pair through pointer loads; for slices the packed kernel 
 too. Each candidate is
 timed with `triton.testing.do_bench` (median, L2 flushed before each rep), and its gradients (dQ, dK
 and the hop value's) are compared with the same hop's backward run in float32 from float32 inputs:
-the worst relative L2 error of the three, beside the table shape's own. Shapes differ in the order
+the worst relative L2 error of the three, beside the table shape's own. On those slices the dK/dV
+kernel also runs with dQ fused into it (no dQ kernel), at each of its shapes. Shapes differ in the order
 in which they sum (pipelining, tile sizes), so a bf16 candidate is not bit-equal to the table's; it is
 kept only if its error is within 1.25x of the table's. Prints one Markdown row per (hop, kernel,
 shape), and the best kept shape per slice length.
@@ -41,6 +42,9 @@ DKDV_TILES = [tb.Tile(*x) for x in [(64, 64, 4, 2), (32, 64, 4, 2), (32, 64, 4, 
 PACKED_TILES = [tb.PackedTile(*x) for x in [(64, 4, 1), (64, 4, 2), (128, 8, 1), (32, 4, 1), (32, 4, 2),
                                             (32, 2, 1), (64, 8, 1), (64, 8, 2), (64, 8, 3)]]
 # the blocked kernels on slices the packed kernel takes: (dK/dV, dQ) shapes no taller than the slice
+# the dK/dV kernel with dQ fused into it (no dQ kernel; its dQ shape is unused)
+FUSED_TILES = [tb.Tile(*x) for x in [(16, 64, 4, 2), (16, 64, 4, 3), (32, 64, 4, 2), (16, 32, 4, 2), (32, 32, 4, 2),
+                                     (16, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2)]]
 SHORT_BLOCKS = [tb.BackwardBlocks(tb.Tile(*a), tb.Tile(*b)) for a, b in [
     ((16, 32, 4, 2), (32, 16, 4, 2)), ((32, 32, 4, 2), (32, 32, 4, 2)), ((16, 64, 4, 2), (64, 16, 4, 2)),
     ((32, 64, 4, 2), (64, 32, 4, 2)), ((64, 64, 4, 2), (64, 64, 4, 2)), ((32, 64, 8, 2), (64, 32, 8, 2))]]
@@ -84,8 +88,9 @@ class HopSweep:
 
     def fresh(self, blocks=None, packed=None, tma: bool | None = None,
               deltas: tb.Deltas | None = None) -> tuple[torch.Tensor, ...]:
-        """(dQ, dK, the value's gradient) written from nothing (no accumulation)."""
-        dq, dk, dp = torch.empty_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
+        """(dQ, dK, the value's gradient) written from nothing (no accumulation; a fused dQ is added to
+        zeros)."""
+        dq, dk, dp = torch.zeros_like(self.acc_q), torch.empty_like(self.acc_k), torch.empty_like(self.value)
         self.run(blocks, packed, tb.Gradients(dq, dq, dk, dk, False), dp, tma, deltas)
         return dq, dk, dp
 
@@ -151,6 +156,10 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
     dq_best = min(times, key=times.__getitem__)
     for tile in DKDV_TILES:
         keep("dkdv (+ best dq)", tile, hop.trial("dkdv (+ best dq)", tile, blocks=tb.BackwardBlocks(tile, dq_best)))
+    # dQ added by the dK/dV kernel (five products a tile instead of seven, float32 atomics); Delta from
+    # its own small kernel where no later hop hands it over
+    for tile in FUSED_TILES:
+        keep("dkdv, dQ fused", tile, hop.trial("dkdv, dQ fused", tile, blocks=tb.BackwardBlocks(tile, dq_best, True)))
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -192,17 +193,22 @@ def backward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, arch: int) 
         # Delta handed between hops, as backward_from_saved does
         deltas = tb.Deltas(given=torch.empty_like(lse) if t < len(dims) - 1 else None,
                            previous=torch.empty_like(lse) if t > 0 else None)
-        for tma in (True, False):
+        # the table's launches, and where the slices take the blocked kernels, those with dQ fused
+        plans = [("backward", None)]
+        if dims[axis] > tb.PACKED_MAX_LEN:
+            plans.append(("backward, dQ fused", tb.fused_blocks(dims[axis], dtype)))
+        for (pass_, blocks), tma in itertools.product(plans, (True, False)):
             launches = tb.plan_hop_backward(q, k, value, torch.empty_like(q), torch.empty_like(q), lse, grads,
-                                            torch.empty_like(value), dims, axis, True, D**-0.5, tma=tma,
-                                            deltas=deltas)
+                                            torch.empty_like(value), dims, axis, True, D**-0.5, blocks=blocks,
+                                            tma=tma, deltas=deltas)
             for launch in launches:
-                shape = {key: val for key, val in launch.kwargs.items() if key in ("ROWS", "BLOCK_M", "BLOCK_N")}
+                shape = {key: val for key, val in launch.kwargs.items()
+                         if key in ("ROWS", "BLOCK_M", "BLOCK_N", "BLOCK")}
                 text = " ".join(f"{key}={val}" for key, val in shape.items())
                 text += f" warps={launch.kwargs['num_warps']} stages={launch.kwargs['num_stages']}"
                 boxed = any(isinstance(arg, TensorDescriptor) for arg in launch.args)
-                rows.append(_row(n, dims, "backward", t, axis, launch.kernel, text, boxed, launch.args,
-                                 launch.kwargs, arch))
+                rows.append(_row(n, dims, pass_, t, axis, launch.kernel, text, boxed, launch.args, launch.kwargs,
+                                 arch))
     return rows
 
 

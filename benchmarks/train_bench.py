@@ -1,7 +1,8 @@
 """GPU benchmark of a training step's attention: forward, and forward + backward, of the fused Triton
 tensorized chain (kernels/tensorized_autograd.py: `tensorized-triton`), kept or recomputed
-intermediates, of `tensorized` (each hop's forward + backward on Triton or cuDNN, as its bind chooses:
-kernels/tensorized_train_dispatch.py), against the SDPA composition under autograd
+intermediates, or with the blocked hops' dQ fused into their dK/dV kernel; of `tensorized` (each
+hop's forward + backward on Triton or cuDNN, as its bind chooses:
+kernels/tensorized_train_dispatch.py); against the SDPA composition under autograd
 (kernels/tensorized_sdpa.py; `tensorized-sdpa` with the per-hop plans its bind chooses in training,
 by forward + backward, and `tensorized-sdpa-fwdplan` with those chosen by the forward alone;
 `tensorized-ref` with K repeated on later hops) and cuDNN SDPA.
@@ -110,6 +111,9 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         def recompute_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
             return tensorized_attention_train(q, k, v, dims, True, recompute=True)
 
+        def fused_fn(dims: tuple[int, ...] = dims) -> torch.Tensor:
+            return tensorized_attention_train(q, k, v, dims, True, fused_dq=True)
+
         grad = torch.randn_like(q)
         reference = _grads(ref_fn, q, k, v, grad)
 
@@ -118,7 +122,8 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
             return max(_rel(a, b) for a, b in zip(_grads(fn, q, k, v, grad), reference, strict=True))
 
         for name, fn, checked in (("tensorized", dispatch_fn, True), ("tensorized-triton", triton_fn, True),
-                                  ("tensorized-recompute", recompute_fn, False), ("tensorized-sdpa", sdpa_fn, True),
+                                  ("tensorized-recompute", recompute_fn, False),
+                                  ("tensorized-triton, dQ fused", fused_fn, True), ("tensorized-sdpa", sdpa_fn, True),
                                   ("tensorized-sdpa-fwdplan", sdpa_fwd_fn, False), ("tensorized-ref", ref_fn, False)):
             rows.append(Row(n, m, format_dims(dims), name, _time(fn, q, k, v, False), _time(fn, q, k, v, True),
                             0.0, error(fn) if checked else None))

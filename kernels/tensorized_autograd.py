@@ -35,11 +35,11 @@ class TensorizedAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
-                causal: bool, scale: float, recompute: bool) -> torch.Tensor:
+                causal: bool, scale: float, recompute: bool, fused_dq: bool) -> torch.Tensor:
         saved = forward_with_saved(q, k, v, dims, causal, scale)
         kept = saved.outputs[-1:] if recompute else saved.outputs
         ctx.save_for_backward(q, k, v, *kept, *saved.lses)
-        ctx.dims, ctx.causal, ctx.scale, ctx.recompute = dims, causal, scale, recompute
+        ctx.dims, ctx.causal, ctx.scale, ctx.recompute, ctx.fused_dq = dims, causal, scale, recompute, fused_dq
         return saved.outputs[-1]
 
     @staticmethod
@@ -52,8 +52,8 @@ class TensorizedAttentionFunction(torch.autograd.Function):
         else:
             outputs, lses = tuple(rest[:m]), tuple(rest[m:])
         dq, dk, dv = backward_from_saved(d_out, q, k, v, SavedForward(outputs, lses), ctx.dims, ctx.causal,
-                                         ctx.scale)
-        return dq, dk, dv, None, None, None, None
+                                         ctx.scale, fused_dq=ctx.fused_dq)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def tensorized_attention_train(
@@ -64,14 +64,16 @@ def tensorized_attention_train(
     causal: bool,
     scale: float | None = None,
     recompute: bool = False,
+    fused_dq: bool = False,
 ) -> torch.Tensor:
     """Tensorized attention over `dims` (prod >= N) with a backward: (B, H, N, D) in q's dtype that
     torch.autograd differentiates with respect to q, k and v. `recompute` keeps less between the
-    passes and runs the forward's first m - 1 hops again in the backward. Raises ValueError (see
+    passes and runs the forward's first m - 1 hops again in the backward; `fused_dq` adds the blocked
+    hops' dQ from their dK/dV kernel (see backward_from_saved). Raises ValueError (see
     tensorized_triton.unsupported_reason) for configurations the kernels lack."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
-    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute)
+    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq)
 
 
 class TensorizedHopFunction(torch.autograd.Function):

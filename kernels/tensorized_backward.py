@@ -23,7 +23,7 @@ per tile of whole slices.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -102,15 +102,16 @@ def _block_rows(start, base, valid, C, BLOCK: tl.constexpr):
 
 @triton.jit
 def _dkdv_tile(
-    k, v, dk, dv, prev, q_src, do_src, q_offset, do_offset, lse_base, delta_base, plane, a, c, base, valid, offs_n,
-    offs_d, start, stop, stride_qn, stride_don, C, qk_scale,
+    k, v, dk, dv, prev, q_src, do_src, q_offset, do_offset, lse_base, delta_base, dq_base, plane, a, c, base, valid,
+    offs_n, offs_d, start, stop, stride_qn, stride_don, stride_dqn, C, qk_scale, sm_scale,
     CAUSAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-    DESC: tl.constexpr, DELTA_OUT: tl.constexpr,
+    DESC: tl.constexpr, DELTA_OUT: tl.constexpr, DQ_ATOMIC: tl.constexpr,
 ):
     """dK and dV of one key block over the query blocks in [start, stop), and with DELTA_OUT the key
-    rows' sums of P * dP (`prev`: the previous hop's Delta, see `_packed_kernel`). Without
-    CAUSAL_MASK no score is masked: rows past the slice's end load as zero (q, dO, lse and Delta),
-    which adds exactly zero to dK, dV and `prev`, and key rows past it are never stored."""
+    rows' sums of P * dP (`prev`: the previous hop's Delta, see `_packed_kernel`); with DQ_ATOMIC
+    the block's share of each query block's dQ, added atomically at dq_base. Without CAUSAL_MASK no
+    score is masked: rows past the slice's end load as zero (q, dO, lse and Delta), which adds
+    exactly zero to dK, dV and `prev`, and key rows past it are never stored."""
     for q_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_M):
         offs_m = q_at + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
@@ -132,12 +133,18 @@ def _dkdv_tile(
         if DELTA_OUT:
             prev += tl.sum(p_t * dp_t, axis=1)
         dk = _dot(_narrow(ds_t, q.dtype), q, dk, DOT_PRECISION)
+        if DQ_ATOMIC:
+            # dQ = dS K: five products a tile instead of the seven of two kernels that each rebuild P
+            # and dP; other key blocks add to the same rows, hence the float32 atomics
+            dq = _dot(_narrow(tl.trans(ds_t), k.dtype), k, None, DOT_PRECISION) * sm_scale
+            tl.atomic_add(dq_base + pos_m[:, None] * stride_dqn + offs_d[None, :], dq, mask=row_ok[:, None],
+                          sem="relaxed")
     return dk, dv, prev
 
 
 @triton.jit
 def _dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, delta_out_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, delta_out_ptr, dk_src_ptr, dk_dst_ptr, dv_ptr, dq_ptr,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -145,10 +152,11 @@ def _dkdv_kernel(
     stride_lb, stride_lh,
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
+    stride_dqb, stride_dqh, stride_dqn,
     B, H_KV, GROUP, V_GROUP, N, L, C, NUM_SLICES, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, SUM_DV: tl.constexpr,
     ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
-    DELTA_OUT: tl.constexpr = False,
+    DELTA_OUT: tl.constexpr = False, DQ_ATOMIC: tl.constexpr = False,
 ):
     """dK and dV of one key block of one slice for one kv head. dK is this hop's share plus, with
     ACCUMULATE, what dk_src holds, written to dk_dst in its dtype. With SUM_DV the value has one head
@@ -195,14 +203,16 @@ def _dkdv_kernel(
             do_offset = b64 * stride_dob + h64 * stride_doh
             lse_base = lse_ptr + b64 * stride_lb + h64 * stride_lh
             delta_base = delta_ptr + b64 * stride_lb + h64 * stride_lh
+            dq_base = dq_ptr + b64 * stride_dqb + h64 * stride_dqh
             if CAUSAL:
                 dk, dv, prev = _dkdv_tile(k, v, dk, dv, prev, q_ptr, do_ptr, q_offset, do_offset, lse_base,
-                                          delta_base, plane, a, c, base, valid, offs_n, offs_d, lo, diagonal_end,
-                                          stride_qn, stride_don, C, qk_scale, True, DOT_PRECISION, BLOCK_M, HEAD_DIM,
-                                          DESC, DELTA_OUT)
+                                          delta_base, dq_base, plane, a, c, base, valid, offs_n, offs_d, lo,
+                                          diagonal_end, stride_qn, stride_don, stride_dqn, C, qk_scale, sm_scale,
+                                          True, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC, DELTA_OUT, DQ_ATOMIC)
             dk, dv, prev = _dkdv_tile(k, v, dk, dv, prev, q_ptr, do_ptr, q_offset, do_offset, lse_base, delta_base,
-                                      plane, a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn,
-                                      stride_don, C, qk_scale, False, DOT_PRECISION, BLOCK_M, HEAD_DIM, DESC, DELTA_OUT)
+                                      dq_base, plane, a, c, base, valid, offs_n, offs_d, diagonal_end, valid, stride_qn,
+                                      stride_don, stride_dqn, C, qk_scale, sm_scale, False, DOT_PRECISION, BLOCK_M,
+                                      HEAD_DIM, DESC, DELTA_OUT, DQ_ATOMIC)
             if not SUM_DV:
                 _rows_store(dv_ptr, v_plane, a, c, k_start, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, pos_n,
                             stride_dvn, offs_d, key_ok, dv, 1, BLOCK_N, HEAD_DIM, HEAD_DIM, DESC)
@@ -215,6 +225,31 @@ def _dkdv_kernel(
                         offs_d, key_ok, dv, 1, BLOCK_N, HEAD_DIM, HEAD_DIM, DESC)
         _add_and_store_block(dk_src_ptr, dk_dst_ptr, kv_plane, a, c, k_start, b64 * stride_dkb + hk64 * stride_dkh,
                              pos_n, stride_dkn, offs_d, key_ok, dk * sm_scale, ACCUMULATE, BLOCK_N, HEAD_DIM, DESC)
+
+
+@triton.jit
+def _delta_kernel(
+    o_ptr, do_ptr, delta_ptr,
+    stride_ob, stride_oh, stride_on,
+    stride_dob, stride_doh, stride_don,
+    stride_lb, stride_lh,
+    HEADS, N,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Delta = rowsum(dO * O) of BLOCK rows of one (batch, head) plane: for a hop whose dQ the dK/dV
+    kernel adds (so no dQ kernel forms it) and whose Delta no later hop handed over."""
+    plane = tl.program_id(1)
+    b = (plane // HEADS).to(tl.int64)
+    h = (plane % HEADS).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_d[None, :],
+                mask=ok[:, None], other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :],
+                 mask=ok[:, None], other=0.0)
+    tl.store(delta_ptr + b * stride_lb + h * stride_lh + rows, tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1),
+             mask=ok)
 
 
 @triton.jit
@@ -432,10 +467,14 @@ class Tile:
 @dataclass(frozen=True)
 class BackwardBlocks:
     """Tile shapes of the two blocked kernels: dK/dV holds BLOCK_N keys and walks query blocks of
-    BLOCK_M rows; dQ holds BLOCK_M queries and walks key blocks of BLOCK_N rows."""
+    BLOCK_M rows; dQ holds BLOCK_M queries and walks key blocks of BLOCK_N rows. With `fused_dq` no
+    dQ kernel runs: the dK/dV kernel also forms each tile's dQ share (five products a tile instead of
+    seven) and adds it to the float32 dQ accumulator atomically, which must therefore hold the sum
+    so far, or zeros (see `plan_hop_backward`)."""
 
     dkdv: Tile
     dq: Tile
+    fused_dq: bool = False
 
 
 # Longest slice the packed kernel takes; its tiles hold whole slices (a module-level value so that
@@ -453,6 +492,17 @@ def backward_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
         stages = 1 if _INTERPRET else 2
         return BackwardBlocks(Tile(block, block, 4, stages), Tile(block, block, 4, stages))
     return BackwardBlocks(dkdv=Tile(32, 64, 4, 2), dq=Tile(64, 32, 4, 2))
+
+
+def fused_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
+    """The blocked kernels' launch shapes with dQ fused into the dK/dV kernel. 16-bit operands: 16
+    queries at a time past 64 keys, whose fused kernel spills 40 and 104 bytes per thread with TMA
+    boxes on the slices of 512 and 256 at 128k against 160 and 360 with 32 queries (compiled for
+    sm_90; not yet timed). fp32 and the interpreter: the table's shapes."""
+    table = backward_blocks(length, dtype)
+    if dtype == torch.float32 or _INTERPRET:
+        return replace(table, fused_dq=True)
+    return replace(table, dkdv=Tile(16, 64, 4, 2), fused_dq=True)
 
 
 @dataclass(frozen=True)
@@ -594,19 +644,23 @@ def plan_hop_backward(
             "DELTA_IN": deltas.given is not None, "DELTA_OUT": deltas.previous is not None,
             "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
     blocks = blocks or backward_blocks(length, q.dtype)
-    # filled by the dQ kernel for the dK/dV kernel, which runs after it on the same stream, unless given
+    if blocks.fused_dq and (grads.dq_src is not grads.dq_dst or grads.dq_dst.dtype != torch.float32):
+        raise ValueError("with dQ fused into the dK/dV kernel each hop adds its dQ to one float32 accumulator: "
+                         f"dq_src and dq_dst must be the same float32 tensor, got {grads.dq_src.dtype} and "
+                         f"{grads.dq_dst.dtype}{'' if grads.dq_src is grads.dq_dst else ', two tensors'}")
+    # filled by the dQ kernel (or the Delta kernel) for the dK/dV kernel, which runs after it on the same
+    # stream, unless given
     delta = deltas.given if deltas.given is not None else torch.empty_like(lse)
     assert delta.stride() == lse.stride()
     common = {"HEAD_DIM": d, "CAUSAL": causal, "DOT_PRECISION": precision, "ACCUMULATE": grads.accumulate}
     dq_tile, dkdv_tile = blocks.dq, blocks.dkdv
-    dq_ops = _boxes(((q, dq_tile.block_m), (k, dq_tile.block_n), (value, dq_tile.block_n), (out, dq_tile.block_m),
-                     (d_out, dq_tile.block_m), (grads.dq_src, dq_tile.block_m), (dq, dq_tile.block_m)),
-                    dims, axis, d, tma)
-    dkdv_ops = _boxes(((q, dkdv_tile.block_m), (k, dkdv_tile.block_n), (value, dkdv_tile.block_n),
-                       (d_out, dkdv_tile.block_m), (grads.dk_src, dkdv_tile.block_n), (dk, dkdv_tile.block_n),
-                       (d_value, dkdv_tile.block_n)), dims, axis, d, tma)
-    return [
-        KernelLaunch(_dq_kernel, (batch * heads * num_slices * triton.cdiv(length, dq_tile.block_m),), (
+    launches = []
+    if not blocks.fused_dq:
+        dq_ops = _boxes(((q, dq_tile.block_m), (k, dq_tile.block_n), (value, dq_tile.block_n), (out, dq_tile.block_m),
+                         (d_out, dq_tile.block_m), (grads.dq_src, dq_tile.block_m), (dq, dq_tile.block_m)),
+                        dims, axis, d, tma)
+        dq_grid = (batch * heads * num_slices * triton.cdiv(length, dq_tile.block_m),)
+        launches.append(KernelLaunch(_dq_kernel, dq_grid, (
             *dq_ops[:5], lse, delta, *dq_ops[5:], *strides,
             out.stride(0), out.stride(1), out.stride(2),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
@@ -614,19 +668,29 @@ def plan_hop_backward(
             dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
         ), {**common, "BLOCK_M": dq_tile.block_m, "BLOCK_N": dq_tile.block_n,
             "DESC": isinstance(dq_ops[0], TensorDescriptor), "DELTA_IN": deltas.given is not None,
-            "num_warps": dq_tile.num_warps, "num_stages": dq_tile.num_stages}),
-        KernelLaunch(_dkdv_kernel, (batch * kv_heads * num_slices * triton.cdiv(length, dkdv_tile.block_n),), (
-            *dkdv_ops[:4], lse, delta, _or(deltas.previous, lse), *dkdv_ops[4:], *strides,
-            d_out.stride(0), d_out.stride(1), d_out.stride(2),
-            lse.stride(0), lse.stride(1),
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            d_value.stride(0), d_value.stride(1), d_value.stride(2), *sizes,
-        ), {"SUM_DV": value_heads != heads, **common, "BLOCK_M": dkdv_tile.block_m,
-            "BLOCK_N": dkdv_tile.block_n, "DESC": isinstance(dkdv_ops[0], TensorDescriptor),
-            "DELTA_OUT": deltas.previous is not None,
-            "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}),
-    ]
-
+            "num_warps": dq_tile.num_warps, "num_stages": dq_tile.num_stages}))
+    elif deltas.given is None:
+        rows = 64
+        launches.append(KernelLaunch(_delta_kernel, (triton.cdiv(n, rows), batch * heads), (
+            out, d_out, delta, out.stride(0), out.stride(1), out.stride(2), d_out.stride(0), d_out.stride(1),
+            d_out.stride(2), lse.stride(0), lse.stride(1), heads, n),
+            {"HEAD_DIM": d, "BLOCK": rows, "num_warps": 4, "num_stages": 1}))
+    dkdv_ops = _boxes(((q, dkdv_tile.block_m), (k, dkdv_tile.block_n), (value, dkdv_tile.block_n),
+                       (d_out, dkdv_tile.block_m), (grads.dk_src, dkdv_tile.block_n), (dk, dkdv_tile.block_n),
+                       (d_value, dkdv_tile.block_n)), dims, axis, d, tma)
+    dkdv_grid = (batch * kv_heads * num_slices * triton.cdiv(length, dkdv_tile.block_n),)
+    launches.append(KernelLaunch(_dkdv_kernel, dkdv_grid, (
+        *dkdv_ops[:4], lse, delta, _or(deltas.previous, lse), *dkdv_ops[4:], dq, *strides,
+        d_out.stride(0), d_out.stride(1), d_out.stride(2),
+        lse.stride(0), lse.stride(1),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        d_value.stride(0), d_value.stride(1), d_value.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
+    ), {"SUM_DV": value_heads != heads, **common, "BLOCK_M": dkdv_tile.block_m,
+        "BLOCK_N": dkdv_tile.block_n, "DESC": isinstance(dkdv_ops[0], TensorDescriptor),
+        "DELTA_OUT": deltas.previous is not None, "DQ_ATOMIC": blocks.fused_dq,
+        "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}))
+    return launches
 
 def _or(tensor: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
     """`tensor`, or for a pointer argument the kernel will not touch, `default`."""
@@ -700,17 +764,25 @@ def recompute_intermediates(
 
 def backward_from_saved(
     d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, saved: SavedForward,
-    dims: tuple[int, ...], causal: bool, scale: float, hand_deltas: bool = True,
+    dims: tuple[int, ...], causal: bool, scale: float, hand_deltas: bool = True, fused_dq: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward.
     With `hand_deltas` each hop's backward forms the previous hop's Delta from the value and d_value
     it holds anyway, so that no hop but the last reads its output back (one (B, H, N, D) read fewer
-    per hop; off for comparisons)."""
+    per hop; off for comparisons). With `fused_dq` the hops on the blocked kernels (slices longer
+    than PACKED_MAX_LEN) add their dQ from the dK/dV kernel (`fused_blocks`); the float32 dQ sum is
+    then zeroed first if the first hop of the backward is one of them, and converted to q's dtype
+    last if the last is."""
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))
-    # float32 sums between hops; one hop alone writes the results directly
-    dq_acc = torch.empty(q.shape, dtype=torch.float32, device=q.device) if len(hops) > 1 else dq
+    fused = [fused_dq and dims[axis] > PACKED_MAX_LEN for axis in hops]
+    # float32 sums between hops; one hop alone writes the results directly, unless it adds atomically
+    dq_acc = dq
+    if fused[-1]:
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    elif len(hops) > 1:
+        dq_acc = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dk_acc = torch.empty(k.shape, dtype=torch.float32, device=k.device) if len(hops) > 1 else dk
     d_value = _row_major(d_out.to(q.dtype))
     # two buffers in turn (one for m = 2): a hop reads its own Delta while it writes the previous hop's
@@ -719,7 +791,7 @@ def backward_from_saved(
     for t in reversed(range(len(hops))):
         value = v if t == 0 else saved.outputs[t - 1]
         d_prev = _new_gradient_buffer(value)
-        grads = Gradients(dq_acc, dq if t == 0 else dq_acc, dk_acc, dk if t == 0 else dk_acc,
+        grads = Gradients(dq_acc, dq if t == 0 and not fused[t] else dq_acc, dk_acc, dk if t == 0 else dk_acc,
                           accumulate=t < len(hops) - 1)
         previous = None
         if hand_deltas and t > 0:
@@ -727,6 +799,9 @@ def backward_from_saved(
                 handed[t % 2] = torch.empty_like(saved.lses[0])
             previous = handed[t % 2]
         _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
-                             dims, hops[t], causal, scale, deltas=Deltas(given, previous))
+                             dims, hops[t], causal, scale, blocks=fused_blocks(dims[hops[t]], q.dtype) if fused[t]
+                             else None, deltas=Deltas(given, previous))
         d_value, given = d_prev, previous
+    if fused[0]:
+        dq.copy_(dq_acc)
     return dq, dk, d_value

@@ -408,3 +408,82 @@ def test_gpu_recompute_matches_the_kept_intermediates_bit_for_bit() -> None:
     again = _grads(_recomputing, case, BF16, "cuda")
     for name, a, b in zip(("out", "dq", "dk", "dv"), kept, again, strict=True):
         assert torch.equal(a, b), f"{case}: {name} differs when recomputed"
+
+
+@pytest.fixture
+def poisoned_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every float tensor made by torch.empty / empty_like starts as NaN: an accumulator that is
+    added to before anything is written there shows."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poisoned(x: torch.Tensor) -> torch.Tensor:
+        return x.fill_(float("nan")) if x.is_floating_point() else x
+
+    monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: poisoned(empty(*args, **kwargs)))
+    monkeypatch.setattr(torch, "empty_like", lambda *args, **kwargs: poisoned(empty_like(*args, **kwargs)))
+
+
+def _fused(q, k, v, dims, causal):
+    return tensorized_attention_train(q, k, v, dims, causal, fused_dq=True)
+
+
+FUSED_CASES = [
+    # every hop blocked (the packed kernel's slices sent to the blocked kernels): the first hop of the
+    # backward adds to zeros, the last one's sum is converted; m = 1 is both
+    (Case(50, 3, False, heads=4, kv_heads=2), True),
+    (Case(30, 2, True, heads=4, kv_heads=1, batch=2, layout="bnhd"), True),
+    (Case(60, 2, True, BF16, heads=4, kv_heads=2), True),
+    (Case(129, 1, False, dims=(130,), kv_heads=1), False),
+    # one blocked hop and one packed: the packed hop writes (first) or adds to (last) the float32 sum
+    (Case(135, 2, True, dims=(70, 2), kv_heads=1), False),
+    (Case(140, 2, False, dims=(2, 71), heads=4, kv_heads=2), False),
+]
+
+
+@pytest.mark.parametrize("case,all_blocked", FUSED_CASES, ids=lambda x: str(x) if isinstance(x, Case) else "")
+@pytest.mark.usefixtures("poisoned_gradients", "poisoned_allocations")
+def test_dq_fused_into_the_dkdv_kernel_gives_the_spec_gradients(case: Case, all_blocked: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list[str] = []
+    plan = tb.plan_hop_backward
+
+    def spy(*args, **kwargs) -> list[tb.KernelLaunch]:
+        launches = plan(*args, **kwargs)
+        launched.extend(launch.kernel.fn.__name__ for launch in launches)
+        return launches
+
+    monkeypatch.setattr(tb, "plan_hop_backward", spy)
+    if all_blocked:
+        monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
+    _check_against_spec(_fused, case)
+    assert "_dq_kernel" not in launched and "_dkdv_kernel" in launched
+    # Delta formed by its own kernel only where no later hop hands it over: the first hop of the backward
+    first = case.resolved_dims[hop_axes(case.m)[-1]]
+    assert launched.count("_delta_kernel") == (first > tb.PACKED_MAX_LEN)
+
+
+def test_fused_dq_needs_one_float32_accumulator() -> None:
+    case = Case(140, 1, True, dims=(140,))
+    (q, k, v, d_out), saved, scale = _saved_forward(case)
+    blocks = tb.fused_blocks(140, q.dtype)
+    for dq_src, dq_dst, why in ((torch.zeros_like(q), torch.zeros_like(q), "two tensors"),
+                                (q.to(BF16), q.to(BF16), "bfloat16")):
+        grads = tb.Gradients(dq_src, dq_dst, torch.zeros_like(k), torch.zeros_like(k), False)
+        with pytest.raises(ValueError, match="dq_src and dq_dst must be the same float32 tensor.*" + why):
+            tb.plan_hop_backward(q, k, v, saved.outputs[0], d_out, saved.lses[0], grads, torch.empty_like(v),
+                                 case.resolved_dims, 0, True, scale, blocks=blocks)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [16384, 16384 - 5], ids=["tma-boxes", "pointer-loads"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_gpu_fused_dq_matches_float32_sdpa_composition(n: int, causal: bool) -> None:
+    """The compiled fused dK/dV kernel (float32 atomics, 16 x 64 tiles) on both hops of m = 2,
+    slices of 128: its gradients against autograd of the float32 composition."""
+    case = Case(n, 2, causal, BF16, heads=8, kv_heads=2, head_dim=128)
+    got = _grads(_fused, case, BF16, "cuda")
+    ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
+        assert not torch.isnan(g).any(), f"NaN in {name}"
+        err = worst_head_err(g, r)
+        assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
