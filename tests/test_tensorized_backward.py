@@ -378,6 +378,16 @@ def test_bad_input_is_refused_with_the_reason() -> None:
         tensorized_attention_train(k, k, k, (4, 4), True, scale=-1.0)
 
 
+def _check_against_float32_composition(fn, case: Case) -> None:
+    """bf16 gradients on the GPU against autograd of the float32 SDPA composition, head by head."""
+    got = _grads(fn, case, BF16, "cuda")
+    ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
+    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
+        assert not torch.isnan(g).any(), f"NaN in {name}"
+        err = worst_head_err(g, r)
+        assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,packed_boxes", [(8192 - 5, False), (8192, False), (8192, True)],
                          ids=["pointer-loads", "tma-boxes", "packed-tma-boxes"])
@@ -392,12 +402,7 @@ def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool, n: int, pack
         table_tile = tb.packed_tile
         monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: replace(table_tile(length, dtype), boxes=True))
     case = Case(n, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
-    got = _grads(tensorized_attention_train, case, BF16, "cuda")
-    ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
-    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
-        assert not torch.isnan(g).any(), f"NaN in {name}"
-        err = worst_head_err(g, r)
-        assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
+    _check_against_float32_composition(tensorized_attention_train, case)
 
 
 @pytest.mark.gpu
@@ -481,9 +486,4 @@ def test_gpu_fused_dq_matches_float32_sdpa_composition(n: int, causal: bool) -> 
     """The compiled fused dK/dV kernel (float32 atomics, 16 x 64 tiles) on both hops of m = 2,
     slices of 128: its gradients against autograd of the float32 composition."""
     case = Case(n, 2, causal, BF16, heads=8, kv_heads=2, head_dim=128)
-    got = _grads(_fused, case, BF16, "cuda")
-    ref = _grads(tensorized_attention_sdpa, case, F32, "cuda")
-    for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref, strict=True):
-        assert not torch.isnan(g).any(), f"NaN in {name}"
-        err = worst_head_err(g, r)
-        assert err <= 2e-2, f"{case}: {name} relative error {err:.2e}"
+    _check_against_float32_composition(_fused, case)
