@@ -692,6 +692,7 @@ def plan_hop_backward(
         "num_warps": dkdv_tile.num_warps, "num_stages": dkdv_tile.num_stages}))
     return launches
 
+
 def _or(tensor: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
     """`tensor`, or for a pointer argument the kernel will not touch, `default`."""
     return default if tensor is None else tensor
