@@ -17,6 +17,8 @@ time of:
                        into a view would give)
   ... on FA3+FA3       chunks of one head, whose hop 2 FA3 takes (one kv head for one value head)
                        and writes into place
+  ... 2 streams        chunks on two CUDA streams in turn, so that one chunk's hop 1 can run beside
+                       the previous chunk's hop 2 (no fewer bytes: fuller waves)
 each with its largest difference from `whole`.
 
     python3 benchmarks/l2_chunks.py [--lengths 16k,32k,64k,128k] [--chunks 4,1] [--samples 30]
@@ -25,6 +27,7 @@ each with its largest difference from `whole`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -49,31 +52,46 @@ B, H, H_KV, D = 1, 32, 8, 128
 
 def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float,
             backends: Sequence[HopBackend], heads: int, out: torch.Tensor, scratch: torch.Tensor,
-            place: bool = True) -> list[torch.Tensor]:
+            place: bool = True, streams: Sequence[torch.cuda.Stream] = ()) -> list[torch.Tensor]:
     """Every hop for query heads [h, h + heads), then the next chunk; returns each chunk's output.
     Outputs of backends that write into a buffer land in `out` (the last hop) or `scratch`; a
-    returned tensor is copied into `out` when `place` is on. Needs B = 1, so that a chunk's heads
-    are one contiguous block of every (B, H, N, D) tensor and the hops take views of it."""
+    returned tensor is copied into `out` when `place` is on. With `streams`, chunk i runs on
+    streams[i % len(streams)], so that one chunk's hop 1 can overlap another's hop 2; they start
+    after, and the current stream waits for, all work queued before. Needs B = 1, so that a chunk's
+    heads are one contiguous block of every (B, H, N, D) tensor and the hops take views of it."""
     if q.shape[0] != 1:
         raise ValueError(f"chunked hops need batch 1, got {q.shape[0]}")
     group = q.shape[1] // k.shape[1]
     if heads % group and group % heads:
         raise ValueError(f"chunks of {heads} heads do not tile kv groups of {group}")
-    axes = hop_axes(len(dims))
     results = []
-    for h in range(0, q.shape[1], heads):
-        kv = slice(h // group, h // group + max(1, heads // group))
-        q_c, k_c, value = q[:, h:h + heads], k[:, kv], v[:, kv]
-        for t, (axis, backend) in enumerate(zip(axes, backends, strict=True)):
-            # as tensorized_attention_dispatch: Triton takes a hop the backend cannot take as a view
-            chosen = backend if hop_accepts(backend, q_c, k_c, value, dims, axis) else HopBackend.TRITON
-            target = (out if t == len(axes) - 1 else scratch)[:, h:h + heads]
-            value = run_hop(chosen, q_c, k_c, value, target if writes_into_buffer(chosen) else None, dims, axis,
-                            causal, scale)
-        if place and value.data_ptr() != out[:, h:h + heads].data_ptr():
-            out[:, h:h + heads].copy_(value)
-        results.append(value)
+    main = torch.cuda.current_stream() if streams else None
+    for stream in streams:
+        stream.wait_stream(main)
+    for i, h in enumerate(range(0, q.shape[1], heads)):
+        with torch.cuda.stream(streams[i % len(streams)]) if streams else contextlib.nullcontext():
+            results.append(_chunk(q, k, v, dims, causal, scale, backends, h, heads, group, out, scratch, place))
+    for stream in streams:
+        main.wait_stream(stream)
     return results
+
+
+def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool, scale: float,
+           backends: Sequence[HopBackend], h: int, heads: int, group: int, out: torch.Tensor, scratch: torch.Tensor,
+           place: bool) -> torch.Tensor:
+    """Every hop for query heads [h, h + heads) (see `chunked`)."""
+    axes = hop_axes(len(dims))
+    kv = slice(h // group, h // group + max(1, heads // group))
+    q_c, k_c, value = q[:, h:h + heads], k[:, kv], v[:, kv]
+    for t, (axis, backend) in enumerate(zip(axes, backends, strict=True)):
+        # as tensorized_attention_dispatch: Triton takes a hop the backend cannot take as a view
+        chosen = backend if hop_accepts(backend, q_c, k_c, value, dims, axis) else HopBackend.TRITON
+        target = (out if t == len(axes) - 1 else scratch)[:, h:h + heads]
+        value = run_hop(chosen, q_c, k_c, value, target if writes_into_buffer(chosen) else None, dims, axis,
+                        causal, scale)
+    if place and value.data_ptr() != out[:, h:h + heads].data_ptr():
+        out[:, h:h + heads].copy_(value)
+    return value
 
 
 def gpu_and_host_ms(timer: CudaEventTimer, fn: Callable[[], object], samples: int) -> tuple[float, float]:
@@ -97,14 +115,17 @@ def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: 
     base_ms, base_host = gpu_and_host_ms(timer, lambda: tensorized_attention_dispatch(q, k, v, dims, True, None,
                                                                                       backends), samples)
     print(f"| {n} | {format_dims(dims)} | {names} | whole | {base_ms:.3f} | 1.00 | {base_host:.3f} | 0 |", flush=True)
-    variants = [(heads, backends, place) for heads in chunk_heads for place in (True, False)]
+    two = (torch.cuda.Stream(), torch.cuda.Stream())
+    # (heads a chunk, backends, copy into place, streams)
+    variants = [(heads, backends, place, ()) for heads in chunk_heads for place in (True, False)]
+    variants += [(heads, backends, True, two) for heads in chunk_heads]
     if HopBackend.FA3 in candidates and 1 in chunk_heads:
         # one head per chunk has one kv head: FA3 takes hop 2 too, and writes it into place
-        variants.append((1, (HopBackend.FA3, HopBackend.FA3), True))
-    for heads, chunk_backends, place in variants:
-        def run(heads: int = heads, chunk_backends: Sequence[HopBackend] = chunk_backends,
-                place: bool = place) -> list[torch.Tensor]:
-            return chunked(q, k, v, dims, True, scale, chunk_backends, heads, out, scratch, place)
+        variants.append((1, (HopBackend.FA3, HopBackend.FA3), True, ()))
+    for heads, chunk_backends, place, streams in variants:
+        def run(heads: int = heads, chunk_backends: Sequence[HopBackend] = chunk_backends, place: bool = place,
+                streams: Sequence[torch.cuda.Stream] = streams) -> list[torch.Tensor]:
+            return chunked(q, k, v, dims, True, scale, chunk_backends, heads, out, scratch, place, streams)
 
         parts = run()
         diff = max((part.float() - whole[:, i * heads:(i + 1) * heads].float()).abs().max().item()
@@ -113,6 +134,8 @@ def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: 
         label = f"chunks of {heads} head{'s' if heads > 1 else ''}" + ("" if place else ", outputs apart")
         if chunk_backends != backends:
             label += " on " + "+".join(b.value for b in chunk_backends)
+        if streams:
+            label += f", {len(streams)} streams in turn"
         print(f"| {n} | {format_dims(dims)} | {names} | {label} | {ms:.3f} | {ms / base_ms:.2f} | {host:.3f} "
               f"| {diff:.2e} |", flush=True)
 
