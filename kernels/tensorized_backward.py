@@ -135,8 +135,10 @@ def _dkdv_tile(
         dk = _dot(_narrow(ds_t, q.dtype), q, dk, DOT_PRECISION)
         if DQ_ATOMIC:
             # dQ = dS K: five products a tile instead of the seven of two kernels that each rebuild P
-            # and dP; other key blocks add to the same rows, hence the float32 atomics
-            dq = _dot(_narrow(tl.trans(ds_t), k.dtype), k, None, DOT_PRECISION) * sm_scale
+            # and dP; other key blocks add to the same rows, hence the float32 atomics. Formed as
+            # (K^T dS^T)^T so that its product is as tall as the head dim (a warpgroup's wgmma; the
+            # query block's 16 rows are too few), which also spills less (docs/kernel-log.md)
+            dq = tl.trans(_dot(tl.trans(k), _narrow(ds_t, k.dtype), None, DOT_PRECISION)) * sm_scale
             tl.atomic_add(dq_base + pos_m[:, None] * stride_dqn + offs_d[None, :], dq, mask=row_ok[:, None],
                           sem="relaxed")
     return dk, dv, prev
@@ -496,8 +498,8 @@ def backward_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
 
 def fused_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
     """The blocked kernels' launch shapes with dQ fused into the dK/dV kernel. 16-bit operands: 16
-    queries at a time past 64 keys, whose fused kernel spills 40 and 104 bytes per thread with TMA
-    boxes on the slices of 512 and 256 at 128k against 160 and 360 with 32 queries (compiled for
+    queries at a time past 64 keys, whose fused kernel spills 0 and 56 bytes per thread with TMA
+    boxes on the slices of 512 and 256 at 128k against 80 and 232 with 32 queries (compiled for
     sm_90; not yet timed). fp32 and the interpreter: the table's shapes."""
     table = backward_blocks(length, dtype)
     if dtype == torch.float32 or _INTERPRET:
