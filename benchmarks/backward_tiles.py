@@ -9,7 +9,8 @@ too. Each candidate is
 timed with `triton.testing.do_bench` (median, L2 flushed before each rep), and its gradients (dQ, dK
 and the hop value's) are compared with the same hop's backward run in float32 from float32 inputs:
 the worst relative L2 error of the three, beside the table shape's own. On those slices the dK/dV
-kernel also runs with dQ fused into it (no dQ kernel), at each of its shapes. Shapes differ in the order
+kernel also runs with dQ fused into it (no dQ kernel), at each of its shapes; the packed kernel's
+shapes run with their gradients' products transposed too. Shapes differ in the order
 in which they sum (pipelining, tile sizes), so a bf16 candidate is not bit-equal to the table's; it is
 kept only if its error is within 1.25x of the table's. Prints one Markdown row per (hop, kernel,
 shape), and the best kept shape per slice length.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -139,9 +140,11 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> N
         block_l = max(16, triton.next_power_of_2(length))
         for tile in PACKED_TILES:
             if tile.rows >= block_l:
-                # each tile with TMA boxes and through pointer loads (what the table runs)
-                keep("packed, boxes", tile, hop.trial("packed, boxes", tile, packed=tile, tma=True))
-                keep("packed, pointer loads", tile, hop.trial("packed, pointer loads", tile, packed=tile, tma=False))
+                # each tile with TMA boxes and through pointer loads (what the table runs), with the
+                # gradients' products as the table forms them and transposed
+                for t in (tile, replace(tile, transposed=True)):
+                    keep("packed, boxes", t, hop.trial("packed, boxes", t, packed=t, tma=True))
+                    keep("packed, pointer loads", t, hop.trial("packed, pointer loads", t, packed=t, tma=False))
         for blocks in SHORT_BLOCKS:
             if max(blocks.dkdv.block_m, blocks.dkdv.block_n, blocks.dq.block_m, blocks.dq.block_n) <= block_l:
                 keep("blocked", blocks, hop.trial("blocked", blocks, blocks=blocks))

@@ -30,7 +30,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise SystemExit("kernel_resources.py compiles for a GPU: run it without TRITON_INTERPRET=1")
@@ -193,14 +193,18 @@ def backward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, arch: int) 
         # Delta handed between hops, as backward_from_saved does
         deltas = tb.Deltas(given=torch.empty_like(lse) if t < len(dims) - 1 else None,
                            previous=torch.empty_like(lse) if t > 0 else None)
-        # the table's launches, and where the slices take the blocked kernels, those with dQ fused
-        plans = [("backward", None)]
+        # the table's launches, and the variants: the blocked kernels with dQ fused, the packed kernel
+        # with its gradients' products transposed
+        plans = [("backward", None, None)]
         if dims[axis] > tb.PACKED_MAX_LEN:
-            plans.append(("backward, dQ fused", tb.fused_blocks(dims[axis], dtype)))
-        for (pass_, blocks), tma in itertools.product(plans, (True, False)):
+            plans.append(("backward, dQ fused", tb.fused_blocks(dims[axis], dtype), None))
+        else:
+            tile = replace(tb.packed_tile(dims[axis], dtype), transposed=True)
+            plans.append(("backward, products transposed", None, tile))
+        for (pass_, blocks, packed), tma in itertools.product(plans, (True, False)):
             launches = tb.plan_hop_backward(q, k, value, torch.empty_like(q), torch.empty_like(q), lse, grads,
                                             torch.empty_like(value), dims, axis, True, D**-0.5, blocks=blocks,
-                                            tma=tma, deltas=deltas)
+                                            packed=packed, tma=tma, deltas=deltas)
             for launch in launches:
                 shape = {key: val for key, val in launch.kwargs.items()
                          if key in ("ROWS", "BLOCK_M", "BLOCK_N", "BLOCK")}

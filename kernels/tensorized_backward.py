@@ -356,6 +356,36 @@ def _dq_kernel(
 
 
 @triton.jit
+def _grad_zeros(ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """A float32 gradient accumulator of ROWS rows, held as its transpose with TRANSPOSED."""
+    if TRANSPOSED:
+        acc = tl.zeros([HEAD_DIM, ROWS], tl.float32)
+    else:
+        acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+    return acc
+
+
+@triton.jit
+def _grad_product(a, b, acc, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """a^T b (rows x head dim) added to acc; with TRANSPOSED formed and held as its transpose b^T a,
+    a product as tall as the head dim: a warpgroup's wgmma takes it where a tile of fewer than 64
+    rows is too short for one (Ampere-style mma.sync instead)."""
+    if TRANSPOSED:
+        product = _dot(tl.trans(b), a, acc, DOT_PRECISION)
+    else:
+        product = _dot(tl.trans(a), b, acc, DOT_PRECISION)
+    return product
+
+
+@triton.jit
+def _grad_rows(acc, TRANSPOSED: tl.constexpr):
+    """An accumulator of `_grad_product` as rows x head dim."""
+    if TRANSPOSED:
+        acc = tl.trans(acc)
+    return acc
+
+
+@triton.jit
 def _packed_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, delta_in_ptr, delta_out_ptr, dq_src_ptr, dq_dst_ptr, dk_src_ptr,
     dk_dst_ptr, dv_ptr,
@@ -372,7 +402,7 @@ def _packed_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SUM_DV: tl.constexpr, ACCUMULATE: tl.constexpr, ROWS: tl.constexpr,
     DESC: tl.constexpr = False, INNER: tl.constexpr = False, DELTA_IN: tl.constexpr = False,
-    DELTA_OUT: tl.constexpr = False,
+    DELTA_OUT: tl.constexpr = False, TRANSPOSED: tl.constexpr = False,
 ):
     """Short slices: one tile holds ROWS // BLOCK_L whole slices (BLOCK_L >= L coordinates each),
     so one program computes dQ, dK and dV of its slices for one kv head and the group's query heads,
@@ -382,7 +412,8 @@ def _packed_kernel(
     its (B * heads, A, L, C * D) view, as in the forward's packed kernel (rows coordinate-major
     unless INNER), which keeps the pointer tiles out of the registers. With DELTA_IN the rows'
     Delta is read from delta_in (formed by the next hop's backward) instead of from dO and O; with
-    DELTA_OUT (value on the query heads) the previous hop's Delta is written to delta_out."""
+    DELTA_OUT (value on the query heads) the previous hop's Delta is written to delta_out. With
+    TRANSPOSED, dQ, dK and dV are formed as their transposes (see `_grad_product`)."""
     SLICES: tl.constexpr = ROWS // BLOCK_L
     slice_of_row, coord = _tile_rows(ROWS, BLOCK_L, DESC and not INNER)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -402,8 +433,8 @@ def _packed_kernel(
 
     k = _tile_load(k_ptr, kv_plane, b64 * stride_kb + hk64 * stride_kh, a, c, pos, stride_kn, offs_d, row_ok,
                    ROWS, HEAD_DIM, DESC, INNER)
-    dk = tl.zeros([ROWS, HEAD_DIM], tl.float32)
-    dv = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+    dk = _grad_zeros(ROWS, HEAD_DIM, TRANSPOSED)
+    dv = _grad_zeros(ROWS, HEAD_DIM, TRANSPOSED)
     for hg in range(0, _loop_bound(GROUP)):
         h = hk * GROUP + hg
         h64 = h.to(tl.int64)
@@ -435,20 +466,22 @@ def _packed_kernel(
             tl.store(delta_out_ptr + b64 * stride_lb + hv.to(tl.int64) * stride_lh + pos, tl.sum(p * dp, axis=0),
                      mask=row_ok)
         dq_offset = b64 * stride_dqb + h64 * stride_dqh
-        dq = _dot(_narrow(ds, k.dtype), k, None, DOT_PRECISION) * sm_scale
+        dq = _grad_rows(_grad_product(_narrow(tl.trans(ds), k.dtype), k, None, TRANSPOSED, DOT_PRECISION),
+                        TRANSPOSED) * sm_scale
         _add_and_store_tile(dq_src_ptr, dq_dst_ptr, plane, dq_offset, a, c, pos, stride_dqn, offs_d, row_ok, dq,
                             ACCUMULATE, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
-        dk = _dot(_narrow(tl.trans(ds), q.dtype), q, dk, DOT_PRECISION)
-        dv = _dot(_narrow(tl.trans(p), do.dtype), do, dv, DOT_PRECISION)
+        dk = _grad_product(_narrow(ds, q.dtype), q, dk, TRANSPOSED, DOT_PRECISION)
+        dv = _grad_product(_narrow(p, do.dtype), do, dv, TRANSPOSED, DOT_PRECISION)
         if not SUM_DV:
             _tile_store(dv_ptr, v_plane, b64 * stride_dvb + hv.to(tl.int64) * stride_dvh, a, c, pos, stride_dvn,
-                        offs_d, row_ok, dv, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
-            dv = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+                        offs_d, row_ok, _grad_rows(dv, TRANSPOSED), ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+            dv = _grad_zeros(ROWS, HEAD_DIM, TRANSPOSED)
     if SUM_DV:
         _tile_store(dv_ptr, kv_plane, b64 * stride_dvb + hk64 * stride_dvh, a, c, pos, stride_dvn, offs_d, row_ok,
-                    dv, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+                    _grad_rows(dv, TRANSPOSED), ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
     _add_and_store_tile(dk_src_ptr, dk_dst_ptr, kv_plane, b64 * stride_dkb + hk64 * stride_dkh, a, c, pos,
-                        stride_dkn, offs_d, row_ok, dk * sm_scale, ACCUMULATE, ROWS, BLOCK_L, HEAD_DIM, DESC, INNER)
+                        stride_dkn, offs_d, row_ok, _grad_rows(dk, TRANSPOSED) * sm_scale, ACCUMULATE, ROWS, BLOCK_L,
+                        HEAD_DIM, DESC, INNER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,6 +549,7 @@ class PackedTile:
     num_warps: int = 4
     num_stages: int = 1
     boxes: bool = False
+    transposed: bool = False  # dQ, dK and dV formed as their transposes (`_grad_product`)
 
 
 def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
@@ -644,7 +678,7 @@ def plan_hop_backward(
             "SUM_DV": value_heads != heads, "ACCUMULATE": grads.accumulate, "ROWS": packed.rows,
             "DESC": descs is not None, "INNER": descs is not None and inner == 1,
             "DELTA_IN": deltas.given is not None, "DELTA_OUT": deltas.previous is not None,
-            "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
+            "TRANSPOSED": packed.transposed, "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
     blocks = blocks or backward_blocks(length, q.dtype)
     if blocks.fused_dq and (grads.dq_src is not grads.dq_dst or grads.dq_dst.dtype != torch.float32):
         raise ValueError("with dQ fused into the dK/dV kernel each hop adds its dQ to one float32 accumulator: "

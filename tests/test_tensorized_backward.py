@@ -487,3 +487,20 @@ def test_gpu_fused_dq_matches_float32_sdpa_composition(n: int, causal: bool) -> 
     slices of 128: its gradients against autograd of the float32 composition."""
     case = Case(n, 2, causal, BF16, heads=8, kv_heads=2, head_dim=128)
     _check_against_float32_composition(_fused, case)
+
+
+@pytest.mark.parametrize("case", [KERNEL_CASES[0], KERNEL_CASES[2], KERNEL_CASES[5], KERNEL_CASES[6]], ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_packed_kernel_with_its_products_transposed(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dQ, dK and dV formed as their transposes (as tall as the head dim) in the packed kernel: m = 2,
+    3 and 4, GQA (dV summed over a group on the first hop), bf16 with batch 2 and strided rows."""
+    table_tile = tb.packed_tile
+    transposed: list[bool] = []
+
+    def tile(length: int, dtype: torch.dtype) -> tb.PackedTile:
+        transposed.append(True)
+        return replace(table_tile(length, dtype), transposed=True)
+
+    monkeypatch.setattr(tb, "packed_tile", tile)
+    _check_against_spec(tensorized_attention_train, case)
+    assert len(transposed) == case.m
