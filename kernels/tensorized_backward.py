@@ -358,11 +358,7 @@ def _dq_kernel(
 @triton.jit
 def _grad_zeros(ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, TRANSPOSED: tl.constexpr):
     """A float32 gradient accumulator of ROWS rows, held as its transpose with TRANSPOSED."""
-    if TRANSPOSED:
-        acc = tl.zeros([HEAD_DIM, ROWS], tl.float32)
-    else:
-        acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
-    return acc
+    return tl.zeros([HEAD_DIM, ROWS], tl.float32) if TRANSPOSED else tl.zeros([ROWS, HEAD_DIM], tl.float32)
 
 
 @triton.jit
@@ -370,11 +366,7 @@ def _grad_product(a, b, acc, TRANSPOSED: tl.constexpr, DOT_PRECISION: tl.constex
     """a^T b (rows x head dim) added to acc; with TRANSPOSED formed and held as its transpose b^T a,
     a product as tall as the head dim: a warpgroup's wgmma takes it where a tile of fewer than 64
     rows is too short for one (Ampere-style mma.sync instead)."""
-    if TRANSPOSED:
-        product = _dot(tl.trans(b), a, acc, DOT_PRECISION)
-    else:
-        product = _dot(tl.trans(a), b, acc, DOT_PRECISION)
-    return product
+    return _dot(tl.trans(b), a, acc, DOT_PRECISION) if TRANSPOSED else _dot(tl.trans(a), b, acc, DOT_PRECISION)
 
 
 @triton.jit
