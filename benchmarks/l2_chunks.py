@@ -8,8 +8,9 @@ stays, against more launches, each with its own last wave. This measures whether
 
 For B=1, H=32, H_kv=8, D=128, bf16, causal, m = 2 (auto dims), each hop on the backend
 `tensorized` chooses for the whole problem (FA3 or cuDNN; Triton where neither takes it), prints
-the median GPU time (the GPU held until each call is issued, as tbench times) and the host's issue
-time of:
+the median GPU time (the GPU held until each call is issued, as tbench times), the host's issue
+time, and the median time of the call replayed as a CUDA graph (no host time at all: many small
+launches can take longer to issue than to run, and then only the graph shows what the L2 does) of:
   whole                the two hops over all heads (as `tensorized` runs them)
   chunks of G heads    per chunk, hop 1 then hop 2 on views of its heads; a hop whose backend returns
                        its own tensor (cuDNN) has it copied into place
@@ -30,12 +31,13 @@ import argparse
 import contextlib
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.core.sweep import parse_ints, parse_lengths
-from tbench.harness.timing import CudaEventTimer
+from tbench.harness.timing import CudaEventTimer, CudaGraphTimer
 from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_dispatch import (
     choose_hop_backends,
@@ -62,8 +64,8 @@ def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, 
     if q.shape[0] != 1:
         raise ValueError(f"chunked hops need batch 1, got {q.shape[0]}")
     group = q.shape[1] // k.shape[1]
-    if heads % group and group % heads:
-        raise ValueError(f"chunks of {heads} heads do not tile kv groups of {group}")
+    if q.shape[1] % heads or (heads % group and group % heads):
+        raise ValueError(f"chunks of {heads} heads do not tile {q.shape[1]} heads in kv groups of {group}")
     results = []
     main = torch.cuda.current_stream() if streams else None
     for stream in streams:
@@ -73,6 +75,8 @@ def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, 
             results.append(_chunk(q, k, v, dims, causal, scale, backends, h, heads, group, out, scratch, place))
     for stream in streams:
         main.wait_stream(stream)
+    for result in results if streams else ():
+        result.record_stream(main)  # made on a side stream, used on this one from here on
     return results
 
 
@@ -94,13 +98,32 @@ def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, .
     return value
 
 
-def gpu_and_host_ms(timer: CudaEventTimer, fn: Callable[[], object], samples: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Timers:
+    """CUDA events with the GPU held until a call is issued (what tbench stores), and the call
+    replayed as a CUDA graph (no host time at all: what the GPU alone takes)."""
+
+    events: CudaEventTimer
+    graph: CudaGraphTimer
+
+
+def times(timers: Timers, fn: Callable[[], object], samples: int) -> tuple[float, float, float | None]:
+    """(events ms, host ms, graph ms or None where the call cannot be captured), medians."""
     fn()
-    prepared = timer.prepare(fn)
-    return statistics.median(timer.sample(prepared) for _ in range(samples)), prepared.host_ms or 0.0
+    prepared = timers.events.prepare(fn)
+    events_ms = statistics.median(timers.events.sample(prepared) for _ in range(samples))
+    try:
+        replay = timers.graph.prepare(fn)
+    except RuntimeError:  # a backend that cannot be captured
+        return events_ms, prepared.host_ms or 0.0, None
+    return events_ms, prepared.host_ms or 0.0, statistics.median(timers.graph.sample(replay) for _ in range(samples))
 
 
-def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: int) -> None:
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def measure(timers: Timers, n: int, chunk_heads: Sequence[int], samples: int) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -112,9 +135,10 @@ def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: 
     whole = tensorized_attention_dispatch(q, k, v, dims, True, None, backends)
     out, scratch = torch.empty_like(q), torch.empty_like(q)
     names = "+".join(b.value for b in backends)
-    base_ms, base_host = gpu_and_host_ms(timer, lambda: tensorized_attention_dispatch(q, k, v, dims, True, None,
-                                                                                      backends), samples)
-    print(f"| {n} | {format_dims(dims)} | {names} | whole | {base_ms:.3f} | 1.00 | {base_host:.3f} | 0 |", flush=True)
+    base_ms, base_host, base_graph = times(timers, lambda: tensorized_attention_dispatch(q, k, v, dims, True, None,
+                                                                                          backends), samples)
+    print(f"| {n} | {format_dims(dims)} | {names} | whole | {base_ms:.3f} | 1.00 | {base_host:.3f} | "
+          f"{_ms(base_graph)} | {'-' if base_graph is None else '1.00'} | 0 |", flush=True)
     two = (torch.cuda.Stream(), torch.cuda.Stream())
     # (heads a chunk, backends, copy into place, streams)
     variants = [(heads, backends, place, ()) for heads in chunk_heads for place in (True, False)]
@@ -130,14 +154,15 @@ def measure(timer: CudaEventTimer, n: int, chunk_heads: Sequence[int], samples: 
         parts = run()
         diff = max((part.float() - whole[:, i * heads:(i + 1) * heads].float()).abs().max().item()
                    for i, part in enumerate(parts))
-        ms, host = gpu_and_host_ms(timer, run, samples)
+        ms, host, graph = times(timers, run, samples)
+        graph_ratio = "-" if graph is None or base_graph is None else f"{graph / base_graph:.2f}"
         label = f"chunks of {heads} head{'s' if heads > 1 else ''}" + ("" if place else ", outputs apart")
         if chunk_backends != backends:
             label += " on " + "+".join(b.value for b in chunk_backends)
         if streams:
             label += f", {len(streams)} streams in turn"
         print(f"| {n} | {format_dims(dims)} | {names} | {label} | {ms:.3f} | {ms / base_ms:.2f} | {host:.3f} "
-              f"| {diff:.2e} |", flush=True)
+              f"| {_ms(graph)} | {graph_ratio} | {diff:.2e} |", flush=True)
 
 
 def main() -> None:
@@ -146,11 +171,12 @@ def main() -> None:
     parser.add_argument("--chunks", default="4,1", help="query heads per chunk (4: one kv group)")
     parser.add_argument("--samples", type=int, default=30)
     args = parser.parse_args()
-    timer = CudaEventTimer(torch.device("cuda"))
-    print("| N | dims | hop backends | run | GPU ms | / whole | host ms | max diff from whole |")
-    print("|---:|---|---|---|---:|---:|---:|---:|")
+    device = torch.device("cuda")
+    timers = Timers(CudaEventTimer(device), CudaGraphTimer(device))
+    print("| N | dims | hop backends | run | GPU ms | / whole | host ms | graph ms | / whole | max diff from whole |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
     for n in parse_lengths(args.lengths):
-        measure(timer, n, parse_ints(args.chunks, "chunks"), args.samples)
+        measure(timers, n, parse_ints(args.chunks, "chunks"), args.samples)
         torch.cuda.empty_cache()
 
 

@@ -143,7 +143,7 @@ def main() -> None:
     for row in rows:
         row.ratio = row.fwd_bwd_ms / row.fwd_ms
         err = f"{row.grad_rel_l2:.2e}" if row.grad_rel_l2 is not None else "-"
-        print(f"N={row.n:>6} m={row.m} {row.dims:>9} {row.method:<20} fwd {row.fwd_ms:8.3f} ms  "
+        print(f"N={row.n:>6} m={row.m} {row.dims:>9} {row.method:<27} fwd {row.fwd_ms:8.3f} ms  "
               f"fwd+bwd {row.fwd_bwd_ms:8.3f} ms  x{row.ratio:4.2f}  grad err {err}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -17,7 +17,8 @@ Two kernels per hop, neither with atomics: one program per (batch, kv head, slic
 computes dK and dV (looping over the group's query heads and the query blocks), one program per
 (batch, head, slice, query block) computes dQ (and Delta, on the one hop whose Delta no later hop
 handed it, see `Deltas`), and runs first. Short slices take one packed kernel that does all of it
-per tile of whole slices.
+per tile of whole slices. A variant (`BackwardBlocks.fused_dq`, measured slower and not the
+default) adds dQ from the dK/dV kernel with float32 atomics instead of running the dQ kernel.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def _dkdv_tile(
     rows' sums of P * dP (`prev`: the previous hop's Delta, see `_packed_kernel`); with DQ_ATOMIC
     the block's share of each query block's dQ, added atomically at dq_base. Without CAUSAL_MASK no
     score is masked: rows past the slice's end load as zero (q, dO, lse and Delta), which adds
-    exactly zero to dK, dV and `prev`, and key rows past it are never stored."""
+    exactly zero to dK, dV and `prev`, and key rows past it are never stored; they add nothing to
+    dQ either, since their K rows load as zero (their dS is not zero), and query rows past the end
+    are masked out of the atomics."""
     for q_at in range(_loop_bound(start), _loop_bound(stop), BLOCK_M):
         offs_m = q_at + tl.arange(0, BLOCK_M)
         row_ok = offs_m < valid
@@ -160,7 +163,8 @@ def _dkdv_kernel(
     ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr = False,
     DELTA_OUT: tl.constexpr = False, DQ_ATOMIC: tl.constexpr = False,
 ):
-    """dK and dV of one key block of one slice for one kv head. dK is this hop's share plus, with
+    """dK and dV of one key block of one slice for one kv head (with DQ_ATOMIC also the block's dQ
+    share, added atomically to the float32 sum at dq_ptr). dK is this hop's share plus, with
     ACCUMULATE, what dk_src holds, written to dk_dst in its dtype. With SUM_DV the value has one head
     per kv head (first hop), and dV sums over the group's query heads; otherwise the value has one
     head per query head and each gets its own dV rows, and with DELTA_OUT the previous hop's Delta
@@ -570,7 +574,9 @@ class Gradients:
     """Where a hop's backward reads and writes dq and dk: it adds its share to what the src buffers
     hold (unless `accumulate` is off, for the first hop of the backward) and writes the sum to the
     dst buffers, float32 accumulators between hops and the inputs' dtypes on the last one, so that
-    no buffer is zeroed and no final conversion pass is needed. src and dst have the same strides."""
+    no buffer is zeroed and no final conversion pass is needed. src and dst have the same strides.
+    (A hop with dQ fused into its dK/dV kernel adds dQ atomically into dq_dst, which must be dq_src,
+    whatever `accumulate` says; see `BackwardBlocks`.)"""
 
     dq_src: torch.Tensor
     dq_dst: torch.Tensor
@@ -673,9 +679,10 @@ def plan_hop_backward(
             "TRANSPOSED": packed.transposed, "num_warps": packed.num_warps, "num_stages": packed.num_stages})]
     blocks = blocks or backward_blocks(length, q.dtype)
     if blocks.fused_dq and (grads.dq_src is not grads.dq_dst or grads.dq_dst.dtype != torch.float32):
+        names = [str(x.dtype).removeprefix("torch.") for x in (grads.dq_src, grads.dq_dst)]
         raise ValueError("with dQ fused into the dK/dV kernel each hop adds its dQ to one float32 accumulator: "
-                         f"dq_src and dq_dst must be the same float32 tensor, got {grads.dq_src.dtype} and "
-                         f"{grads.dq_dst.dtype}{'' if grads.dq_src is grads.dq_dst else ', two tensors'}")
+                         f"dq_src and dq_dst must be the same float32 tensor, got {names[0]} and {names[1]}"
+                         f"{'' if grads.dq_src is grads.dq_dst else ', two tensors'}")
     # filled by the dQ kernel (or the Delta kernel) for the dK/dV kernel, which runs after it on the same
     # stream, unless given
     delta = deltas.given if deltas.given is not None else torch.empty_like(lse)

@@ -471,8 +471,9 @@ def test_fused_dq_needs_one_float32_accumulator() -> None:
     case = Case(140, 1, True, dims=(140,))
     (q, k, v, d_out), saved, scale = _saved_forward(case)
     blocks = tb.fused_blocks(140, q.dtype)
-    for dq_src, dq_dst, why in ((torch.zeros_like(q), torch.zeros_like(q), "two tensors"),
-                                (q.to(BF16), q.to(BF16), "bfloat16")):
+    one_bf16 = q.to(BF16)
+    for dq_src, dq_dst, why in ((torch.zeros_like(q), torch.zeros_like(q), "float32 and float32, two tensors"),
+                                (one_bf16, one_bf16, "bfloat16 and bfloat16$")):
         grads = tb.Gradients(dq_src, dq_dst, torch.zeros_like(k), torch.zeros_like(k), False)
         with pytest.raises(ValueError, match="dq_src and dq_dst must be the same float32 tensor.*" + why):
             tb.plan_hop_backward(q, k, v, saved.outputs[0], d_out, saved.lses[0], grads, torch.empty_like(v),
