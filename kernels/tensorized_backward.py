@@ -234,6 +234,12 @@ def _dkdv_kernel(
 
 
 @triton.jit
+def _row_delta(do, o):
+    """Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term."""
+    return tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+
+
+@triton.jit
 def _delta_kernel(
     o_ptr, do_ptr, delta_ptr,
     stride_ob, stride_oh, stride_on,
@@ -254,8 +260,7 @@ def _delta_kernel(
                 mask=ok[:, None], other=0.0)
     do = tl.load(do_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_d[None, :],
                  mask=ok[:, None], other=0.0)
-    tl.store(delta_ptr + b * stride_lb + h * stride_lh + rows, tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1),
-             mask=ok)
+    tl.store(delta_ptr + b * stride_lb + h * stride_lh + rows, _row_delta(do, o), mask=ok)
 
 
 @triton.jit
@@ -333,8 +338,7 @@ def _dq_kernel(
         else:
             o = _rows_load(o_ptr, plane, a, c, q_start, b64 * stride_ob + h64 * stride_oh, pos_m, stride_on, offs_d,
                            row_ok, BLOCK_M, HEAD_DIM, DESC)
-            # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+            delta = _row_delta(do, o)
             tl.store(delta_ptr + row_at, delta, mask=row_ok)
         lse = tl.load(lse_ptr + row_at, mask=row_ok, other=0.0)
         k_offset = b64 * stride_kb + hk.to(tl.int64) * stride_kh
@@ -450,8 +454,7 @@ def _packed_kernel(
         else:
             o = _tile_load(o_ptr, plane, b64 * stride_ob + h64 * stride_oh, a, c, pos, stride_on, offs_d, row_ok,
                            ROWS, HEAD_DIM, DESC, INNER)
-            # Delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+            delta = _row_delta(do, o)
         s = _dot(q, tl.trans(k), None, DOT_PRECISION)
         p = tl.where(ok, tl.exp2(s * qk_scale - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), None, DOT_PRECISION)
