@@ -40,9 +40,9 @@ from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.harness.timing import CudaEventTimer, CudaGraphTimer
 from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_dispatch import (
+    backend_for_hop,
     choose_hop_backends,
     fa3_forward,
-    hop_accepts,
     run_hop,
     tensorized_attention_dispatch,
     writes_into_buffer,
@@ -88,8 +88,7 @@ def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, .
     kv = slice(h // group, h // group + max(1, heads // group))
     q_c, k_c, value = q[:, h:h + heads], k[:, kv], v[:, kv]
     for t, (axis, backend) in enumerate(zip(axes, backends, strict=True)):
-        # as tensorized_attention_dispatch: Triton takes a hop the backend cannot take as a view
-        chosen = backend if hop_accepts(backend, q_c, k_c, value, dims, axis) else HopBackend.TRITON
+        chosen = backend_for_hop(backend, q_c, k_c, value, dims, axis)
         target = (out if t == len(axes) - 1 else scratch)[:, h:h + heads]
         value = run_hop(chosen, q_c, k_c, value, target if writes_into_buffer(chosen) else None, dims, axis,
                         causal, scale)

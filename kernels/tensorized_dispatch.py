@@ -66,6 +66,13 @@ def hop_accepts(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: to
     return backend is HopBackend.CUDNN or value.shape[1] == k.shape[1]
 
 
+def backend_for_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor,
+                    dims: Sequence[int], axis: int) -> HopBackend:
+    """`backend`, or Triton where it cannot take this hop as a view: inputs laid out otherwise than
+    those a choice was timed on may not make views."""
+    return backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
+
+
 def writes_into_buffer(backend: HopBackend) -> bool:
     """Whether `backend` writes a hop's output into a buffer it is given (cuDNN returns its own)."""
     return backend is not HopBackend.CUDNN
@@ -118,8 +125,7 @@ def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     # so that no more than two are alive and none is made for a hop cuDNN runs (it returns its own)
     spare: torch.Tensor | None = None
     for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
-        # inputs laid out otherwise than those the choice was timed on may not make views
-        chosen = backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
+        chosen = backend_for_hop(backend, q, k, value, dims, axis)
         if writes_into_buffer(chosen):
             out, spare = (spare if spare is not None else _new_output(q)), None
         else:

@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend, all_triton
 from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
-from .tensorized_dispatch import fastest_per_hop, hop_accepts, sdpa_hop
+from .tensorized_dispatch import backend_for_hop, fastest_per_hop, sdpa_hop
 from .tensorized_triton import checked_arguments
 
 TRAIN_BACKENDS = (HopBackend.TRITON, HopBackend.CUDNN)
@@ -59,9 +59,8 @@ def tensorized_attention_train_dispatch(
         return tensorized_attention_train(q, k, v, dims, causal, scale)
     value = v
     for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
-        # inputs laid out otherwise than those the choice was timed on may not make views
-        chosen = backend if hop_accepts(backend, q, k, value, dims, axis) else HopBackend.TRITON
-        value = train_hop(chosen, q, k, value, dims, axis, causal, scale, sdpa_backend)
+        value = train_hop(backend_for_hop(backend, q, k, value, dims, axis), q, k, value, dims, axis, causal, scale,
+                          sdpa_backend)
     return value
 
 
