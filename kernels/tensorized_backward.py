@@ -139,9 +139,9 @@ def _dkdv_tile(
         if DQ_ATOMIC:
             # dQ = dS K: five products a tile instead of the seven of two kernels that each rebuild P
             # and dP; other key blocks add to the same rows, hence the float32 atomics. Formed as
-            # (K^T dS^T)^T so that its product is as tall as the head dim (a warpgroup's wgmma; the
-            # query block's 16 rows are too few), which also spills less (docs/kernel-log.md)
-            dq = tl.trans(_dot(tl.trans(k), _narrow(ds_t, k.dtype), None, DOT_PRECISION)) * sm_scale
+            # (K^T dS^T)^T (`_grad_product` transposed) so that its product is as tall as the head dim
+            # (a warpgroup's wgmma; the query block's 16 rows are too few), which also spills less
+            dq = _grad_rows(_grad_product(_narrow(ds_t, k.dtype), k, None, True, DOT_PRECISION), True) * sm_scale
             tl.atomic_add(dq_base + pos_m[:, None] * stride_dqn + offs_d[None, :], dq, mask=row_ok[:, None],
                           sem="relaxed")
     return dk, dv, prev
@@ -532,7 +532,8 @@ def fused_blocks(length: int, dtype: torch.dtype) -> BackwardBlocks:
     """The blocked kernels' launch shapes with dQ fused into the dK/dV kernel. 16-bit operands: 16
     queries at a time past 64 keys, whose fused kernel spills 0 and 56 bytes per thread with TMA
     boxes on the slices of 512 and 256 at 128k against 80 and 232 with 32 queries (compiled for
-    sm_90; not yet timed). fp32 and the interpreter: the table's shapes."""
+    sm_90). Measured slower than the two kernels on an H100 (docs/kernel-log.md), so not the table.
+    fp32 and the interpreter: the table's shapes."""
     table = backward_blocks(length, dtype)
     if dtype == torch.float32 or _INTERPRET:
         return replace(table, fused_dq=True)
