@@ -138,22 +138,28 @@ BOXED_CASES = [
 ]
 
 
+@pytest.fixture
+def planned_launches(monkeypatch: pytest.MonkeyPatch) -> list[tb.KernelLaunch]:
+    """Every kernel launch the backward plans, in order."""
+    launches: list[tb.KernelLaunch] = []
+    plan = tb.plan_hop_backward
+
+    def recorded(*args, **kwargs) -> list[tb.KernelLaunch]:
+        planned = plan(*args, **kwargs)
+        launches.extend(planned)
+        return planned
+
+    monkeypatch.setattr(tb, "plan_hop_backward", recorded)
+    return launches
+
+
 @pytest.mark.parametrize("kernels", ["table", "packed-boxes", "packed-two-slices-a-tile", "blocked"])
 @pytest.mark.parametrize("case", BOXED_CASES, ids=str)
 @pytest.mark.usefixtures("poisoned_gradients")
-def test_tiles_through_tma_boxes(case: Case, kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiles_through_tma_boxes(case: Case, kernels: str, planned_launches: list[tb.KernelLaunch],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The blocked kernels' tiles move as TMA boxes; the packed kernel's do where its tile asks for
     boxes (the table's tiles do not) and its slices fit one box; the gradients stay the spec's."""
-    launched: list[tuple[bool, bool]] = []  # (packed kernel, boxed) per launch
-    plan = tb.plan_hop_backward
-
-    def spy(*args, **kwargs) -> list[tb.KernelLaunch]:
-        launches = plan(*args, **kwargs)
-        launched.extend((launch.kernel is tb._packed_kernel, any(isinstance(arg, TensorDescriptor)
-                                                                  for arg in launch.args)) for launch in launches)
-        return launches
-
-    monkeypatch.setattr(tb, "plan_hop_backward", spy)
     table_tile = tb.packed_tile
     if kernels == "packed-boxes":
         monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: replace(table_tile(length, dtype), boxes=True))
@@ -162,6 +168,9 @@ def test_tiles_through_tma_boxes(case: Case, kernels: str, monkeypatch: pytest.M
     elif kernels == "blocked":
         monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
     _check_against_spec(tensorized_attention_train, case)
+    # (packed kernel, boxed) per launch
+    launched = [(launch.kernel is tb._packed_kernel, any(isinstance(arg, TensorDescriptor) for arg in launch.args))
+                for launch in planned_launches]
     assert launched
     assert all(boxed for packed, boxed in launched if not packed)
     packed_boxed = [boxed for packed, boxed in launched if packed]
@@ -448,19 +457,12 @@ FUSED_CASES = [
 @pytest.mark.parametrize("case,all_blocked", FUSED_CASES, ids=lambda x: str(x) if isinstance(x, Case) else "")
 @pytest.mark.usefixtures("poisoned_gradients", "poisoned_allocations")
 def test_dq_fused_into_the_dkdv_kernel_gives_the_spec_gradients(case: Case, all_blocked: bool,
+                                                                planned_launches: list[tb.KernelLaunch],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    launched: list[str] = []
-    plan = tb.plan_hop_backward
-
-    def spy(*args, **kwargs) -> list[tb.KernelLaunch]:
-        launches = plan(*args, **kwargs)
-        launched.extend(launch.kernel.fn.__name__ for launch in launches)
-        return launches
-
-    monkeypatch.setattr(tb, "plan_hop_backward", spy)
     if all_blocked:
         monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
     _check_against_spec(_fused, case)
+    launched = [launch.kernel.fn.__name__ for launch in planned_launches]
     assert "_dq_kernel" not in launched and "_dkdv_kernel" in launched
     # Delta formed by its own kernel only where no later hop hands it over: the first hop of the backward
     first = case.resolved_dims[hop_axes(case.m)[-1]]
