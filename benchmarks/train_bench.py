@@ -1,8 +1,8 @@
 """GPU benchmark of a training step's attention: forward, and forward + backward, of the fused Triton
 tensorized chain (kernels/tensorized_autograd.py: `tensorized-triton`), kept or recomputed
-intermediates, or with the blocked hops' dQ fused into their dK/dV kernel; of `tensorized` (each
-hop's forward + backward on Triton or cuDNN, as its bind chooses:
-kernels/tensorized_train_dispatch.py); against the SDPA composition under autograd
+intermediates, with the blocked hops' dQ fused into their dK/dV kernel, or behind each hop's fastest
+forward on the libraries (FA3, cuDNN: "library fwd"); of `tensorized` (the training chain its bind
+chooses: kernels/tensorized_train_dispatch.py); against the SDPA composition under autograd
 (kernels/tensorized_sdpa.py; `tensorized-sdpa` with the per-hop plans its bind chooses in training,
 by forward + backward, and `tensorized-sdpa-fwdplan` with those chosen by the forward alone;
 `tensorized-ref` with K repeated on later hops) and cuDNN SDPA.
@@ -27,10 +27,11 @@ import triton.testing
 
 from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
-from tbench.kernels.hop_backend import HopBackend
+from tbench.kernels.hop_backend import HopBackend, TrainChain
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
+from tbench.kernels.tensorized_dispatch import choose_hop_backends, library_candidates
 from tbench.kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
-from tbench.kernels.tensorized_train_dispatch import choose_train_backends, tensorized_attention_train_dispatch
+from tbench.kernels.tensorized_train_dispatch import choose_train_chain, tensorized_attention_train_dispatch
 from tbench.methods.tensorized import HOP_CANDIDATES, _median_cuda_seconds
 
 B, H, H_KV, D = 1, 32, 8, 128
@@ -93,12 +94,19 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
         # the plans tensorized-sdpa's bind chooses in training, and in forward mode
         plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds, train=True)
         fwd_plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds)
-        backends = choose_train_backends(q, k, v, dims, True, None, _median_cuda_seconds)
-        print(f"N={n} m={m}: tensorized-sdpa plans {plans} (forward-chosen {fwd_plans}); "
-              f"tensorized hops {[b.value for b in backends]}", flush=True)
+        chain = choose_train_chain(q, k, v, dims, True, None, _median_cuda_seconds)
+        with torch.no_grad():
+            forward = choose_hop_backends(q, k, v.detach(), dims, True, None, library_candidates(),
+                                          _median_cuda_seconds)
+        print(f"N={n} m={m}: tensorized-sdpa plans {plans} (forward-chosen {fwd_plans}); tensorized chain "
+              f"{[b.value for b in chain.forward]}, fused backward {chain.fused_backward}; fastest forward "
+              f"{[b.value for b in forward]}", flush=True)
 
-        def dispatch_fn(dims: tuple[int, ...] = dims, backends: tuple[HopBackend, ...] = backends) -> torch.Tensor:
-            return tensorized_attention_train_dispatch(q, k, v, dims, True, None, backends)
+        def dispatch_fn(dims: tuple[int, ...] = dims, chain: TrainChain = chain) -> torch.Tensor:
+            return tensorized_attention_train_dispatch(q, k, v, dims, True, None, chain)
+
+        def library_fwd_fn(dims: tuple[int, ...] = dims, forward: tuple[HopBackend, ...] = forward) -> torch.Tensor:
+            return tensorized_attention_train(q, k, v, dims, True, forward_backends=forward)
 
         def with_plans(plans: tuple[HopPlan, ...], dims: tuple[int, ...] = dims) -> Callable[[], torch.Tensor]:
             return lambda: tensorized_attention_sdpa(q, k, v, dims, True, plans=plans)
@@ -122,6 +130,7 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
             return max(_rel(a, b) for a, b in zip(_grads(fn, q, k, v, grad), reference, strict=True))
 
         for name, fn, checked in (("tensorized", dispatch_fn, True), ("tensorized-triton", triton_fn, True),
+                                  ("tensorized-triton, library fwd", library_fwd_fn, True),
                                   ("tensorized-recompute", recompute_fn, False),
                                   ("tensorized-triton, dQ fused", fused_fn, True), ("tensorized-sdpa", sdpa_fn, True),
                                   ("tensorized-sdpa-fwdplan", sdpa_fwd_fn, False), ("tensorized-ref", ref_fn, False)):

@@ -4,6 +4,7 @@ method registry can name them without loading a kernel)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -15,3 +16,23 @@ class HopBackend(Enum):
 
 def all_triton(backends: Sequence[HopBackend]) -> bool:
     return all(b is HopBackend.TRITON for b in backends)
+
+
+@dataclass(frozen=True)
+class TrainChain:
+    """How a training step of tensorized attention runs. Hop t's forward runs on `forward[t]`. With
+    `fused_backward`, the backward is the fused Triton chain's (float32 dq and dk sums across the
+    hops), from the outputs and log-sum-exps those forwards saved; else each hop's backward runs on
+    its forward's backend, as its own differentiable op, and autograd adds the hops' dq and dk shares."""
+
+    forward: tuple[HopBackend, ...]
+    fused_backward: bool
+
+    @classmethod
+    def triton(cls, hops: int) -> TrainChain:
+        """The fused Triton chain, forward and backward."""
+        return cls((HopBackend.TRITON,) * hops, True)
+
+    @property
+    def all_triton(self) -> bool:
+        return self.fused_backward and all_triton(self.forward)

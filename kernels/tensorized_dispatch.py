@@ -23,8 +23,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.folding import hop_axes
 from .hop_backend import HopBackend
+from .tensorized_backward import SavedForward
 from .tensorized_sdpa import _slices_view, _unslices_view
-from .tensorized_triton import _launch_hop, checked_arguments
+from .tensorized_triton import _LOG2E, _launch_hop, checked_arguments
 
 FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
 
@@ -40,6 +41,11 @@ def fa3_forward() -> Callable[..., object] | None:
         if ops is not None and hasattr(ops, "fwd"):
             return ops.fwd
     return None
+
+
+def library_candidates() -> tuple[HopBackend, ...]:
+    """The libraries besides Triton that a forward hop may run on here: cuDNN, and FA3 where installed."""
+    return (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
 
 
 def slices_view(x: torch.Tensor, dims: Sequence[int], axis: int) -> torch.Tensor | None:
@@ -92,16 +98,87 @@ def run_hop(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.
     if backend is HopBackend.TRITON:
         _launch_hop(q, k, value, out, dims, axis, causal, scale)
         return out
-    views = [slices_view(x, dims, axis) for x in (q, k, value)]
     if backend is HopBackend.FA3:
-        forward = fa3_forward()
-        if forward is None:
-            raise RuntimeError("FlashAttention-3 is not installed")
-        forward(*views, None, None, None, slices_view(out, dims, axis), None, None, None, None, None, None, None,
-                None, None, None, None, None, None, None, None, None, scale, causal, -1, -1, 0, 0.0, True, None, 1,
-                None, 0)
+        _fa3_hop(q, k, value, out, dims, axis, causal, scale)
         return out
     return sdpa_hop(q, k, value, dims, axis, causal, scale, SDPBackend.CUDNN_ATTENTION)
+
+
+def _fa3_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, out: torch.Tensor, dims: tuple[int, ...],
+             axis: int, causal: bool, scale: float) -> torch.Tensor:
+    """FA3's forward on the hop's views, writing into `out`; returns its log-sum-exps, (slices, H, L)
+    float32, natural log of the softmax denominator of the scaled scores."""
+    forward = fa3_forward()
+    if forward is None:
+        raise RuntimeError("FlashAttention-3 is not installed")
+    views = [slices_view(x, dims, axis) for x in (q, k, value)]
+    result = forward(*views, None, None, None, slices_view(out, dims, axis), None, None, None, None, None, None, None,
+                     None, None, None, None, None, None, None, None, None, scale, causal, -1, -1, 0, 0.0, True, None,
+                     1, None, 0)
+    return result[1]
+
+
+def _sdpa_hop_with_lse(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int,
+                       causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hop as one cuDNN attention call on the slices views (on a CPU, ATen's flash kernel for the
+    CPU stands in), asking for its log-sum-exps: ((B, H, N, D) output, (slices, H, L) natural-log
+    log-sum-exps). cuDNN pairs the heads itself, as SDPA's GQA does; the CPU kernel pairs them only
+    when key and value have the same heads, so there K is repeated for the value's heads."""
+    views = [slices_view(x, dims, axis).transpose(1, 2) for x in (q, k, value)]
+    if q.is_cuda:
+        y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(*views, None, True, 0.0, causal, False,
+                                                                     scale=scale)[:2]
+    else:
+        q_view, k_view, v_view = views
+        if k_view.shape[1] != v_view.shape[1]:
+            k_view = k_view.repeat_interleave(v_view.shape[1] // k_view.shape[1], dim=1)
+        y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q_view, k_view, v_view, 0.0, causal,
+                                                                            scale=scale)[:2]
+    return _unslices_view(y, q.shape[0], dims, axis), lse
+
+
+def _store_lse(lse: torch.Tensor, hop_lse: torch.Tensor, dims: tuple[int, ...], axis: int) -> None:
+    """A library's (slices, H, L) natural-log log-sum-exps into `lse`, (B, H, N) in the Triton kernels'
+    units (log2, as their weights are exp2(s * scale * log2(e) - lse))."""
+    slices, heads = hop_lse.shape[0], hop_lse.shape[1]
+    rows = hop_lse.reshape(slices, heads, dims[axis]).transpose(1, 2).unsqueeze(-1)
+    torch.mul(_unslices(rows, lse.shape[0], dims, axis).squeeze(-1), _LOG2E, out=lse)
+
+
+def run_hop_saving(backend: HopBackend, q: torch.Tensor, k: torch.Tensor, value: torch.Tensor,
+                   out: torch.Tensor | None, lse: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,
+                   scale: float) -> torch.Tensor:
+    """One hop on `backend` as `run_hop` does (`out` as there), also writing the per-row log-sum-exps
+    the Triton backward needs into `lse`, (B, H, N) float32; returns its output."""
+    if writes_into_buffer(backend) and out is None:
+        raise ValueError(f"hop backend {backend.value!r} writes into an output buffer; none was given")
+    if backend is HopBackend.TRITON:
+        _launch_hop(q, k, value, out, dims, axis, causal, scale, lse=lse)
+        return out
+    if backend is HopBackend.FA3:
+        _store_lse(lse, _fa3_hop(q, k, value, out, dims, axis, causal, scale), dims, axis)
+        return out
+    result, hop_lse = _sdpa_hop_with_lse(q, k, value, dims, axis, causal, scale)
+    _store_lse(lse, hop_lse, dims, axis)
+    return result
+
+
+def saved_forward_on(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...], causal: bool,
+                     scale: float, backends: Sequence[HopBackend]) -> SavedForward:
+    """The forward with hop t on backends[t] (Triton where that backend cannot take the hop as a
+    view), keeping what the fused Triton backward reads: every hop's output and log-sum-exps, as
+    tensorized_backward.forward_with_saved does with the Triton hops alone."""
+    batch, heads, n, _ = q.shape
+    outputs, lses = [], []
+    value = v
+    for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
+        chosen = backend_for_hop(backend, q, k, value, dims, axis)
+        out = _new_output(q) if writes_into_buffer(chosen) else None
+        lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+        value = run_hop_saving(chosen, q, k, value, out, lse, dims, axis, causal, scale)
+        outputs.append(value)
+        lses.append(lse)
+    return SavedForward(tuple(outputs), tuple(lses))
 
 
 def sdpa_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,

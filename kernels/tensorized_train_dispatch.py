@@ -1,12 +1,15 @@
-"""Tensorized attention for training with each hop's forward and backward on the backend that runs the
-pair fastest: tbench's Triton hop or cuDNN through SDPA (tbench calls FA3's forward op only; the
-fa3-fwd wheel has no backward).
+"""Tensorized attention for training with each hop's forward, and where it pays its backward, on the
+backend that runs it fastest: tbench's Triton hop, cuDNN through SDPA, or (forward only: the fa3-fwd
+wheel has no backward) FlashAttention-3.
 
 The fused Triton chain (kernels/tensorized_autograd.py) keeps dq and dk in float32 accumulators
 across its hops; a chain that mixes backends runs each hop as its own differentiable op, and
-autograd adds the hops' dq and dk shares (an elementwise pass over each per extra hop). So the choice is made
-in two steps, on the hop's real views: per hop, the backend whose forward + backward is fastest; then,
-if that mixes in another backend, the mixed chain against the fused Triton chain, end to end.
+autograd adds the hops' dq and dk shares (an elementwise pass over each per extra hop). The fused
+Triton backward can also start from a forward whose hops ran on the libraries, since FA3 and cuDNN
+return the log-sum-exps it needs. So the choice is made in steps, on the hops' real views: per hop,
+the backend whose forward + backward is fastest (the mixed chain), and the backend whose forward is
+fastest (the library forward); then, where either differs from the fused Triton chain, the chains
+end to end.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import torch
 from torch.nn.attention import SDPBackend
 
 from ..core.folding import hop_axes
-from .hop_backend import HopBackend, all_triton
+from .hop_backend import HopBackend, TrainChain, all_triton
 from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
-from .tensorized_dispatch import backend_for_hop, fastest_per_hop, sdpa_hop
+from .tensorized_dispatch import backend_for_hop, choose_hop_backends, fastest_per_hop, library_candidates, sdpa_hop
 from .tensorized_triton import checked_arguments
 
 TRAIN_BACKENDS = (HopBackend.TRITON, HopBackend.CUDNN)
@@ -47,18 +50,17 @@ def _check_trainable(backends: Sequence[HopBackend]) -> None:
 
 def tensorized_attention_train_dispatch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool, scale: float | None,
-    backends: Sequence[HopBackend], sdpa_backend: SDPBackend = SDPBackend.CUDNN_ATTENTION,
+    chain: TrainChain, sdpa_backend: SDPBackend = SDPBackend.CUDNN_ATTENTION,
 ) -> torch.Tensor:
-    """The operator, differentiable, with hop t's forward and backward on backends[t]; all Triton is
-    the fused Triton chain. (B, H, N, D) in q's dtype."""
+    """The operator, differentiable, run as `chain` says; (B, H, N, D) in q's dtype."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
-    if len(backends) != len(dims):
-        raise ValueError(f"{len(backends)} hop backends for {len(dims)} hops")
-    _check_trainable(backends)
-    if all_triton(backends):
-        return tensorized_attention_train(q, k, v, dims, causal, scale)
+    if len(chain.forward) != len(dims):
+        raise ValueError(f"{len(chain.forward)} hop backends for {len(dims)} hops")
+    if chain.fused_backward:
+        return tensorized_attention_train(q, k, v, dims, causal, scale, forward_backends=chain.forward)
+    _check_trainable(chain.forward)
     value = v
-    for axis, backend in zip(hop_axes(len(dims)), backends, strict=True):
+    for axis, backend in zip(hop_axes(len(dims)), chain.forward, strict=True):
         value = train_hop(backend_for_hop(backend, q, k, value, dims, axis), q, k, value, dims, axis, causal, scale,
                           sdpa_backend)
     return value
@@ -76,15 +78,18 @@ def _step(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], d_ou
     return step
 
 
-def choose_train_backends(
+def choose_train_chain(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int], causal: bool, scale: float | None,
     seconds: Seconds, candidates: Sequence[HopBackend] = TRAIN_BACKENDS,
-    sdpa_backend: SDPBackend = SDPBackend.CUDNN_ATTENTION,
-) -> tuple[HopBackend, ...]:
-    """Per hop, the candidate whose forward + backward `seconds` finds fastest on the hop's real views
-    (the next hop gets the chosen backend's output as its value); if that mixes backends, the mixed
-    chain is kept only if `seconds` finds its training step faster than the fused Triton chain's.
-    A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
+    sdpa_backend: SDPBackend = SDPBackend.CUDNN_ATTENTION, forward_candidates: Sequence[HopBackend] | None = None,
+) -> TrainChain:
+    """The training chain whose step `seconds` finds fastest, of up to three, each timed on the real
+    inputs: the fused Triton chain; the mixed chain (per hop, the one of `candidates` whose forward +
+    backward is fastest on the hop's real views, the next hop getting the chosen backend's output as
+    its value); and the fused Triton backward behind the fastest forward of each hop among Triton and
+    `forward_candidates` (default: the libraries this machine has, tensorized_dispatch.library_candidates).
+    A chain that comes out as the fused Triton chain is not timed again, and when both do, no chain
+    is timed. A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
@@ -100,13 +105,24 @@ def choose_train_backends(
 
         return _step(hop, (q, k, value), d_out)
 
+    fused = TrainChain.triton(len(dims))
+    chains = [fused]
     mixed = fastest_per_hop(q, k, v.detach(), dims, candidates, seconds, trial, advance)
-    fused = (HopBackend.TRITON,) * len(dims)
-    if mixed == fused:
+    if not all_triton(mixed):
+        chains.append(TrainChain(mixed, fused_backward=False))
+    if forward_candidates is None:
+        forward_candidates = library_candidates()
+    if forward_candidates:
+        with torch.no_grad():
+            forward = choose_hop_backends(q, k, v.detach(), dims, causal, scale, forward_candidates, seconds)
+        if not all_triton(forward):
+            chains.append(TrainChain(forward, fused_backward=True))
+    if len(chains) == 1:
         return fused
 
-    def chain(backends: tuple[HopBackend, ...]) -> Callable[[], object]:
-        return _step(lambda q_, k_, v_: tensorized_attention_train_dispatch(q_, k_, v_, dims, causal, scale, backends,
+    def step(chain: TrainChain) -> Callable[[], object]:
+        return _step(lambda q_, k_, v_: tensorized_attention_train_dispatch(q_, k_, v_, dims, causal, scale, chain,
                                                                           sdpa_backend), (q, k, v), d_out)
 
-    return mixed if seconds(chain(mixed)) < seconds(chain(fused)) else fused
+    times = [seconds(step(chain)) for chain in chains]
+    return chains[times.index(min(times))]

@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend
 
 from ..core.case import Case
 from ..core.folding import hop_axes
-from ..kernels.hop_backend import HopBackend, all_triton
+from ..kernels.hop_backend import HopBackend, TrainChain, all_triton
 from ..kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from ..kernels.tensors import make_inputs, torch_dtype
 from .availability import cuda_availability, has_module
@@ -222,29 +222,26 @@ def tensorized_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: C
 
 @dataclass
 class HopDispatch:
-    """The backend chosen for each hop of `tensorized`, per configuration: filled by `bind` (timed
-    on the GPU, the forward alone in fwd mode and forward + backward in training modes), read by the
-    method's provenance."""
+    """What `tensorized` chose per configuration: in fwd mode the backend of each hop, in training
+    modes the chain (kernels/hop_backend.TrainChain). Filled by `bind` (timed on the GPU, the
+    forward alone in fwd mode and whole training steps in training modes), read by the method's
+    provenance."""
 
     chosen: dict[str, tuple[HopBackend, ...]] = field(default_factory=dict)
+    chains: dict[str, TrainChain] = field(default_factory=dict)
 
     def bind(self, case: Case) -> Call:
         assert case.dims is not None, "tensorized methods need resolved dims"
+        if case.mode.needs_backward:
+            return self._bind_train(case)
         if case.device != "cpu":
             self.chosen[case.key] = self._choose(case)
         backends = self.chosen.get(case.key)
-        if backends is not None and all_triton(backends):
-            backends = None  # the Triton kernel alone (in training, its fused chain)
+        if backends is None or all_triton(backends):
+            return tensorized_triton.call
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
             assert case.dims is not None
-            if backends is None:
-                return tensorized_triton.call(q, k, v, case)
-            if case.mode.needs_backward:
-                from ..kernels.tensorized_train_dispatch import tensorized_attention_train_dispatch
-
-                return tensorized_attention_train_dispatch(q, k, v, case.dims, case.causal, case.softmax_scale,
-                                                           backends)
             trained = _train_or_infer(q, k, v, case)
             if trained is not None:
                 return trained
@@ -254,35 +251,63 @@ class HopDispatch:
 
         return call
 
+    def _bind_train(self, case: Case) -> Call:
+        if case.device != "cpu":
+            self.chains[case.key] = self._choose_chain(case)
+        chain = self.chains.get(case.key)
+        if chain is None or chain.all_triton:
+            return tensorized_triton.call  # the fused Triton chain
+
+        def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+            assert case.dims is not None
+            from ..kernels.tensorized_train_dispatch import tensorized_attention_train_dispatch
+
+            return tensorized_attention_train_dispatch(q, k, v, case.dims, case.causal, case.softmax_scale, chain)
+
+        return call
+
     @staticmethod
     def _choose(case: Case) -> tuple[HopBackend, ...]:
         assert case.dims is not None
-        from ..kernels.tensorized_dispatch import choose_hop_backends, fa3_forward
+        from ..kernels.tensorized_dispatch import choose_hop_backends, library_candidates
 
         q, k, v = make_inputs(case, seed=0)  # times do not depend on the values
-        if case.mode.needs_backward:
-            from ..kernels.tensorized_train_dispatch import choose_train_backends
-
-            return choose_train_backends(q, k, v, case.dims, case.causal, case.softmax_scale, _median_cuda_seconds)
-        candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
         with torch.no_grad():
-            return choose_hop_backends(q, k, v, case.dims, case.causal, case.softmax_scale, candidates,
+            return choose_hop_backends(q, k, v, case.dims, case.causal, case.softmax_scale, library_candidates(),
                                        _median_cuda_seconds)
+
+    @staticmethod
+    def _choose_chain(case: Case) -> TrainChain:
+        assert case.dims is not None
+        from ..kernels.tensorized_train_dispatch import choose_train_chain
+
+        q, k, v = make_inputs(case, seed=0)
+        return choose_train_chain(q, k, v, case.dims, case.causal, case.softmax_scale, _median_cuda_seconds)
 
     def describe(self, case: Case) -> str:
         text = _triton_describe(case)
+        if case.dims is None:
+            return text
+        if case.mode.needs_backward:
+            return f"{text}; {_describe_chain(case.dims, self.chains.get(case.key))}"
         backends = self.chosen.get(case.key)
-        train = case.mode.needs_backward
-        if backends is None or case.dims is None:
-            return f"{text}; forward and backward on the fused Triton chain" if train else text
-        if train and all_triton(backends):
-            return (f"{text}; forward and backward on the fused Triton chain, chosen by measurement against cuDNN "
-                    "on each hop it takes (and, had one gone to cuDNN, against that mixed chain end to end)")
+        if backends is None:
+            return text
         hops = _per_hop(case.dims, [backend.value for backend in backends])
-        if train:
-            return (f"{text}; each hop's forward and backward on the faster of Triton and cuDNN, measured once per "
-                    f"shape: {hops}")
         return f"{text}; each hop on the fastest of Triton, FlashAttention-3 and cuDNN, measured once per shape: {hops}"
+
+
+def _describe_chain(dims: tuple[int, ...], chain: TrainChain | None) -> str:
+    if chain is None:
+        return "forward and backward on the fused Triton chain"
+    measured = ("chosen by timing whole steps against the fused Triton chain, each hop's forward + backward on "
+                "the faster of Triton and cuDNN, and the fused Triton backward behind each hop's fastest forward")
+    if chain.all_triton:
+        return f"forward and backward on the fused Triton chain, {measured}"
+    hops = _per_hop(dims, [backend.value for backend in chain.forward])
+    if chain.fused_backward:
+        return f"each hop's forward on the fastest library ({hops}), the backward on the fused Triton chain; {measured}"
+    return f"each hop's forward and backward on one backend ({hops}); {measured}"
 
 
 def _make_tensorized() -> Method:

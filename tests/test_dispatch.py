@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fa3_stand_in import stand_in_fa3
+
 from tbench.core.case import Case
 from tbench.core.folding import hop_axes
 from tbench.kernels import tensorized_dispatch as td
 from tbench.kernels.reference import tensorized_attention_f64
+from tbench.kernels.tensorized_backward import forward_with_saved
 from tbench.kernels.tensorized_triton import tensorized_attention_triton
 from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
@@ -77,26 +79,9 @@ def test_sdpa_hops_with_the_heads_paired_inside_match_the_spec(dims, causal):
     assert _rel(value, tensorized_attention_f64(q, k, v, dims, causal)) < 1e-5
 
 
-def _stand_in_fa3(calls: list[tuple]):
-    """FA3's op as the fa3-fwd wheel exposes it: (batch, seqlen, heads, D) views with contiguous rows,
-    equal key and value heads, the result written into `out`."""
-
-    def fwd(q, k, v, k_new, v_new, qv, out, *rest):
-        scale, causal = rest[16], rest[17]
-        assert q.dim() == 4 and q.stride(-1) == 1 and k.shape[2] == v.shape[2] and q.shape[2] % k.shape[2] == 0
-        assert out.shape == q.shape and out.stride(-1) == 1
-        calls.append((tuple(q.shape), tuple(k.shape)))
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale,
-                                           is_causal=causal, enable_gqa=True)
-        out.copy_(y.transpose(1, 2))
-        return out
-
-    return fwd
-
-
 def test_dispatch_runs_each_hop_where_chosen(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple] = []
-    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3(calls))
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3(calls))
     q, k, v = _inputs(128)
     dims = (8, 16)
     got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (td.HopBackend.FA3, td.HopBackend.TRITON))
@@ -129,7 +114,7 @@ def test_dispatch_makes_only_the_buffers_its_hops_write(backends, buffers, monke
         return buffer
 
     monkeypatch.setattr(td, "_new_output", counted)
-    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3([]))
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
     sdpa_hop, alive_at_sdpa = td.sdpa_hop, []
 
     def cudnn_stand_in(q, k, value, *args):
@@ -155,7 +140,7 @@ def test_a_hop_that_writes_into_a_buffer_needs_one():
 
 def test_choose_hop_backends_keeps_the_fastest_and_skips_refusals(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple] = []
-    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3(calls))
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3(calls))
     q, k, v = _inputs(128)
     dims = (8, 16)
     # hop 1: Triton 2 s, FA3 1 s (cuDNN refuses the CPU before it is timed); hop 2: Triton only
@@ -221,7 +206,7 @@ def _l2_chunks():
 @pytest.mark.parametrize("heads", [1, 2, 4])
 def test_hops_run_a_chunk_of_heads_at_a_time_give_the_operator(backends, heads, monkeypatch: pytest.MonkeyPatch):
     chunks = _l2_chunks()
-    monkeypatch.setattr(td, "fa3_forward", lambda: _stand_in_fa3([]))
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
     sdpa_hop = td.sdpa_hop
     monkeypatch.setattr(td, "sdpa_hop", lambda *args: sdpa_hop(*args[:-1], SDPBackend.MATH))
     q, k, v = _inputs(128)  # 4 query heads, 2 kv heads: chunks of 1 and 2 heads split a kv group or hold one
@@ -247,3 +232,34 @@ def test_chunks_of_heads_are_refused_where_they_cannot_be_views():
     q2, k2, v2 = (torch.cat([x, x]) for x in (q, k, v))
     with pytest.raises(ValueError, match="chunked hops need batch 1, got 2"):
         chunks.chunked(q2, k2, v2, (8, 16), True, 0.2, (T, T), 3, q2.clone(), q2.clone())
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize(("dims", "backends"), [
+    ((8, 16), (F3, CU)), ((16, 8), (CU, T)), ((8, 16), (T, CU)), ((8, 16), (CU, CU)),
+    ((4, 8, 4), (F3, T, CU)),  # the middle hop of m = 3 is no view: Triton runs it whatever is asked
+], ids=str)
+def test_a_forward_on_the_libraries_saves_what_the_triton_forward_saves(dims, backends, causal,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """What the fused Triton backward reads, each hop's output and per-row log-sum-exps (log2 units,
+    in the (B, H, N) rows the kernels index), from FA3 (a stand-in here) and cuDNN (on a CPU, ATen's
+    CPU flash kernel) as from the Triton forward; GQA 4:2, a 4-head value on the later hops."""
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
+    q, k, v = _inputs(128)
+    want = forward_with_saved(q, k, v, dims, causal, 32**-0.5)
+    got = td.saved_forward_on(q, k, v, dims, causal, 32**-0.5, backends)
+    for t, (out, lse, out_want, lse_want) in enumerate(zip(got.outputs, got.lses, want.outputs, want.lses,
+                                                           strict=True)):
+        assert out.shape == out_want.shape and out.is_contiguous()
+        assert _rel(out, out_want) < 1e-5, t
+        assert lse.dtype == torch.float32 and (lse - lse_want).abs().max() < 1e-4, t
+
+
+def test_log_sum_exps_in_natural_log_are_caught(monkeypatch: pytest.MonkeyPatch):
+    """The check above fails when a library's log-sum-exps are stored as it gives them (natural log)."""
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
+    monkeypatch.setattr(td, "_LOG2E", 1.0)
+    q, k, v = _inputs(128)
+    want = forward_with_saved(q, k, v, (8, 16), True, 32**-0.5)
+    got = td.saved_forward_on(q, k, v, (8, 16), True, 32**-0.5, (F3, CU))
+    assert all((a - b).abs().max() > 0.1 for a, b in zip(got.lses, want.lses, strict=True))

@@ -14,11 +14,14 @@ from torch.nn.attention import SDPBackend
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fa3_stand_in import stand_in_fa3
 from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
 
 from tbench.core.case import Case, Mode
 from tbench.core.folding import hop_axes
+from tbench.kernels import tensorized_dispatch as td
 from tbench.kernels import tensorized_train_dispatch as ttd
+from tbench.kernels.hop_backend import TrainChain
 from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train, tensorized_hop_train
 from tbench.kernels.tensorized_dispatch import HopBackend
@@ -26,7 +29,7 @@ from tbench.kernels.tensors import make_inputs
 from tbench.methods.catalog import load_registry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-T, C = HopBackend.TRITON, HopBackend.CUDNN
+T, C, F3 = HopBackend.TRITON, HopBackend.CUDNN, HopBackend.FA3
 SDPA = SDPBackend.MATH
 
 
@@ -69,8 +72,9 @@ def test_mixed_chains_give_the_spec_gradients(dims, backends, causal,
     sdpa_hops: list[int] = []
     sdpa_hop = ttd.sdpa_hop
     monkeypatch.setattr(ttd, "sdpa_hop", lambda *args: sdpa_hops.append(args[4]) or sdpa_hop(*args))
-    errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, causal, None, backends,
-                                                                            SDPA), inputs, dims, causal)
+    chain = TrainChain(backends, fused_backward=False)
+    errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, causal, None, chain, SDPA),
+                     inputs, dims, causal)
     assert max(errors.values()) < 1e-5, errors
     # the hops asked of cuDNN ran on SDPA, except over a middle axis (slices two strides apart, no view)
     axes = hop_axes(len(dims))
@@ -114,11 +118,11 @@ def test_forward_only_backends_are_refused(n):
     q, k, v = (x.to(DEVICE, torch.float32) for x in _inputs(n)[:3])
     refused = "hop backend 'FlashAttention-3' has no backward here; use one of Triton, cuDNN SDPA"
     with pytest.raises(ValueError, match=refused):
-        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, (HopBackend.FA3, T))
+        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, TrainChain((HopBackend.FA3, T), False))
     with pytest.raises(ValueError, match=refused):
-        ttd.choose_train_backends(q, k, v, (8, 8), True, None, lambda step: 1.0, (T, HopBackend.FA3))
+        ttd.choose_train_chain(q, k, v, (8, 8), True, None, lambda step: 1.0, (T, HopBackend.FA3))
     with pytest.raises(ValueError, match="1 hop backends for 2 hops"):
-        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, (T,))
+        ttd.tensorized_attention_train_dispatch(q, k, v, (8, 8), True, None, TrainChain((T,), False))
 
 
 def _timed(costs: dict[str, list[float]], log: list[str]):
@@ -135,14 +139,16 @@ def _timed(costs: dict[str, list[float]], log: list[str]):
     return seconds
 
 
-@pytest.mark.parametrize(("chains", "want"), [((1.0, 2.0), (C, T)), ((3.0, 2.0), (T, T))],
+@pytest.mark.parametrize(("chains", "want"), [((2.0, 1.0), TrainChain((C, T), False)),
+                                              ((2.0, 3.0), TrainChain.triton(2))],
                          ids=["mixed-faster", "fused-faster"])
 def test_the_choice_keeps_the_faster_hop_then_the_faster_chain(chains, want):
     q, k, v, _ = (x.to(DEVICE, torch.float32) for x in _inputs(128))
     log: list[str] = []
-    # hop 1: Triton 2 s, SDPA 1 s; hop 2: Triton 1 s, SDPA 2 s; then the mixed chain and the fused one
+    # hop 1: Triton 2 s, SDPA 1 s; hop 2: Triton 1 s, SDPA 2 s; then the fused chain and the mixed one
     costs = {"triton": [2.0, 1.0], "sdpa": [1.0, 2.0], "chain": list(chains)}
-    chosen = ttd.choose_train_backends(q, k, v, (8, 16), True, None, _timed(costs, log), (T, C), SDPA)
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, _timed(costs, log), (T, C), SDPA,
+                                    forward_candidates=())
     assert chosen == want
     assert log == ["triton", "sdpa", "triton", "sdpa", "chain", "chain"]
 
@@ -156,9 +162,11 @@ def test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins
         times.append(1.0)
         return 1.0
 
-    # cuDNN refuses float32 (and a CPU tensor) before it is timed: each hop times Triton alone, no chain
-    chosen = ttd.choose_train_backends(q, k, v, (8, 16), True, None, seconds, (T, C), SDPBackend.CUDNN_ATTENTION)
-    assert chosen == (T, T) and len(times) == 2
+    # cuDNN refuses float32 (and a CPU tensor) before it is timed: each hop times Triton alone, its
+    # forward + backward, then its forward; no chain
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPBackend.CUDNN_ATTENTION,
+                                    forward_candidates=(C,))
+    assert chosen == TrainChain.triton(2) and len(times) == 4
 
 
 def test_the_method_trains_on_the_fused_triton_chain_in_float32():
@@ -181,7 +189,29 @@ def test_gpu_mixed_chains_match_the_fused_triton_chain(backends):
     fused Triton chain's (both against float32 SDPA would be the same bf16 rounding apart)."""
     inputs = _inputs(8192, 32, 8, 128)
     dims = (64, 128)
-    got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, backends),
+    chain = TrainChain(backends, fused_backward=False)
+    got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, chain),
+                 inputs, torch.bfloat16, "cuda")
+    want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert worst_head_err(g, w) < 2e-2, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("forward", [(F3, C), (C, C), (C, T), (F3, T)], ids=str)
+def test_gpu_fused_backward_behind_library_forwards_matches_the_fused_triton_chain(forward):
+    """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal: the real FA3 and cuDNN forwards' outputs and
+    log-sum-exps behind the fused Triton backward, against the fused Triton chain in float32. Their
+    outputs come back contiguous, so the backward's blocked hops can still move them as TMA boxes."""
+    if F3 in forward and td.fa3_forward() is None:
+        pytest.skip("FlashAttention-3 is not installed")
+    inputs = _inputs(8192, 32, 8, 128)
+    dims = (64, 128)
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in inputs[:3])
+    saved = td.saved_forward_on(q, k, v, dims, True, 128**-0.5, forward)
+    assert all(out.is_contiguous() for out in saved.outputs)
+    chain = TrainChain(forward, fused_backward=True)
+    got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, chain),
                  inputs, torch.bfloat16, "cuda")
     want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
@@ -200,8 +230,74 @@ def test_gpu_method_in_training_says_what_it_chose():
     grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     assert all(torch.isfinite(g).all() for g in grads)
     text = method.provenance(case)
-    chosen = method.bind.__self__.chosen[case.key]  # the HopDispatch behind the method
-    if all(b is T for b in chosen):
-        assert "fused Triton chain" in text, text
+    chain = method.bind.__self__.chains[case.key]  # the HopDispatch behind the method
+    if chain.all_triton:
+        assert "forward and backward on the fused Triton chain" in text, text
     else:
-        assert f"hop 1 (L=128): {chosen[0].value}; hop 2 (L=128): {chosen[1].value}" in text, text
+        assert f"hop 1 (L=128): {chain.forward[0].value}; hop 2 (L=128): {chain.forward[1].value}" in text, text
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize(("dims", "forward"), [
+    ((8, 16), (F3, C)), ((16, 8), (C, T)), ((8, 16), (C, C)), ((4, 8, 4), (F3, T, C)),
+], ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_the_fused_backward_behind_a_library_forward_gives_the_spec_gradients(dims, forward, causal,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    """GQA 4:2; FA3 (a stand-in) and cuDNN (ATen's CPU flash kernel here) run the forward and hand
+    their outputs and log-sum-exps to the fused Triton backward."""
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
+    n = 1
+    for size in dims:
+        n *= size
+    chain = TrainChain(forward, fused_backward=True)
+    errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, causal, None, chain),
+                     _inputs(n), dims, causal)
+    assert max(errors.values()) < 1e-5, errors
+
+
+def test_a_library_forward_with_its_log_sum_exps_misread_is_caught(monkeypatch: pytest.MonkeyPatch):
+    """The check above fails when the libraries' log-sum-exps reach the backward in natural log."""
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
+    monkeypatch.setattr(td, "_LOG2E", 1.0)
+    chain = TrainChain((F3, C), fused_backward=True)
+    errors = _errors(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, (8, 16), True, None, chain),
+                     _inputs(128), (8, 16), True)
+    assert errors["out"] < 1e-5 and min(errors["dq"], errors["dk"], errors["dv"]) > 1e-2, errors
+
+
+def test_recompute_behind_a_library_forward_is_refused():
+    q, k, v = (x.to(DEVICE, torch.float32) for x in _inputs(128)[:3])
+    with pytest.raises(ValueError, match=r"recompute runs the forward's hops again on Triton; forward_backends "
+                                         r"\['FlashAttention-3', 'Triton'\] would save log-sum-exps of other hops"):
+        tensorized_attention_train(q, k, v, (8, 16), True, recompute=True, forward_backends=(F3, T))
+    with pytest.raises(ValueError, match="1 forward backends for 2 hops"):
+        tensorized_attention_train(q, k, v, (8, 16), True, forward_backends=(F3,))
+
+
+@pytest.mark.parametrize(("costs", "want"), [
+    ((3.0, 2.0, 1.0), TrainChain((F3, T), True)),  # fused, mixed, library forward: the last fastest
+    ((3.0, 1.0, 2.0), TrainChain((C, T), False)),
+    ((1.0, 2.0, 3.0), TrainChain.triton(2)),
+], ids=["library-forward", "mixed", "fused"])
+def test_the_choice_times_the_library_forward_chain_beside_the_others(costs, want, monkeypatch: pytest.MonkeyPatch):
+    """Hop 1 goes to SDPA in the mixed chain and to FA3 (a stand-in) in the forward; hop 2 stays on
+    Triton in both. Then the three chains are timed end to end, each with a real step."""
+    monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
+    q, k, v, _ = (x.to(DEVICE, torch.float32) for x in _inputs(128))
+    hop_costs = iter([2.0, 1.0, 1.0, 2.0,  # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
+                      2.0, 1.0, 1.0])  # forward: hop 1 Triton, FA3 (cuDNN refuses the CPU); hop 2 Triton
+    chain_costs = iter(costs)
+    chains: list[object] = []
+
+    def seconds(step) -> float:
+        result = step()
+        cost = next(hop_costs, None)
+        if cost is not None:
+            return cost
+        chains.append(result)
+        assert len(result) == 3 and all(g is not None for g in result)  # a whole step: every gradient
+        return next(chain_costs)
+
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=(C, F3))
+    assert chosen == want and len(chains) == 3
