@@ -183,34 +183,24 @@ def test_the_method_trains_on_the_fused_triton_chain_in_float32():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backends", [(T, C), (C, T), (C, C)], ids=str)
-def test_gpu_mixed_chains_match_the_fused_triton_chain(backends):
-    """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal: the real cuDNN hops' gradients against the
-    fused Triton chain's (both against float32 SDPA would be the same bf16 rounding apart)."""
-    inputs = _inputs(8192, 32, 8, 128)
-    dims = (64, 128)
-    chain = TrainChain(backends, fused_backward=False)
-    got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, chain),
-                 inputs, torch.bfloat16, "cuda")
-    want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
-    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
-        assert worst_head_err(g, w) < 2e-2, name
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("forward", [(F3, C), (C, C), (C, T), (F3, T)], ids=str)
-def test_gpu_fused_backward_behind_library_forwards_matches_the_fused_triton_chain(forward):
-    """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal: the real FA3 and cuDNN forwards' outputs and
-    log-sum-exps behind the fused Triton backward, against the fused Triton chain in float32. Their
-    outputs come back contiguous, so the backward's blocked hops can still move them as TMA boxes."""
-    if F3 in forward and td.fa3_forward() is None:
+@pytest.mark.parametrize("chain", [
+    *(TrainChain(backends, fused_backward=False) for backends in ((T, C), (C, T), (C, C))),
+    *(TrainChain(forward, fused_backward=True) for forward in ((F3, C), (C, C), (C, T), (F3, T))),
+], ids=lambda c: f"{'-'.join(b.name for b in c.forward)}{'-fused' if c.fused_backward else ''}")
+def test_gpu_chains_match_the_fused_triton_chain(chain: TrainChain):
+    """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal, against the fused Triton chain in float32
+    (both against float32 SDPA would be the same bf16 rounding apart): the real cuDNN hops' forward
+    and backward (mixed chains), and the real FA3 and cuDNN forwards' outputs and log-sum-exps behind
+    the fused Triton backward. Those outputs come back contiguous, so the backward's blocked hops can
+    still move them as TMA boxes."""
+    if F3 in chain.forward and td.fa3_forward() is None:
         pytest.skip("FlashAttention-3 is not installed")
     inputs = _inputs(8192, 32, 8, 128)
     dims = (64, 128)
-    q, k, v = (x.to("cuda", torch.bfloat16) for x in inputs[:3])
-    saved = td.saved_forward_on(q, k, v, dims, True, 128**-0.5, forward)
-    assert all(out.is_contiguous() for out in saved.outputs)
-    chain = TrainChain(forward, fused_backward=True)
+    if chain.fused_backward:
+        q, k, v = (x.to("cuda", torch.bfloat16) for x in inputs[:3])
+        saved = td.saved_forward_on(q, k, v, dims, True, 128**-0.5, chain.forward)
+        assert all(out.is_contiguous() for out in saved.outputs)
     got = _grads(lambda q, k, v: ttd.tensorized_attention_train_dispatch(q, k, v, dims, True, None, chain),
                  inputs, torch.bfloat16, "cuda")
     want = _grads(lambda q, k, v: tensorized_attention_train(q, k, v, dims, True), inputs, torch.float32, "cuda")
