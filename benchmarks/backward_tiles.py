@@ -16,7 +16,7 @@ the table's; it is kept only if each of its three errors is within 1.25x of the 
 error for all three would hide a worse dQ under dV's larger rounding). Prints one Markdown row per (hop, kernel,
 shape), and the best kept shape per slice length.
 
-    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100]
+    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2]
 """
 
 from __future__ import annotations
@@ -176,7 +176,13 @@ def main() -> None:
     parser.add_argument("--lengths", default="32k,128k")
     parser.add_argument("--orders", default="2,3")
     parser.add_argument("--rep-ms", type=int, default=100)
+    parser.add_argument("--hops", default=None,
+                        help="only these hops, numbered in the forward's order (e.g. 1,2); default every hop")
     args = parser.parse_args()
+    orders = parse_ints(args.orders, "orders")
+    only = None if args.hops is None else set(parse_ints(args.hops, "hops"))
+    if only is not None and not only <= set(range(1, min(orders) + 1)):
+        raise SystemExit(f"--hops {args.hops}: m = {min(orders)} has hops 1..{min(orders)}")
     torch.manual_seed(0)
     best: dict[tuple[int, str], tuple[float, object]] = {}
     print("| N | dims | hop | L | C | kernel | shape | ms | rel err vs float32 (dQ / dK / dV) | table shape's |")
@@ -186,11 +192,13 @@ def main() -> None:
         k = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16)
         d_out = torch.randn_like(q)
-        for m in parse_ints(args.orders, "orders"):
+        for m in orders:
             dims = auto_dims(n, m)
             saved = tb.forward_with_saved(q, k, v, dims, True, D**-0.5)
             axes = hop_axes(m)
             for t in reversed(range(m)):
+                if only is not None and t + 1 not in only:
+                    continue
                 axis = axes[t]
                 label = f"| {n} | {format_dims(dims)} | {t + 1} | {dims[axis]} | {math.prod(dims[axis + 1:])} |"
                 value = v if t == 0 else saved.outputs[t - 1]

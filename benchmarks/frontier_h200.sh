@@ -12,8 +12,9 @@
 #             gradients against tensorized-ref's)
 #   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
 #             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
-#   tiles     benchmarks/backward_tiles.py at 128k, m = 3 then 2: the backward kernels' launch
-#             shapes, judged against a float32 backward, each with TMA boxes and with pointer loads
+#   tiles     benchmarks/backward_tiles.py at 128k, m = 3 (hops 1 and 2, then 3) then 2: the backward
+#             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
+#             pointer loads
 #   configs   benchmarks/kernel_bench.py --sweep: every forward config on every hop of 128k m = 2, 3
 #             and 4k m = 2, 3, with TMA boxes and with pointer loads
 #   host      benchmarks/host_profile.py at 4k and 16k: the host's time to issue each tensorized call
@@ -71,8 +72,10 @@ case $PART in
     done
     ;;
   tiles)
-    # the packed kernel's slices (m = 3) first: they decide whether its tiles move as boxes
-    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 | tee "$OUT/backward-tiles.md"
+    # the packed kernel's slices of 64 (m = 3, hops 1 and 2) first: the transposed products were built for
+    # them; then the last hop's slices of 32 and the blocked hops of m = 2
+    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 1,2 | tee "$OUT/backward-tiles.md"
+    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 3 | tee -a "$OUT/backward-tiles.md"
     python3 benchmarks/backward_tiles.py --lengths 128k --orders 2 | tee -a "$OUT/backward-tiles.md"
     ;;
   configs)
