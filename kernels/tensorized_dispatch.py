@@ -124,7 +124,7 @@ def _sdpa_hop_with_lse(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, di
     CPU stands in), asking for its log-sum-exps: ((B, H, N, D) output, (slices, H, L) natural-log
     log-sum-exps). cuDNN pairs the heads itself, as SDPA's GQA does; the CPU kernel pairs them only
     when key and value have the same heads, so there K is repeated for the value's heads."""
-    views = [slices_view(x, dims, axis).transpose(1, 2) for x in (q, k, value)]
+    views = _sdpa_views(q, k, value, dims, axis)
     if q.is_cuda:
         y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(*views, None, True, 0.0, causal, False,
                                                                      scale=scale)[:2]
@@ -184,13 +184,20 @@ def saved_forward_on(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tu
 def sdpa_hop(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int, causal: bool,
              scale: float, backend: SDPBackend) -> torch.Tensor:
     """One hop as one SDPA call on the slices views, SDPA pairing the heads itself; (B, H, N, D)."""
+    with sdpa_kernel([backend]):
+        y = F.scaled_dot_product_attention(*_sdpa_views(q, k, value, dims, axis), is_causal=causal, scale=scale,
+                                           enable_gqa=True)
+    return _unslices_view(y, q.shape[0], dims, axis)
+
+
+def _sdpa_views(q: torch.Tensor, k: torch.Tensor, value: torch.Tensor, dims: tuple[int, ...], axis: int
+                ) -> list[torch.Tensor]:
+    """The hop's q, k and value as (slices, heads, L, D) views, SDPA's layout; RuntimeError (a backend
+    refusing the hop) unless one stride walks the slices."""
     views = [slices_view(x, dims, axis) for x in (q, k, value)]
     if any(view is None for view in views):
         raise RuntimeError("the slices of this hop are not one stride apart")
-    with sdpa_kernel([backend]):
-        y = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in views), is_causal=causal, scale=scale,
-                                           enable_gqa=True)
-    return _unslices_view(y, q.shape[0], dims, axis)
+    return [view.transpose(1, 2) for view in views]
 
 
 def tensorized_attention_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: Sequence[int],
