@@ -10,8 +10,8 @@
 #   trainbench  benchmarks/train_bench.py's per-method table at 16k, 32k, 128k (the tensorized
 #             methods' forward and fwd+bwd side by side, each with its own chosen plan, and their
 #             gradients against tensorized-ref's)
-#   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes at 16k, 64k, 128k: an A/A, then 10 %
-#             more heads injected into `tensorized`; the verdicts of `tbench gate` on both
+#   gate      benchmarks/gate_aa.py in fwd and fwd_bwd modes (or those of GATE_MODES) at 16k, 64k, 128k:
+#             an A/A, then 10 % more heads injected into `tensorized`; the verdicts of `tbench gate` on both
 #   tiles     benchmarks/backward_tiles.py at 128k, m = 3 (hops 1 and 2, then 3) then 2: the backward
 #             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
 #             pointer loads
@@ -59,7 +59,8 @@ case $PART in
       | tee "$OUT/train-bench.txt"
     ;;
   gate)
-    for mode in fwd fwd_bwd; do
+    # GATE_MODES="fwd_bwd" runs one mode's A/A alone
+    for mode in ${GATE_MODES:-fwd fwd_bwd}; do
       python3 benchmarks/gate_aa.py "$OUT" --lengths 16k,64k,128k --modes "$mode" "$@" | tee "$OUT/gate-$mode.txt"
       mv "$OUT/gate-aa.db" "$OUT/gate-$mode.db"
       # the A/A (run 2) must pass the gate, the injected slowdown (run 3) must fail it
