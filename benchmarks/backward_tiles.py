@@ -16,7 +16,7 @@ the table's; it is kept only if each of its three errors is within 1.25x of the 
 error for all three would hide a worse dQ under dV's larger rounding). Prints one Markdown row per (hop, kernel,
 shape), and the best kept shape per slice length.
 
-    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2]
+    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2] [--table-only]
 """
 
 from __future__ import annotations
@@ -131,12 +131,17 @@ def _errors(err: tuple[float, ...]) -> str:
     return " / ".join(f"{e:.2e}" for e in err)
 
 
-def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]]) -> None:
+def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], table_only: bool = False) -> None:
     length = hop.dims[hop.axis]
 
     def keep(kernel: str, shape: object, took: float) -> None:
         if took < best.get((length, kernel), (math.inf, None))[0]:
             best[(length, kernel)] = (took, shape)
+
+    if table_only:
+        # what a run launches: the table's shapes and loads, Delta as a whole backward hands it over
+        keep("table", None, hop.trial("table", None))
+        return
 
     if hop.deltas.given is not None or hop.deltas.previous is not None:
         # the table's shapes with Delta handed between hops (as runs do) and with this hop forming its own
@@ -178,6 +183,8 @@ def main() -> None:
     parser.add_argument("--rep-ms", type=int, default=100)
     parser.add_argument("--hops", default=None,
                         help="only these hops, numbered in the forward's order (e.g. 1,2); default every hop")
+    parser.add_argument("--table-only", action="store_true",
+                        help="each hop's backward as runs launch it, no other shape: the per-hop times alone")
     args = parser.parse_args()
     orders = parse_ints(args.orders, "orders")
     only = None if args.hops is None else set(parse_ints(args.hops, "hops"))
@@ -206,7 +213,7 @@ def main() -> None:
                 given = (d_out.float() * out.float()).sum(-1) if t < m - 1 else None
                 previous = torch.empty_like(saved.lses[t]) if t > 0 else None
                 sweep(HopSweep(q, k, value, out, d_out, saved.lses[t], dims, axis, args.rep_ms, label,
-                               tb.Deltas(given, previous)), best)
+                               tb.Deltas(given, previous)), best, args.table_only)
     print("\nBest shape per slice length (the time includes the other kernel where one is named):")
     for (length, kernel), (took, shape) in sorted(best.items()):
         print(f"L={length} {kernel}: {shape} {took:.4f} ms")
