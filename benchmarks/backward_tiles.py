@@ -14,7 +14,9 @@ the packed kernel's shapes run with their gradients' products transposed too. Sh
 order in which they sum (pipelining, tile sizes, atomics), so a bf16 candidate is not bit-equal to
 the table's; it is kept only if each of its three errors is within 1.25x of the table's (one
 error for all three would hide a worse dQ under dV's larger rounding). Prints one Markdown row per (hop, kernel,
-shape), and the best kept shape per slice length.
+shape), and the best kept shape per slice length. With --table-only each hop runs the table's shapes
+alone (what a training step launches), and beside it the same hop's backward on cuDNN where the hop
+is a view: where a step's backward time goes, hop by hop, against the other backend.
 
     python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2] [--table-only]
 """
@@ -29,10 +31,12 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.testing
+from torch.nn.attention import SDPBackend
 
 from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.kernels import tensorized_backward as tb
+from tbench.kernels.tensorized_dispatch import sdpa_hop
 from tbench.kernels.tensorized_triton import _launch_hop
 
 B, H, H_KV, D = 1, 32, 8, 128
@@ -126,6 +130,19 @@ class HopSweep:
               f"{'' if kept else ' (not kept)'} |", flush=True)
         return took if kept else math.inf
 
+    def cudnn_backward(self) -> None:
+        """The same hop's backward on cuDNN (SDPA's autograd on the hop's views, the forward done
+        outside the timed region), as the composition and the mixed training chain run it: the hop's
+        time on the other backend, beside the Triton one."""
+        q, k, value = (x.detach().requires_grad_() for x in (self.q, self.k, self.value))
+        try:
+            y = sdpa_hop(q, k, value, self.dims, self.axis, True, D**-0.5, SDPBackend.CUDNN_ATTENTION)
+            took = _ms(lambda: torch.autograd.grad(y, (q, k, value), self.d_out, retain_graph=True), self.rep_ms)
+        except RuntimeError as exc:  # the hop is not a view, or cuDNN refuses it
+            print(f"{self.label} cuDNN backward | | refused: {exc} | | |", flush=True)
+            return
+        print(f"{self.label} cuDNN backward | | {took:.4f} | | |", flush=True)
+
 
 def _errors(err: tuple[float, ...]) -> str:
     return " / ".join(f"{e:.2e}" for e in err)
@@ -141,6 +158,7 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], tabl
     if table_only:
         # what a run launches: the table's shapes and loads, Delta as a whole backward hands it over
         keep("table", None, hop.trial("table", None))
+        hop.cudnn_backward()
         return
 
     if hop.deltas.given is not None or hop.deltas.previous is not None:
@@ -184,7 +202,7 @@ def main() -> None:
     parser.add_argument("--hops", default=None,
                         help="only these hops, numbered in the forward's order (e.g. 1,2); default every hop")
     parser.add_argument("--table-only", action="store_true",
-                        help="each hop's backward as runs launch it, no other shape: the per-hop times alone")
+                        help="each hop's backward as runs launch it (no other shape) and on cuDNN")
     args = parser.parse_args()
     orders = parse_ints(args.orders, "orders")
     only = None if args.hops is None else set(parse_ints(args.hops, "hops"))
