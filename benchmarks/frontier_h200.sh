@@ -16,7 +16,8 @@
 #             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
 #             pointer loads
 #   hops      benchmarks/backward_tiles.py --table-only at 32k and 128k, m = 2, 3: each hop's backward as
-#             runs launch it, timed alone (where a training step's backward time goes)
+#             runs launch it, timed alone, beside the same hop's backward on cuDNN (where a training
+#             step's backward time goes, hop by hop)
 #   configs   benchmarks/kernel_bench.py --sweep: every forward config on every hop of 128k m = 2, 3
 #             and 4k m = 2, 3, with TMA boxes and with pointer loads
 #   host      benchmarks/host_profile.py at 4k and 16k: the host's time to issue each tensorized call
