@@ -414,6 +414,7 @@ def _rotation(active: list[_Active], timer: Timer, monitor: DeviceMonitor, trace
                 if entry.fn.host_ms is not None:
                     rec.device_state["host_ms"] = round(entry.fn.host_ms, 4)
                     rec.device_state["hold_ms"] = round(entry.fn.hold_ms, 4)
+                    rec.device_state["hold_retakes"] = entry.fn.retakes
                 rec.throttled = monitor.throttled(rec.device_state.get("before"), after)
                 if rec.throttled:
                     reasons = monitor.reasons(rec.device_state.get("before"), after)

@@ -185,11 +185,12 @@ class Sampling:
         return False
 
 
-@dataclass(frozen=True)
+@dataclass
 class Prepared:
     """A call ready to be timed. `hold_cycles`: how long the GPU waits, after the L2 flush and
     before the start event, so that the host has queued the whole call when the clock starts
-    (`host_ms`: the host's time to issue one call, measured when prepared)."""
+    (`host_ms`: the host's time to issue one call, measured when prepared). The hold grows when a
+    sample shows the host slower than that (`covers`, `lengthen_hold`); `retakes` counts them."""
 
     call: Callable[[], object]
     hold_cycles: int = 0
@@ -197,11 +198,23 @@ class Prepared:
     host_ms: float | None = None
     # Runs before each sample, outside the timed interval (e.g. the forward whose backward is timed).
     setup: Callable[[], None] | None = None
+    retakes: int = 0
 
     def __call__(self) -> object:
         if self.setup is not None:
             self.setup()
         return self.call()
+
+    def covers(self, issue_ms: float) -> bool:
+        """Whether the hold outlasted the host's issue of one sample (`issue_ms`, from the hold's
+        launch to the call's return), so that the whole call was queued when the clock started. A
+        call without a hold, or with one at the cap (host-bound), is taken as it is."""
+        return not self.hold_cycles or issue_ms <= self.hold_ms or self.hold_ms >= HOLD_CAP_MS
+
+    def lengthen_hold(self, issue_ms: float, cycles_per_ms: float) -> None:
+        """A hold that covers `issue_ms`, for the sample's retake and the samples after it."""
+        self.hold_cycles, self.hold_ms = hold_for(issue_ms, cycles_per_ms)
+        self.retakes += 1
 
 
 class Timer:
@@ -226,7 +239,13 @@ class Timer:
 LONG_CALL_S = 0.25
 
 
-def hold_for(host_ms: float, cycles_per_ms: float, cap_ms: float = 20.0) -> tuple[int, float]:
+# The longest GPU hold before a sample: a call whose host time is longer is host-bound.
+HOLD_CAP_MS = 20.0
+# How many times one sample is taken again with a longer hold before it is kept as it is.
+MAX_RETAKES = 3
+
+
+def hold_for(host_ms: float, cycles_per_ms: float, cap_ms: float = HOLD_CAP_MS) -> tuple[int, float]:
     """GPU wait that covers the host's issue time of a call with a margin, at most `cap_ms` (a
     call whose host time is longer than that is host-bound and is timed as such)."""
     hold_ms = min(cap_ms, 1.5 * host_ms + 0.02)
@@ -293,16 +312,27 @@ class CudaEventTimer(Timer):
         return Prepared(call, cycles, hold_ms, host_ms, setup)
 
     def sample(self, fn: Prepared) -> float:
-        if fn.setup is not None:
-            fn.setup()  # queued before the flush: done before the start event
-        self.flush()
-        if fn.hold_cycles:
-            torch.cuda._sleep(fn.hold_cycles)
-        self.start.record()
-        fn.call()
-        self.end.record()
-        self.end.synchronize()
-        return float(self.start.elapsed_time(self.end))
+        """One call's GPU time. The hold was sized from the host's issue time when the call was
+        prepared; should the host turn slower later (another process, a slower core), the GPU would
+        wait for it inside the timed interval and the sample would time the host. Such a sample is
+        taken again, with a hold that covers the host's time, as are the samples after it."""
+        for _ in range(MAX_RETAKES + 1):
+            if fn.setup is not None:
+                fn.setup()  # queued before the flush: done before the start event
+            self.flush()
+            issued_from = time.perf_counter()
+            if fn.hold_cycles:
+                torch.cuda._sleep(fn.hold_cycles)
+            self.start.record()
+            fn.call()
+            issue_ms = (time.perf_counter() - issued_from) * 1e3
+            self.end.record()
+            self.end.synchronize()
+            took = float(self.start.elapsed_time(self.end))
+            if fn.covers(issue_ms):
+                break
+            fn.lengthen_hold(issue_ms, self.cycles_per_ms)
+        return took
 
 
 class CudaGraphTimer(CudaEventTimer):

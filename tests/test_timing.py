@@ -124,6 +124,19 @@ def test_the_gpu_hold_covers_the_host_time_with_a_margin_and_a_cap():
     assert hold_for(100.0, cycles_per_ms=1.5e6, cap_ms=20.0)[1] == 20.0
 
 
+def test_a_sample_the_host_outlasted_is_retaken_with_a_hold_that_covers_it():
+    cycles, ms = hold_for(0.2, cycles_per_ms=1.5e6)
+    prepared = Prepared(lambda: None, cycles, ms, host_ms=0.2)
+    assert prepared.covers(0.25)  # within the hold's margin: the call was queued when the clock started
+    assert not prepared.covers(1.0)  # the host was still issuing when the hold ran out
+    prepared.lengthen_hold(1.0, cycles_per_ms=1.5e6)
+    assert prepared.covers(1.0) and prepared.hold_ms > 1.0 and prepared.retakes == 1
+    assert prepared.hold_cycles == int(prepared.hold_ms * 1.5e6)
+    capped = Prepared(lambda: None, *hold_for(100.0, cycles_per_ms=1.5e6), host_ms=100.0)
+    assert capped.covers(200.0)  # a host-bound call: its hold is at the cap, taken as it is
+    assert Prepared(lambda: None).covers(5.0)  # no hold (the call waits for the GPU itself)
+
+
 def _settling(reader, policy, monkeypatch, limited=lambda: True):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     entry = _Active(case=None, method=None, fn=Prepared(lambda: time.sleep(0.002)), sampling=None, record=None)
@@ -180,6 +193,27 @@ def test_event_samples_hold_the_gpu_until_the_host_has_issued_the_call():
             assert prepared.host_ms >= 5.0 and prepared.hold_ms > prepared.host_ms
         samples = sorted(timer.sample(prepared) for _ in range(9))
         assert samples[4] < 1.0, (mode, samples)  # the kernel alone; without the hold, >= 5 ms
+
+
+@pytest.mark.gpu
+def test_a_host_slower_than_when_the_call_was_prepared_gets_a_longer_hold():
+    from tbench.harness.timing import make_timer
+
+    x = torch.zeros(1024, device="cuda")
+    host_s = [0.001]
+
+    def call():  # host work before one tiny kernel, slower after the call is prepared
+        time.sleep(host_s[0])
+        x.add_(1)
+
+    timer = make_timer("events", "cuda")
+    prepared = timer.prepare(call)
+    assert prepared.hold_ms < 3.0 and prepared.retakes == 0
+    host_s[0] = 0.005
+    samples = sorted(timer.sample(prepared) for _ in range(9))
+    # without the retake the GPU waits for the host inside the interval: >= 3 ms
+    assert samples[4] < 1.0, samples
+    assert prepared.retakes >= 1 and prepared.hold_ms > 5.0
 
 
 @pytest.mark.gpu
