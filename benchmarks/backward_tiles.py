@@ -31,12 +31,12 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.testing
-from torch.nn.attention import SDPBackend
 
 from tbench.core.folding import auto_dims, format_dims, hop_axes
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.kernels import tensorized_backward as tb
-from tbench.kernels.tensorized_dispatch import sdpa_hop
+from tbench.kernels.hop_backend import HopBackend
+from tbench.kernels.tensorized_train_dispatch import train_hop
 from tbench.kernels.tensorized_triton import _launch_hop
 
 B, H, H_KV, D = 1, 32, 8, 128
@@ -138,12 +138,12 @@ class HopSweep:
         return took if kept else math.inf
 
     def cudnn_backward(self) -> None:
-        """The same hop's backward on cuDNN (SDPA's autograd on the hop's views, the forward done
-        outside the timed region), as the composition and the mixed training chain run it: the hop's
-        time on the other backend, beside the Triton one."""
+        """The same hop's backward on cuDNN, as the mixed training chain runs it (`train_hop`: SDPA's
+        autograd on the hop's views; the forward done outside the timed region): the hop's time on the
+        other backend, beside the Triton one."""
         q, k, value = (x.detach().requires_grad_() for x in (self.q, self.k, self.value))
         try:
-            y = sdpa_hop(q, k, value, self.dims, self.axis, True, D**-0.5, SDPBackend.CUDNN_ATTENTION)
+            y = train_hop(HopBackend.CUDNN, q, k, value, self.dims, self.axis, True, D**-0.5)
             took = _ms(lambda: torch.autograd.grad(y, (q, k, value), self.d_out, retain_graph=True), self.rep_ms)
         except RuntimeError as exc:  # the hop is not a view, or cuDNN refuses it
             print(f"{self.label} cuDNN backward | | refused: {exc} | | |", flush=True)

@@ -30,9 +30,8 @@ from tbench.core.folding import auto_dims, format_dims
 from tbench.core.sweep import parse_ints, parse_lengths
 from tbench.harness.timing import CudaEventTimer
 from tbench.kernels import tensorized_backward as tb
-from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
-from tbench.kernels.tensorized_dispatch import choose_hop_backends, fa3_forward, tensorized_attention_dispatch
+from tbench.kernels.tensorized_dispatch import choose_hop_backends, library_candidates, tensorized_attention_dispatch
 from tbench.kernels.tensorized_sdpa import choose_plans, tensorized_attention_sdpa
 from tbench.kernels.tensorized_train_dispatch import _step
 from tbench.kernels.tensorized_triton import tensorized_attention_triton
@@ -76,7 +75,7 @@ def measure(timer: CudaEventTimer, n: int, m: int, top: int) -> None:
     dims = auto_dims(n, m)
     scale = D**-0.5
     # the choices the methods' binds make: `tensorized`'s hop backends, `tensorized-sdpa`'s training plans
-    candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+    candidates = library_candidates()
     backends = choose_hop_backends(q, k, v, dims, True, None, candidates, _median_cuda_seconds)
     plans = choose_plans(q, k, v, dims, True, None, HOP_CANDIDATES, _median_cuda_seconds, train=True)
     saved = tb.forward_with_saved(q, k, v, dims, True, scale)

@@ -42,7 +42,7 @@ from tbench.kernels.hop_backend import HopBackend
 from tbench.kernels.tensorized_dispatch import (
     backend_for_hop,
     choose_hop_backends,
-    fa3_forward,
+    library_candidates,
     run_hop,
     tensorized_attention_dispatch,
     writes_into_buffer,
@@ -129,7 +129,7 @@ def measure(timers: Timers, n: int, chunk_heads: Sequence[int], samples: int) ->
     v = torch.randn(B, H_KV, n, D, device="cuda", dtype=torch.bfloat16, generator=gen)
     dims = auto_dims(n, 2)
     scale = D**-0.5
-    candidates = (HopBackend.CUDNN, HopBackend.FA3) if fa3_forward() is not None else (HopBackend.CUDNN,)
+    candidates = library_candidates()
     backends = choose_hop_backends(q, k, v, dims, True, None, candidates, _median_cuda_seconds)
     whole = tensorized_attention_dispatch(q, k, v, dims, True, None, backends)
     out, scratch = torch.empty_like(q), torch.empty_like(q)
