@@ -86,7 +86,8 @@ def baselines_dir(override: str | Path | None = None) -> Path:
         return Path(override)
     if os.environ.get(DIR_ENV):
         return Path(os.environ[DIR_ENV])
-    return Path(__file__).resolve().parent / "baselines"
+    # the committed baselines ship with the results room (package data of tbench.results)
+    return Path(__file__).resolve().parent.parent / "results" / "baselines"
 
 
 def check_name(name: str) -> str:

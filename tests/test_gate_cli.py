@@ -92,6 +92,17 @@ def test_saved_baseline_gates_by_name(three_runs):
     assert allowed.returncode == 0, allowed.stderr
 
 
+@pytest.mark.parametrize("name", ["h100", "h100-fwd_bwd"])
+def test_committed_baselines_are_found_by_name_without_a_folder_given(three_runs, name):
+    db, env, _ = three_runs
+    env = {key: value for key, value in env.items() if key != "TBENCH_BASELINES_DIR"}
+    # found in results/baselines (the CI workflow gates by name): then refused only because it was
+    # measured on an H100 and run 3 on this CPU
+    refused = run_cli(["gate", "--baseline", name, "--candidate", "3", "--db", str(db)], env)
+    assert refused.returncode == 2 and "--allow-cross-device" in refused.stderr, refused.stderr
+    assert "not a run id" not in refused.stderr
+
+
 def test_missing_configuration_fails_unless_allowed(three_runs, tmp_path):
     db, env, folder = three_runs
     run_cli(["baseline", "save", "1", "--name", "trimmed", "--force", "--db", str(db)], env)
