@@ -164,7 +164,9 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], tabl
 
     if table_only:
         # what a run launches: the table's shapes and loads, Delta as a whole backward hands it over
-        keep("table", None, hop.trial("table", None))
+        shape = (tb.packed_tile(length, torch.bfloat16) if length <= tb.PACKED_MAX_LEN
+                 else tb.backward_blocks(length, torch.bfloat16))
+        hop.trial("table", shape)
         hop.cudnn_backward()
         return
 
@@ -239,6 +241,8 @@ def main() -> None:
                 previous = torch.empty_like(saved.lses[t]) if t > 0 else None
                 sweep(HopSweep(q, k, value, out, d_out, saved.lses[t], dims, axis, args.rep_ms, label,
                                tb.Deltas(given, previous), not args.table_only), best, args.table_only)
+    if args.table_only:
+        return  # one shape a hop: nothing to choose between
     print("\nBest shape per slice length (the time includes the other kernel where one is named):")
     for (length, kernel), (took, shape) in sorted(best.items()):
         print(f"L={length} {kernel}: {shape} {took:.4f} ms")
