@@ -16,9 +16,13 @@ the table's; it is kept only if each of its three errors is within 1.25x of the 
 error for all three would hide a worse dQ under dV's larger rounding). Prints one Markdown row per (hop, kernel,
 shape), and the best kept shape per slice length. With --table-only each hop runs the table's shapes
 alone (what a training step launches), and beside it the same hop's backward on cuDNN where the hop
-is a view: where a step's backward time goes, hop by hop, against the other backend.
+is a view: where a step's backward time goes, hop by hop, against the other backend. With --levers
+each packed hop runs only its table tile and the two changes to it not yet timed on those hops
+(gradient products transposed; two pipeline stages) alone and together, through pointer loads as
+the table runs, each judged against float32 as above; a blocked hop runs its table's shapes.
 
-    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2] [--table-only]
+    python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2]
+                                         [--table-only | --levers]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import torch
 import triton
@@ -55,6 +60,14 @@ SHORT_BLOCKS = [tb.BackwardBlocks(tb.Tile(*a), tb.Tile(*b)) for a, b in [
     ((16, 32, 4, 2), (32, 16, 4, 2)), ((32, 32, 4, 2), (32, 32, 4, 2)), ((16, 64, 4, 2), (64, 16, 4, 2)),
     ((32, 64, 4, 2), (64, 32, 4, 2)), ((64, 64, 4, 2), (64, 64, 4, 2)), ((32, 64, 8, 2), (64, 32, 8, 2))]]
 ACCEPT = 1.25  # a candidate's error may be this many times the table shape's
+
+
+class Scope(Enum):
+    """Which shapes a hop runs."""
+
+    ALL = "all"  # every candidate shape
+    LEVERS = "levers"  # the packed table tile with its products transposed and/or two stages
+    TABLE = "table"  # the table's shapes alone, beside cuDNN's backward of the hop
 
 
 def _ms(fn: Callable[[], None], rep_ms: int) -> float:
@@ -155,14 +168,28 @@ def _errors(err: tuple[float, ...]) -> str:
     return " / ".join(f"{e:.2e}" for e in err)
 
 
-def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], table_only: bool = False) -> None:
+def packed_levers(tile: tb.PackedTile) -> list[tb.PackedTile]:
+    """The table tile, then with its gradient products transposed, with two pipeline stages, and both."""
+    return [tile, replace(tile, transposed=True), replace(tile, num_stages=2),
+            replace(tile, transposed=True, num_stages=2)]
+
+
+def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], scope: Scope = Scope.ALL) -> None:
     length = hop.dims[hop.axis]
 
     def keep(kernel: str, shape: object, took: float) -> None:
         if took < best.get((length, kernel), (math.inf, None))[0]:
             best[(length, kernel)] = (took, shape)
 
-    if table_only:
+    if scope is Scope.LEVERS:
+        if length <= tb.PACKED_MAX_LEN:
+            for tile in packed_levers(tb.packed_tile(length, torch.bfloat16)):
+                keep("packed, pointer loads", tile, hop.trial("packed, pointer loads", tile, packed=tile, tma=False))
+        else:
+            table = tb.backward_blocks(length, torch.bfloat16)
+            keep("table", table, hop.trial("table", table))
+        return
+    if scope is Scope.TABLE:
         # what a run launches: the table's shapes and loads, Delta as a whole backward hands it over
         shape = (tb.packed_tile(length, torch.bfloat16) if length <= tb.PACKED_MAX_LEN
                  else tb.backward_blocks(length, torch.bfloat16))
@@ -210,9 +237,13 @@ def main() -> None:
     parser.add_argument("--rep-ms", type=int, default=100)
     parser.add_argument("--hops", default=None,
                         help="only these hops, numbered in the forward's order (e.g. 1,2); default every hop")
-    parser.add_argument("--table-only", action="store_true",
+    scopes = parser.add_mutually_exclusive_group()
+    scopes.add_argument("--table-only", action="store_true",
                         help="each hop's backward as runs launch it (no other shape) and on cuDNN")
+    scopes.add_argument("--levers", action="store_true",
+                        help="packed hops: the table tile, products transposed, two stages, both")
     args = parser.parse_args()
+    scope = Scope.TABLE if args.table_only else Scope.LEVERS if args.levers else Scope.ALL
     orders = parse_ints(args.orders, "orders")
     only = None if args.hops is None else set(parse_ints(args.hops, "hops"))
     if only is not None and not only <= set(range(1, min(orders) + 1)):
@@ -240,8 +271,8 @@ def main() -> None:
                 given = (d_out.float() * out.float()).sum(-1) if t < m - 1 else None
                 previous = torch.empty_like(saved.lses[t]) if t > 0 else None
                 sweep(HopSweep(q, k, value, out, d_out, saved.lses[t], dims, axis, args.rep_ms, label,
-                               tb.Deltas(given, previous), not args.table_only), best, args.table_only)
-    if args.table_only:
+                               tb.Deltas(given, previous), scope is not Scope.TABLE), best, scope)
+    if scope is Scope.TABLE:
         return  # one shape a hop: nothing to choose between
     print("\nBest shape per slice length (the time includes the other kernel where one is named):")
     for (length, kernel), (took, shape) in sorted(best.items()):

@@ -15,6 +15,9 @@
 #   tiles     benchmarks/backward_tiles.py at 128k, m = 3 (hops 1 and 2, then 3) then 2: the backward
 #             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
 #             pointer loads
+#   levers    benchmarks/backward_tiles.py --levers at 128k then 32k, m = 3, hops 1 and 2 (slices of 64 and
+#             32 on the packed backward): the table tile against its products transposed and two
+#             pipeline stages, each judged against a float32 backward
 #   hops      benchmarks/backward_tiles.py --table-only at 32k and 128k, m = 2, 3: each hop's backward as
 #             runs launch it, timed alone, beside the same hop's backward on cuDNN (where a training
 #             step's backward time goes, hop by hop)
@@ -24,10 +27,10 @@
 #             (forward, training step) against cuDNN's, and where the Triton chain's goes
 #   chunks    benchmarks/l2_chunks.py at 16k..128k, m = 2: both hops a kv group or a head at a time
 #             against both hops over all heads (whether the intermediate stays in L2 between them)
-# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|hops|configs|host|chunks OUT_DIR [extra tbench run options]
+# Usage: benchmarks/frontier_h200.sh forward|training|linear|trainbench|gate|tiles|levers|hops|configs|host|chunks OUT_DIR [extra tbench run options]
 set -euo pipefail
-PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|hops|configs|host|chunks OUT_DIR [tbench run options]}
-OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|hops|configs|host|chunks OUT_DIR [tbench run options]}
+PART=${1:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|levers|hops|configs|host|chunks OUT_DIR [tbench run options]}
+OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|levers|hops|configs|host|chunks OUT_DIR [tbench run options]}
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
@@ -82,6 +85,9 @@ case $PART in
     python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 3 | tee -a "$OUT/backward-tiles.md"
     python3 benchmarks/backward_tiles.py --lengths 128k --orders 2 | tee -a "$OUT/backward-tiles.md"
     ;;
+  levers)
+    python3 benchmarks/backward_tiles.py --lengths 128k,32k --orders 3 --hops 1,2 --levers | tee "$OUT/backward-levers.md"
+    ;;
   hops)
     python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 --table-only | tee "$OUT/backward-hops.md"
     ;;
@@ -95,7 +101,7 @@ case $PART in
     python3 benchmarks/l2_chunks.py --lengths 16k,32k,64k,128k --chunks 4,1 | tee "$OUT/l2-chunks.md"
     ;;
   *)
-    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles, hops, configs, host or chunks" >&2
+    echo "frontier_h200.sh: unknown part '$PART'; use forward, training, linear, trainbench, gate, tiles, levers, hops, configs, host or chunks" >&2
     exit 2
     ;;
 esac
