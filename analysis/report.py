@@ -10,6 +10,7 @@ from ..core.case import MODE_NAMES, TIMED_STATUSES
 from ..core.sweep import BEST_EXACT
 from .endtoend import DEPTH_TOLERANCE
 from .families import sort_by_family
+from .over_forward import over_forward
 from .roofline import roofline, roofline_text
 from .speedup import with_speedup
 
@@ -53,6 +54,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -
     length, method, order and mode (fwd, bwd, fwd_bwd: the order a training step runs them)."""
     df = df.assign(**{c: v for c, v in SCOPE_DEFAULTS.items() if c not in df})
     df = with_speedup(df, baseline)
+    df = df.assign(over_fwd=over_forward(df))
     then = ["seq_len", "method", "order_m"]
     if "mode" in df:
         df = df.assign(_mode=df["mode"].map({m: i for i, m in enumerate(MODE_NAMES)}))
@@ -73,7 +75,8 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -
             "family": str(row.family), "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "mode": str(getattr(row, "mode", "fwd")),
-            "ms": _num(row.median_ms, ".4g"), "spread": spread, "TFLOP/s": tflops, "TB/s": tbps,
+            "ms": _num(row.median_ms, ".4g"), "spread": spread,
+            "x fwd": "-" if pd.isna(row.over_fwd) else f"{row.over_fwd:.2f}x", "TFLOP/s": tflops, "TB/s": tbps,
             "roofline": roofline_text(floor),
             "mem": _bytes(row.peak_bytes), "speedup": "-" if pd.isna(row.speedup) else f"{row.speedup:.2f}x",
             "err": _num(row.fidelity_rel_l2, ".2e"),
@@ -86,13 +89,17 @@ def _has_roofline(rows: list[dict]) -> bool:
     return any(r["roofline"] != "-" for r in rows)
 
 
-def _headers(df: pd.DataFrame, roofline: bool) -> list[str]:
-    """HEADERS, with a mode column after dims when the rows time more than one pass, and the
-    roofline column only if asked for."""
+def _headers(rows: list[dict], roofline: bool) -> list[str]:
+    """HEADERS, with a mode column after dims when the rows time more than one pass (and after the
+    spread, each training row's time over its forward's where a forward was measured beside it),
+    and the roofline column only if asked for."""
     headers = HEADERS if roofline else [h for h in HEADERS if h != "roofline"]
-    if "mode" in df and df["mode"].nunique() > 1:
+    if len({r["mode"] for r in rows}) > 1:
         at = headers.index("dims") + 1
-        return [*headers[:at], "mode", *headers[at:]]
+        headers = [*headers[:at], "mode", *headers[at:]]
+    if any(r["x fwd"] != "-" for r in rows):
+        at = headers.index("spread") + 1
+        headers = [*headers[:at], "x fwd", *headers[at:]]
     return headers
 
 
@@ -116,12 +123,12 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     # Method names, messages and titles come from the store or from imported files: they are
     # shown as written (Text), never read as console markup.
     table = Table(title=Text(title), show_lines=False, header_style="bold", caption=Text(
-        f"ms: median; spread: p20-p80 around it; {_speedup_legend(rows, baseline)}; "
+        f"ms: median; spread: p20-p80 around it; {_forward_legend(rows)}{_speedup_legend(rows, baseline)}; "
         "err: relative L2 deviation from exact attention"
         + ("; roofline: the device's floor for the row (max of minimum bytes / measured copy bandwidth and "
            "FLOPs / measured matmul rate) as a share of its time, and which floor binds" if with_roofline else ""))
         if baseline else None)
-    headers = _headers(df, with_roofline)
+    headers = _headers(rows, with_roofline)
     for name in headers:
         label = (f"x{baseline}" if baseline else "speedup") if name == "speedup" else name
         table.add_column(Text(label), justify="left" if name in TEXT_COLUMNS else "right",
@@ -149,6 +156,13 @@ def run_table(df: pd.DataFrame, baseline: str | None, title: str, peaks: dict | 
     return table
 
 
+def _forward_legend(rows: list[dict]) -> str:
+    """The x fwd column's legend, where the table has one."""
+    if all(r["x fwd"] == "-" for r in rows):
+        return ""
+    return "x fwd: a training row's time over the same method's forward on the same inputs; "
+
+
 def _speedup_legend(rows: list[dict], baseline: str | None) -> str:
     """What the speedup column is against; for the fastest exact method, which methods that was."""
     if baseline != BEST_EXACT:
@@ -161,7 +175,7 @@ def _speedup_legend(rows: list[dict], baseline: str | None) -> str:
 def run_markdown(df: pd.DataFrame, baseline: str | None, peaks: dict | None = None) -> str:
     """The same table as Markdown, for docs and PR comments."""
     rows = formatted_rows(df, baseline, peaks)
-    columns = _headers(df, _has_roofline(rows))
+    columns = _headers(rows, _has_roofline(rows))
     headers = [f"x{baseline}" if h == "speedup" and baseline else h for h in columns]
     lines = [f"{_speedup_legend(rows, baseline)}.", ""] if baseline == BEST_EXACT else []
     for shape in dict.fromkeys(r["shape"] for r in rows):
