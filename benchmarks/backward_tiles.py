@@ -19,7 +19,8 @@ alone (what a training step launches), and beside it the same hop's backward on 
 is a view: where a step's backward time goes, hop by hop, against the other backend. With --levers
 each packed hop runs only its table tile and the two changes to it not yet timed on those hops
 (gradient products transposed; two pipeline stages) alone and together, through pointer loads as
-the table runs, each judged against float32 as above; a blocked hop runs its table's shapes.
+the table runs, and the two-stage tiles with TMA boxes, each judged against float32 as above; a
+blocked hop runs its table's shapes.
 
     python3 benchmarks/backward_tiles.py [--lengths 32k,128k] [--orders 2,3] [--rep-ms 100] [--hops 1,2]
                                          [--table-only | --levers]
@@ -168,10 +169,14 @@ def _errors(err: tuple[float, ...]) -> str:
     return " / ".join(f"{e:.2e}" for e in err)
 
 
-def packed_levers(tile: tb.PackedTile) -> list[tb.PackedTile]:
-    """The table tile, then with its gradient products transposed, with two pipeline stages, and both."""
-    return [tile, replace(tile, transposed=True), replace(tile, num_stages=2),
-            replace(tile, transposed=True, num_stages=2)]
+def packed_levers(tile: tb.PackedTile) -> list[tuple[tb.PackedTile, bool]]:
+    """(tile, TMA boxes) pairs: the table tile through pointer loads (as the table runs it), then
+    with its gradient products transposed, with two pipeline stages, and both; and the two-stage
+    tiles with boxes, whose latency the second stage may hide (with one stage the boxes measured
+    slower, but they spill nothing where pointer loads spill 200-264 bytes a thread)."""
+    transposed, staged = replace(tile, transposed=True), replace(tile, num_stages=2)
+    both = replace(staged, transposed=True)
+    return [(tile, False), (transposed, False), (staged, False), (both, False), (staged, True), (both, True)]
 
 
 def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], scope: Scope = Scope.ALL) -> None:
@@ -183,8 +188,9 @@ def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], scop
 
     if scope is Scope.LEVERS:
         if length <= tb.PACKED_MAX_LEN:
-            for tile in packed_levers(tb.packed_tile(length, torch.bfloat16)):
-                keep("packed, pointer loads", tile, hop.trial("packed, pointer loads", tile, packed=tile, tma=False))
+            for tile, boxes in packed_levers(tb.packed_tile(length, torch.bfloat16)):
+                kernel = "packed, boxes" if boxes else "packed, pointer loads"
+                keep("packed", (tile, kernel), hop.trial(kernel, tile, packed=tile, tma=boxes))
         else:
             table = tb.backward_blocks(length, torch.bfloat16)
             keep("table", table, hop.trial("table", table))
@@ -241,7 +247,7 @@ def main() -> None:
     scopes.add_argument("--table-only", action="store_true",
                         help="each hop's backward as runs launch it (no other shape) and on cuDNN")
     scopes.add_argument("--levers", action="store_true",
-                        help="packed hops: the table tile, products transposed, two stages, both")
+                        help="packed hops: the table tile, products transposed, two stages, both; boxes")
     args = parser.parse_args()
     scope = Scope.TABLE if args.table_only else Scope.LEVERS if args.levers else Scope.ALL
     orders = parse_ints(args.orders, "orders")

@@ -194,13 +194,17 @@ def backward_rows(n: int, dims: tuple[int, ...], dtype: torch.dtype, arch: int) 
         deltas = tb.Deltas(given=torch.empty_like(lse) if t < len(dims) - 1 else None,
                            previous=torch.empty_like(lse) if t > 0 else None)
         # the table's launches, and the variants: the blocked kernels with dQ fused, the packed kernel
-        # with its gradients' products transposed
+        # with its gradients' products transposed, with two pipeline stages, and both
+        # (backward_tiles.py --levers times the same three)
         plans = [("backward", None, None)]
         if dims[axis] > tb.PACKED_MAX_LEN:
             plans.append(("backward, dQ fused", tb.fused_blocks(dims[axis], dtype), None))
         else:
-            tile = replace(tb.packed_tile(dims[axis], dtype), transposed=True)
-            plans.append(("backward, products transposed", None, tile))
+            tile = tb.packed_tile(dims[axis], dtype)
+            plans += [("backward, products transposed", None, replace(tile, transposed=True)),
+                      ("backward, two stages", None, replace(tile, num_stages=2)),
+                      ("backward, products transposed, two stages", None,
+                       replace(tile, transposed=True, num_stages=2))]
         for (pass_, blocks, packed), tma in itertools.product(plans, (True, False)):
             launches = tb.plan_hop_backward(q, k, value, torch.empty_like(q), torch.empty_like(q), lse, grads,
                                             torch.empty_like(value), dims, axis, True, D**-0.5, blocks=blocks,

@@ -36,13 +36,21 @@ def _pick(rows: list[dict], pass_: str, hop: int, loads: str) -> dict:
 
 
 def test_every_hop_compiles_both_ways_for_sm90(rows: list[dict]) -> None:
-    # 128k, m = 3 (32 x 64 x 64): three packed hops, forward and backward (the table's products and
-    # transposed ones), TMA and pointer loads
-    passes = ("forward", "backward", "backward, products transposed")
+    # 128k, m = 3 (32 x 64 x 64): three packed hops, forward and backward (the table's tile and the
+    # levers backward_tiles.py --levers times), TMA and pointer loads
+    passes = ("forward", "backward", "backward, products transposed", "backward, two stages",
+              "backward, products transposed, two stages")
     assert {(r["pass_"], r["hop"], r["loads"]) for r in rows} == {
         (p, hop, loads) for p in passes for hop in (1, 2, 3) for loads in ("tma", "pointers")}
     for r in rows:
         assert 0 < r["registers"] <= 255 and r["shared_bytes"] > 0 and r["programs_per_sm"] >= 1, r
+        if r["pass_"].startswith("backward"):
+            # each lever is its own launch: the stages it names, and its own code
+            assert r["config"].endswith("stages=2" if "two stages" in r["pass_"] else "stages=1"), r
+    table = {(r["hop"], r["loads"]): r["ptx"] for r in rows if r["pass_"] == "backward"}
+    for r in rows:
+        if r["pass_"].startswith("backward,"):
+            assert r["ptx"] != table[(r["hop"], r["loads"])], r
 
 
 def test_tma_boxes_take_fewer_registers_and_spill_less(rows: list[dict]) -> None:
