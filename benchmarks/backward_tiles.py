@@ -67,7 +67,7 @@ class Scope(Enum):
     """Which shapes a hop runs."""
 
     ALL = "all"  # every candidate shape
-    LEVERS = "levers"  # the packed table tile with its products transposed and/or two stages
+    LEVERS = "levers"  # the packed table tile, its products transposed and/or two stages, boxes
     TABLE = "table"  # the table's shapes alone, beside cuDNN's backward of the hop
 
 
