@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
-from tbench.core.case import MODE_NAMES
+from tbench.core.case import MODE_NAMES, Mode
 from tbench.core.sweep import BEST_EXACT
 from tbench.dashboard import data
 from tbench.dashboard import quality as quality_data
@@ -401,13 +402,15 @@ def leaderboard_view(df: pd.DataFrame, baseline: str | None, colours: dict[str, 
                default=default, format_func=data.format_length)
     table = data.leaderboard(df, n, baseline)
     ok = int((table["status"].isin(data.TIMED_STATUSES)).sum())
+    shown = data.format_leaderboard(table, baseline)
     st.subheader(f"Leaderboard at N = {data.format_length(n)}")
     st.caption(f"{ok} of {len(table)} configurations ran; ranked by median time (fastest first). A failed "
                "configuration shows its status in every metric. Fidelity: relative L2 deviation from exact "
                "attention. Memory: peak beyond the inputs, and in total. Roofline: the device's floor for the "
                "configuration, max(minimum bytes / copy bandwidth, FLOPs / matmul rate) with both measured at the "
-               "start of its run, as a share of its median time, and which floor binds.")
-    shown = data.format_leaderboard(table, baseline)
+               "start of its run, as a share of its median time, and which floor binds."
+               + (" × fwd: a training pass's time over the same configuration's forward in the same run."
+                  if "× fwd" in shown.columns else ""))
     st.dataframe(_style_status(shown), hide_index=True, width="stretch")
     st.plotly_chart(ranking_figure(table, colours), key="ranking")
 
@@ -793,6 +796,9 @@ def main(db_url: str) -> None:
         return
     gpu, shape, run_id = slice_selection(db_url)
     df = _slice(db_url, gpu, shape, run_id)
+    if shape.mode != Mode.FWD.value:
+        forward = _slice(db_url, gpu, replace(shape, mode=Mode.FWD.value), run_id)
+        df = data.with_over_forward(df, forward, shape.mode)
     methods = choose_many(st.sidebar.multiselect, "Methods", sorted(df["method"].unique()), "methods")
     df = df[df["method"].isin(methods)]
     st.title(f"tbench leaderboard · {gpu}")

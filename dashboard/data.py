@@ -18,6 +18,7 @@ from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from ..analysis.endtoend import end_to_end
 from ..analysis.families import FAMILY_ORDER as FAMILY_ORDER
 from ..analysis.families import sort_by_family
+from ..analysis.over_forward import over_forward
 from ..analysis.roofline import Bound, Roofline, roofline_text, with_roofline
 from ..analysis.speedup import BaselineChoice as BaselineChoice
 from ..analysis.speedup import baseline_candidates as baseline_candidates
@@ -28,7 +29,7 @@ from ..analysis.speedup import pick_baseline as pick_baseline
 from ..analysis.speedup import with_speedup
 
 # Speedups and the baseline choice are the terminal report's too; the views use them from here.
-from ..core.case import TIMED_STATUSES, Scope, TimingProtocol
+from ..core.case import TIMED_STATUSES, Mode, Scope, TimingProtocol
 from ..results.models import SCHEMA_VERSION, Measurement, Meta, Run
 from ..results.store import readonly_sqlite_url
 from ..results.url import DatabaseUrl, DatabaseUrlError
@@ -401,6 +402,16 @@ def leaderboard(df: pd.DataFrame, seq_len: int, baseline: str | None) -> pd.Data
     return rows
 
 
+def with_over_forward(df: pd.DataFrame, forward: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """A training slice (`mode` bwd or fwd_bwd) with `over_fwd`: each row's time over the forward
+    of the same configuration in the same run (`forward`: the slice of the same GPU and shape in
+    fwd mode), NaN where that run did not time it. Within one run only, so that the ratio never
+    spans two machines or two versions of the code."""
+    rows = pd.concat([df.assign(mode=mode), forward.assign(mode=Mode.FWD.value)], ignore_index=True)
+    ratio = over_forward(rows, within=("run_id",))
+    return df.assign(over_fwd=ratio.iloc[:len(df)].to_numpy())
+
+
 def fmt_number(value: object, spec: str, missing: str = "n/a") -> str:
     if value is None or pd.isna(value):  # type: ignore[arg-type]
         return missing
@@ -459,6 +470,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
             "median ms": metric(fmt_number(row.median_ms, ".4g")),
             "p20–p80 ms": metric(f"{fmt_number(row.p20_ms, '.4g')}–{fmt_number(row.p80_ms, '.4g')}"),
             "speedup": metric(speedup),
+            "× fwd": metric(fmt_number(getattr(row, "over_fwd", None), ".2f") + "×"),
             "TFLOP/s": metric(fmt_number(row.tflops, ".3g")),
             "TB/s": metric(fmt_number(row.tbps, ".3g")),
             "roofline": metric(_roofline_cell(row.roofline, row.bound)),
@@ -470,8 +482,10 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
             "message": row.message or "",
             "run": int(row.run_id),
         })
-    columns = ["rank", "method", "family", "m", "dims", "status", *LEADERBOARD_METRICS, "provenance", "message",
-               "run"]
+    metrics = list(LEADERBOARD_METRICS)
+    if "over_fwd" in table.columns and table["over_fwd"].notna().any():
+        metrics.insert(metrics.index("speedup"), "× fwd")  # a training slice whose runs timed the forward too
+    columns = ["rank", "method", "family", "m", "dims", "status", *metrics, "provenance", "message", "run"]
     return pd.DataFrame(records, columns=columns)
 
 

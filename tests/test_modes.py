@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pandas as pd
 import pytest
 from alembic import command
 from conftest import run_cli
@@ -251,9 +252,39 @@ def test_dashboard_mode_selector_defaults_to_the_forward(tmp_path):
     at.selectbox(key="mode").set_value("bwd").run()
     assert not at.exception and at.query_params["mode"] == "bwd"
     assert "bwd" in at.selectbox(key="shape").value.label
-    assert table(at).set_index("method").loc["sdpa-math", "median ms"] == "3"
+    bwd = table(at).set_index("method")
+    assert bwd.loc["sdpa-math", "median ms"] == "3"
+    # the backward over the same configuration's forward in the same run (3 / 1 and 6 / 2)
+    assert bwd.loc["sdpa-math", "× fwd"] == "3.00×" and bwd.loc["full", "× fwd"] == "3.00×"
     # a link keeps the mode
     assert table(app(url, mode="bwd")).set_index("method").loc["full", "median ms"] == "6"
+    # no forward to divide by: no column
+    at.selectbox(key="mode").set_value("fwd").run()
+    assert "× fwd" not in table(at).columns
+
+
+def test_dashboard_divides_by_the_forward_of_the_same_run_only(tmp_path):
+    from tbench.core.records import MeasurementRecord, RunInfo, Timing
+    from tbench.dashboard import data
+
+    store = Store(str(tmp_path / "d.db"))
+    # run 1 times both passes of sdpa-math; run 2 only the forward of full, run 3 only its backward
+    for modes, method, median in ((("fwd", "bwd"), "sdpa-math", 2.0), (("fwd",), "full", 1.0),
+                                  (("bwd",), "full", 5.0)):
+        run = store.start_run(RunInfo(command="tbench run", device="cpu"))
+        for mode in modes:
+            ms = median * (2.5 if mode == "bwd" else 1.0)
+            case = Case(method, "exact", 256, 1, 2, 1, 32, "fp32", True, "cpu", timing="cpu", mode=mode)
+            store.record(run, MeasurementRecord(case, "ok", timing=Timing(ms, ms, ms, ms, 0.0, ms, [ms] * 5)))
+        store.finish_run(run, "finished")
+    store.close()
+    engine = data.open_readonly(f"sqlite:///{tmp_path / 'd.db'}")
+    shape = data.Shape("fp32", True, 1, 2, 1, 32, "cpu", mode="bwd")
+    rows = data.with_over_forward(data.load_slice(engine, "CPU", shape),
+                                  data.load_slice(engine, "CPU", data.Shape("fp32", True, 1, 2, 1, 32, "cpu")), "bwd")
+    ratio = dict(zip(rows["method"], rows["over_fwd"], strict=True))
+    assert ratio["sdpa-math"] == pytest.approx(2.5)
+    assert pd.isna(ratio["full"])  # its forward came from another run
 
 
 def test_bundles_carry_the_mode(tmp_path):

@@ -24,6 +24,8 @@ TIMES = {
     ("sdpa-math", None, "fwd", "cpu"): None,  # its forward failed: no ratio for its step
     ("sdpa-math", None, "fwd_bwd", "cpu"): 30.0,
     ("full", None, "fwd_bwd", "cpu"): 12.0,  # no forward measured at all
+    ("sdpa-efficient", None, "fwd", "cpu"): 3.0,  # an exact method: no order, no dims
+    ("sdpa-efficient", None, "fwd_bwd", "cpu"): 12.0,
 }
 DIMS = {2: (16, 16), 3: (4, 8, 8)}
 
@@ -58,6 +60,7 @@ def test_each_training_row_is_divided_by_its_own_forward(measurements):
     assert ratio[("tensorized-ref", 2, "bwd")] == pytest.approx(3.5)
     # the order's own forward, not the other order's (4.0, not 2.0)
     assert ratio[("tensorized-ref", 3, "fwd_bwd")] == pytest.approx(2.5)
+    assert ratio[("sdpa-efficient", None, "fwd_bwd")] == pytest.approx(4.0)
     for key in [("tensorized-ref", 2, "fwd"), ("tensorized-ref", 3, "fwd"), ("sdpa-math", None, "fwd"),
                 ("sdpa-math", None, "fwd_bwd"), ("full", None, "fwd_bwd")]:
         assert math.isnan(ratio[key]), key
