@@ -24,10 +24,12 @@ output.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import triton
@@ -36,6 +38,7 @@ import triton.testing
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..core.folding import hop_axes
+from .tuning_record import TuningRecord, record_folder, tuning_record
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 128)
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
@@ -677,6 +680,46 @@ class HopKey:
 # Config chosen per key; once known, hops launch the bare kernel with it and skip the
 # autotuner's per-call argument handling, which is noticeable next to a 50 us hop.
 _chosen: dict[HopKey, triton.Config] = {}
+# Keys whose config this process took from the tuning record instead of tuning it.
+_recorded: set[HopKey] = set()
+# The tuning record of this file's kernels on each device type (None: none kept); read on first use.
+_records: dict[str, TuningRecord | None] = {}
+
+
+def _record_of(device: str) -> TuningRecord | None:
+    """The tuning record (kernels/tuning_record.py) for the kernels and configs of this file on this
+    GPU model. None with TBENCH_TRITON_AUTOTUNE=0, whose stand-in choices are neither kept nor
+    replaced by kept ones."""
+    if not _AUTOTUNE:
+        return None
+    if device not in _records:
+        folder = record_folder(_INTERPRET)
+        model = torch.cuda.get_device_name() if device == "cuda" else device
+        digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        _records[device] = None if folder is None else tuning_record(folder, model, triton.__version__, digest)
+    return _records[device]
+
+
+def _recorded_config(launch: HopLaunch) -> triton.Config | None:
+    """The config an earlier process tuned for this launch's key, now also this process's choice."""
+    record = _record_of(launch.key.device)
+    index = None if record is None else record.get(f"config {launch.key!r}")
+    configs = launch.tuner.configs
+    if type(index) is not int or not 0 <= index < len(configs):
+        return None
+    _chosen[launch.key] = configs[index]
+    _recorded.add(launch.key)
+    return configs[index]
+
+
+def _keep_config(launch: HopLaunch) -> None:
+    """Writes the config just tuned for this launch's key to the record (by its place in the list;
+    a fallback config from outside the list is not kept)."""
+    record = _record_of(launch.key.device)
+    best = launch.tuner.best_config
+    index = next((i for i, cfg in enumerate(launch.tuner.configs) if cfg is best), None)
+    if record is not None and index is not None:
+        record.put(f"config {launch.key!r}", index)
 
 
 @dataclass
@@ -797,7 +840,10 @@ def _launch_hop(
     finds faster once both are tuned (boxes win on long sequences, pointers on short ones)."""
     choosing = config is None and tma and _LOADS_TIMER is not None
     if choosing:
-        boxes_won = _boxes_win.get(_hop_key(q, k, value, dims, axis, causal, lse))
+        shape = _hop_key(q, k, value, dims, axis, causal, lse)
+        boxes_won = _boxes_win.get(shape)
+        if boxes_won is None:
+            boxes_won = _recorded_verdict(shape)
         # a known verdict plans one launch: no descriptors where pointers won, no pointer plan where boxes did
         tma = boxes_won is not False
         choosing = boxes_won is None
@@ -812,8 +858,11 @@ def _run(launch: HopLaunch, config: triton.Config | None = None) -> None:
     if config is None:
         config = _chosen.get(launch.key)
         if config is None:
+            config = _recorded_config(launch)
+        if config is None:
             launch.tuner[launch.grid](*launch.args, **launch.constexprs)
             _chosen[launch.key] = launch.tuner.best_config
+            _keep_config(launch)
             return
     launch.kernel[launch.grid](*launch.args, **launch.bind(config))
 
@@ -843,8 +892,22 @@ def _faster_loads(boxed: HopLaunch, pointers: HopLaunch) -> HopLaunch:
     (ties keep the boxes), on the first call of the shape; the verdict is kept for later calls."""
     boxed_ms = _LOADS_TIMER(functools.partial(_run, boxed))
     pointers_ms = _LOADS_TIMER(functools.partial(_run, pointers))
-    wins = _boxes_win[_shape_of(boxed.key)] = boxed_ms <= pointers_ms
+    shape = _shape_of(boxed.key)
+    wins = _boxes_win[shape] = boxed_ms <= pointers_ms
+    record = _record_of(shape.device)
+    if record is not None:
+        record.put(f"boxes {shape!r}", wins)
     return boxed if wins else pointers
+
+
+def _recorded_verdict(shape: HopKey) -> bool | None:
+    """Whether boxes beat pointer loads on this hop shape, as an earlier process measured it."""
+    record = _record_of(shape.device)
+    verdict = None if record is None else record.get(f"boxes {shape!r}")
+    if type(verdict) is not bool:
+        return None
+    _boxes_win[shape] = verdict
+    return verdict
 
 
 def tensorized_attention_triton(
@@ -883,7 +946,7 @@ def tuned_configs() -> list[tuple[str, HopKey, str]]:
     that measured faster through pointer loads than with boxes names only its pointer launch.
     Kernels: 'flash' or 'packed', with '-tma' where tiles move through descriptors, and ' (value
     with kv heads)' for a packed hop whose value is v (a first hop under GQA), which is tuned apart
-    from later hops of the same slice length."""
+    from later hops of the same slice length. A config read from the tuning record says so."""
     def kernel(key: HopKey) -> str:
         name = ("packed" if key.packed else "flash") + ("-tma" if key.boxes else "")
         return f"{name} (value with kv heads)" if key.packed and key.value_on_kv_heads else name
@@ -892,7 +955,10 @@ def tuned_configs() -> list[tuple[str, HopKey, str]]:
         wins = _boxes_win.get(_shape_of(key))
         return wins is None or wins == key.boxes
 
-    return [(kernel(key), key, _config_text(cfg)) for key, cfg in _chosen.items() if ran(key)]
+    def text(key: HopKey, cfg: triton.Config) -> str:
+        return _config_text(cfg) + (" (tuning record)" if key in _recorded else "")
+
+    return [(kernel(key), key, text(key, cfg)) for key, cfg in _chosen.items() if ran(key)]
 
 
 def _config_text(cfg: triton.Config) -> str:

@@ -1,5 +1,6 @@
 """Shared test fixtures. Without a GPU, Triton kernels run in Triton's interpreter; the variable
-must be set before any kernel is defined, hence at import time here."""
+must be set before any kernel is defined, hence at import time here. No test reads or writes the
+kernels' tuning record unless it names a folder for it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests tune afresh: no tuning record from an earlier run (or another test) chooses their configs;
+# the record's own tests name a folder of their own.
+os.environ["TBENCH_TUNING_DIR"] = ""
 
 import pytest
 
