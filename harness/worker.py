@@ -34,7 +34,8 @@ def _worker_main(conn: Connection, settings: MeasureSettings, plugins: bool, dev
     ignore_stop_signals()
     # Keep Triton autotuners' choices on disk (fla-core's kernels tune over dozens of configs: 36 s at
     # the first shape on an H200), so a later worker or run on this machine reuses them instead of
-    # timing every config again; Triton keeps none for configs with a pre-hook, as tbench's own have.
+    # timing every config again; Triton keeps none for configs with a pre-hook, as tbench's own have
+    # (those go to tbench's tuning record, kernels/tuning_record.py).
     # Read when a kernel module is imported, so set first. Not when tbench's own tuning is switched
     # off: its stand-in choice must not be kept as a result.
     if os.environ.get("TBENCH_TRITON_AUTOTUNE", "1") != "0":
