@@ -16,8 +16,9 @@
 #             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
 #             pointer loads
 #   levers    benchmarks/backward_tiles.py --levers at 128k then 32k, m = 3, hops 1 and 2 (slices of 64 and
-#             32 on the packed backward): the table tile against its products transposed and two
-#             pipeline stages, each judged against a float32 backward
+#             32 on the packed backward): the table tile against its products transposed, two
+#             pipeline stages and both, and the two-stage tiles with TMA boxes, each judged against a
+#             float32 backward
 #   hops      benchmarks/backward_tiles.py --table-only at 32k and 128k, m = 2, 3: each hop's backward as
 #             runs launch it, timed alone, beside the same hop's backward on cuDNN (where a training
 #             step's backward time goes, hop by hop)
