@@ -14,6 +14,13 @@ class HopBackend(Enum):
     CUDNN = "cuDNN SDPA"
 
 
+class PackedBackward(Enum):
+    """How the fused Triton backward launches its packed kernel (hops of slices of at most 64)."""
+
+    TABLE = "one stage, pointer loads"  # the table's tile (kernels/tensorized_backward.packed_tile)
+    STAGED_BOXES = "two pipeline stages, TMA boxes"  # the same rows and warps, the next tile's loads in flight
+
+
 def all_triton(backends: Sequence[HopBackend]) -> bool:
     return all(b is HopBackend.TRITON for b in backends)
 
@@ -23,10 +30,12 @@ class TrainChain:
     """How a training step of tensorized attention runs. Hop t's forward runs on `forward[t]`. With
     `fused_backward`, the backward is the fused Triton chain's (float32 dq and dk sums across the
     hops), from the outputs and log-sum-exps those forwards saved; else each hop's backward runs on
-    its forward's backend, as its own differentiable op, and autograd adds the hops' dq and dk shares."""
+    its forward's backend, as its own differentiable op, and autograd adds the hops' dq and dk shares.
+    `packed_backward` says how the fused backward launches its packed kernel."""
 
     forward: tuple[HopBackend, ...]
     fused_backward: bool
+    packed_backward: PackedBackward = PackedBackward.TABLE
 
     @classmethod
     def triton(cls, hops: int) -> TrainChain:
@@ -36,3 +45,8 @@ class TrainChain:
     @property
     def all_triton(self) -> bool:
         return self.fused_backward and all_triton(self.forward)
+
+    @property
+    def is_table_chain(self) -> bool:
+        """The fused Triton chain with the table's launch shapes: what `tensorized-triton` runs."""
+        return self.all_triton and self.packed_backward is PackedBackward.TABLE

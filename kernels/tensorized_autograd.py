@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from . import tensorized_backward
-from .hop_backend import HopBackend, all_triton
+from .hop_backend import HopBackend, PackedBackward, all_triton
 from .tensorized_backward import (
     Gradients,
     SavedForward,
@@ -38,7 +38,7 @@ class TensorizedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
                 causal: bool, scale: float, recompute: bool, fused_dq: bool,
-                forward_backends: tuple[HopBackend, ...] | None) -> torch.Tensor:
+                forward_backends: tuple[HopBackend, ...] | None, packed: PackedBackward) -> torch.Tensor:
         if forward_backends is None:
             saved = forward_with_saved(q, k, v, dims, causal, scale)
         else:
@@ -46,6 +46,7 @@ class TensorizedAttentionFunction(torch.autograd.Function):
         kept = saved.outputs[-1:] if recompute else saved.outputs
         ctx.save_for_backward(q, k, v, *kept, *saved.lses)
         ctx.dims, ctx.causal, ctx.scale, ctx.recompute, ctx.fused_dq = dims, causal, scale, recompute, fused_dq
+        ctx.packed = packed
         return saved.outputs[-1]
 
     @staticmethod
@@ -58,8 +59,8 @@ class TensorizedAttentionFunction(torch.autograd.Function):
         else:
             outputs, lses = tuple(rest[:m]), tuple(rest[m:])
         dq, dk, dv = backward_from_saved(d_out, q, k, v, SavedForward(outputs, lses), ctx.dims, ctx.causal,
-                                         ctx.scale, fused_dq=ctx.fused_dq)
-        return dq, dk, dv, None, None, None, None, None, None
+                                         ctx.scale, fused_dq=ctx.fused_dq, packed=ctx.packed)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def tensorized_attention_train(
@@ -72,13 +73,15 @@ def tensorized_attention_train(
     recompute: bool = False,
     fused_dq: bool = False,
     forward_backends: Sequence[HopBackend] | None = None,
+    packed_backward: PackedBackward = PackedBackward.TABLE,
 ) -> torch.Tensor:
     """Tensorized attention over `dims` (prod >= N) with a backward: (B, H, N, D) in q's dtype that
     torch.autograd differentiates with respect to q, k and v. `recompute` keeps less between the
     passes and runs the forward's first m - 1 hops again in the backward; `fused_dq` adds the blocked
     hops' dQ from their dK/dV kernel (see backward_from_saved); `forward_backends` runs hop t's
     forward on forward_backends[t] (Triton, FA3 or cuDNN; see tensorized_dispatch.saved_forward_on)
-    and the backward on the Triton kernels from what they saved. Raises ValueError (see
+    and the backward on the Triton kernels from what they saved; `packed_backward` how the backward
+    launches its packed kernel (kernels/hop_backend.PackedBackward). Raises ValueError (see
     tensorized_triton.unsupported_reason) for configurations the kernels lack, and for
     `forward_backends` with `recompute` (the recomputed hops would not be those whose log-sum-exps
     were saved)."""
@@ -93,7 +96,8 @@ def tensorized_attention_train(
             raise ValueError("recompute runs the forward's hops again on Triton; forward_backends "
                              f"{[b.value for b in backends]} would save log-sum-exps of other hops")
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
-    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq, backends)
+    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq, backends,
+                                             packed_backward)
 
 
 class TensorizedHopFunction(torch.autograd.Function):

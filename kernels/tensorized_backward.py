@@ -32,6 +32,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..core.folding import hop_axes
+from .hop_backend import PackedBackward
 from .tensorized_triton import (
     _INTERPRET,
     _LOG2E,
@@ -568,6 +569,24 @@ def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     return PackedTile(32, 4, 1) if block_l <= 32 else PackedTile(block_l, 8, 1)
 
 
+def staged_packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
+    """The table's packed tile in two pipeline stages with its tiles as TMA boxes where they fit one
+    (PackedBackward.STAGED_BOXES). Not the table: on an H100 it measured 12 % faster than the table's
+    tile on 32k m = 3's strided slices of 32, the one hop timed so far (docs/kernel-log.md), where
+    with one stage the boxes had measured 20-45 % slower; so the training dispatch times it per
+    shape against the table (kernels/tensorized_train_dispatch.py). 16-bit operands only: float32
+    tiles in two stages would take twice the shared memory of the table's."""
+    return replace(packed_tile(length, dtype), num_stages=2, boxes=True)
+
+
+def _packed_launch(length: int, dtype: torch.dtype, packed: PackedBackward) -> PackedTile | None:
+    """The packed tile a hop of slices of `length` launches under `packed` (None: the table's);
+    float32 operands keep the table's (see `staged_packed_tile`)."""
+    if packed is PackedBackward.TABLE or length > PACKED_MAX_LEN or dtype == torch.float32:
+        return None
+    return staged_packed_tile(length, dtype)
+
+
 def _new_gradient_buffer(like: torch.Tensor) -> torch.Tensor:
     """The gradient of an intermediate value (a module-level hook so tests can hand in a poisoned one)."""
     return torch.empty_like(like, memory_format=torch.contiguous_format)
@@ -805,6 +824,7 @@ def recompute_intermediates(
 def backward_from_saved(
     d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, saved: SavedForward,
     dims: tuple[int, ...], causal: bool, scale: float, hand_deltas: bool = True, fused_dq: bool = False,
+    packed: PackedBackward = PackedBackward.TABLE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward.
     With `hand_deltas` each hop's backward forms the previous hop's Delta from the value and d_value
@@ -812,7 +832,8 @@ def backward_from_saved(
     per hop; off for comparisons). With `fused_dq` the hops on the blocked kernels (slices longer
     than PACKED_MAX_LEN) add their dQ from the dK/dV kernel (`fused_blocks`); the float32 dQ sum is
     then zeroed first if the first hop of the backward is one of them, and converted to q's dtype
-    last if the last is."""
+    last if the last is. `packed` says how the hops of slices of at most PACKED_MAX_LEN launch the
+    packed kernel."""
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))
@@ -840,7 +861,8 @@ def backward_from_saved(
             previous = handed[t % 2]
         _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
                              dims, hops[t], causal, scale, blocks=fused_blocks(dims[hops[t]], q.dtype) if fused[t]
-                             else None, deltas=Deltas(given, previous))
+                             else None, packed=_packed_launch(dims[hops[t]], q.dtype, packed),
+                             deltas=Deltas(given, previous))
         d_value, given = d_prev, previous
     if fused[0]:
         dq.copy_(dq_acc)

@@ -9,18 +9,23 @@ Triton backward can also start from a forward whose hops ran on the libraries, s
 return the log-sum-exps it needs. So the choice is made in steps, on the hops' real views: per hop,
 the backend whose forward + backward is fastest (the mixed chain), and the backend whose forward is
 fastest (the library forward); then, where either differs from the fused Triton chain, the chains
-end to end.
+end to end. Where some hop's slices are short enough for the packed backward kernel (16-bit
+operands), each chain with the fused backward is also timed with that kernel in two pipeline stages
+and TMA boxes (hop_backend.PackedBackward), which is not the table's tile but measured faster on
+some of those hops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch.nn.attention import SDPBackend
 
 from ..core.folding import hop_axes
-from .hop_backend import HopBackend, TrainChain, all_triton
+from . import tensorized_backward
+from .hop_backend import HopBackend, PackedBackward, TrainChain, all_triton
 from .tensorized_autograd import tensorized_attention_train, tensorized_hop_train
 from .tensorized_dispatch import backend_for_hop, choose_hop_backends, fastest_per_hop, library_candidates, sdpa_hop
 from .tensorized_triton import checked_arguments
@@ -57,7 +62,8 @@ def tensorized_attention_train_dispatch(
     if len(chain.forward) != len(dims):
         raise ValueError(f"{len(chain.forward)} hop backends for {len(dims)} hops")
     if chain.fused_backward:
-        return tensorized_attention_train(q, k, v, dims, causal, scale, forward_backends=chain.forward)
+        return tensorized_attention_train(q, k, v, dims, causal, scale, forward_backends=chain.forward,
+                                          packed_backward=chain.packed_backward)
     _check_trainable(chain.forward)
     value = v
     for axis, backend in zip(hop_axes(len(dims)), chain.forward, strict=True):
@@ -87,9 +93,11 @@ def choose_train_chain(
     inputs: the fused Triton chain; the mixed chain (per hop, the one of `candidates` whose forward +
     backward is fastest on the hop's real views, the next hop getting the chosen backend's output as
     its value); and the fused Triton backward behind the fastest forward of each hop among Triton and
-    `forward_candidates` (default: the libraries this machine has, tensorized_dispatch.library_candidates).
-    A chain that comes out as the fused Triton chain is not timed again, and when both do, no chain
-    is timed. A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
+    `forward_candidates` (default: the libraries this machine has, tensorized_dispatch.library_candidates);
+    and, where `_stages_packed_backward`, each of those with a fused backward again with its packed
+    kernel in two stages and TMA boxes. A chain that comes out as the fused Triton chain is not
+    timed again, and when every one does, no chain is timed. A backend that refuses a hop
+    (RuntimeError) is skipped; Triton runs every hop."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
@@ -117,6 +125,9 @@ def choose_train_chain(
             forward = choose_hop_backends(q, k, v.detach(), dims, causal, scale, forward_candidates, seconds)
         if not all_triton(forward):
             chains.append(TrainChain(forward, fused_backward=True))
+    if _stages_packed_backward(q, dims):
+        chains += [replace(chain, packed_backward=PackedBackward.STAGED_BOXES) for chain in chains
+                   if chain.fused_backward]
     if len(chains) == 1:
         return fused
 
@@ -126,3 +137,9 @@ def choose_train_chain(
 
     times = [seconds(step(chain)) for chain in chains]
     return chains[times.index(min(times))]
+
+
+def _stages_packed_backward(q: torch.Tensor, dims: Sequence[int]) -> bool:
+    """Whether the chains are also timed with the packed backward in two stages and TMA boxes: some
+    hop runs the packed kernel, on 16-bit operands (float32 tiles in two stages would not fit)."""
+    return q.dtype in (torch.bfloat16, torch.float16) and min(dims) <= tensorized_backward.PACKED_MAX_LEN

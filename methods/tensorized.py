@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend
 
 from ..core.case import Case
 from ..core.folding import hop_axes
-from ..kernels.hop_backend import HopBackend, TrainChain, all_triton
+from ..kernels.hop_backend import HopBackend, PackedBackward, TrainChain, all_triton
 from ..kernels.tensorized_sdpa import HopPlan, choose_plans, tensorized_attention_sdpa
 from ..kernels.tensors import make_inputs, torch_dtype
 from .availability import cuda_availability, has_module
@@ -255,7 +255,7 @@ class HopDispatch:
         if case.device != "cpu":
             self.chains[case.key] = self._choose_chain(case)
         chain = self.chains.get(case.key)
-        if chain is None or chain.all_triton:
+        if chain is None or chain.is_table_chain:
             return tensorized_triton.call  # the fused Triton chain
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
@@ -302,11 +302,14 @@ def _describe_chain(dims: tuple[int, ...], chain: TrainChain | None) -> str:
         return "forward and backward on the fused Triton chain"
     measured = ("chosen by timing whole steps against the fused Triton chain, each hop's forward + backward on "
                 "the faster of Triton and cuDNN, and the fused Triton backward behind each hop's fastest forward")
+    packed = ("" if chain.packed_backward is PackedBackward.TABLE
+              else f" (its packed kernel in {chain.packed_backward.value})")
     if chain.all_triton:
-        return f"forward and backward on the fused Triton chain, {measured}"
+        return f"forward and backward on the fused Triton chain{packed}, {measured}"
     hops = _per_hop(dims, [backend.value for backend in chain.forward])
     if chain.fused_backward:
-        return f"each hop's forward on the fastest library ({hops}), the backward on the fused Triton chain; {measured}"
+        return (f"each hop's forward on the fastest library ({hops}), the backward on the fused Triton "
+                f"chain{packed}; {measured}")
     return f"each hop's forward and backward on one backend ({hops}); {measured}"
 
 

@@ -9,6 +9,7 @@ float32 SDPA composition.
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisone
 
 from tbench.core.folding import hop_axes, resolve_dims
 from tbench.kernels import tensorized_backward as tb
+from tbench.kernels.hop_backend import PackedBackward
 from tbench.kernels.reference import tensorized_attention_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train
 from tbench.kernels.tensorized_sdpa import tensorized_attention_sdpa
@@ -177,6 +179,43 @@ def test_tiles_through_tma_boxes(case: Case, kernels: str, planned_launches: lis
     # 4 x 6 x 4's axis 1 with 8 slices a tile would straddle two values of a: pointer loads
     straddles = case.dims == (4, 6, 4) and kernels == "packed-boxes"
     assert sum(packed_boxed) == (0 if kernels == "table" else len(packed_boxed) - straddles)
+
+
+def _staged(q, k, v, dims, causal):
+    return tensorized_attention_train(q, k, v, dims, causal, packed_backward=PackedBackward.STAGED_BOXES)
+
+
+@pytest.mark.parametrize("case", [
+    BOXED_CASES[2],  # bf16 m = 2, dims that fill N: boxes
+    Case(96, 3, False, BF16, dims=(4, 6, 4), heads=4, kv_heads=1),  # axis 1 straddles: pointers there
+    KERNEL_CASES[7],  # bf16 m = 3, padded N: pointers
+    KERNEL_CASES[6],  # bf16, batch 2, strided rows: pointers
+    BOXED_CASES[1],  # float32 keeps the table's tile
+], ids=str)
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_packed_backward_in_two_stages_with_boxes(case: Case, planned_launches: list[tb.KernelLaunch]) -> None:
+    """PackedBackward.STAGED_BOXES on 16-bit operands: every packed launch takes two pipeline stages,
+    its tiles as TMA boxes where the dims fill N and the tensors are contiguous, else through pointers;
+    float32 launches the table's tile. The gradients stay the spec's."""
+    _check_against_spec(_staged, case)
+    packed = [launch for launch in planned_launches if launch.kernel is tb._packed_kernel]
+    assert packed
+    table = tb.packed_tile(8, case.dtype)
+    staged = case.dtype == BF16
+    assert all(launch.kwargs["num_stages"] == (2 if staged else table.num_stages) for launch in packed)
+    boxed = [any(isinstance(arg, TensorDescriptor) for arg in launch.args) for launch in packed]
+    fills = math.prod(case.resolved_dims) == case.n and case.layout == "bhnd"
+    straddles = case.resolved_dims == (4, 6, 4)  # axis 1, as in test_tiles_through_tma_boxes
+    assert sum(boxed) == (len(boxed) - straddles if staged and fills else 0)
+
+
+def test_the_table_chain_keeps_one_stage_and_pointer_loads(planned_launches: list[tb.KernelLaunch]) -> None:
+    """The default backward (what `tensorized-triton` runs) is the table's packed tile, unchanged."""
+    case = BOXED_CASES[2]
+    _check_against_spec(tensorized_attention_train, case)
+    packed = [launch for launch in planned_launches if launch.kernel is tb._packed_kernel]
+    assert packed and all(launch.kwargs["num_stages"] == tb.packed_tile(8, BF16).num_stages for launch in packed)
+    assert not any(isinstance(arg, TensorDescriptor) for launch in packed for arg in launch.args)
 
 
 def _recomputing(q, k, v, dims, causal):
@@ -412,6 +451,16 @@ def test_gpu_matches_float32_sdpa_composition(m: int, causal: bool, n: int, pack
         monkeypatch.setattr(tb, "packed_tile", lambda length, dtype: replace(table_tile(length, dtype), boxes=True))
     case = Case(n, m, causal, BF16, heads=8, kv_heads=2, head_dim=128)
     _check_against_float32_composition(tensorized_attention_train, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8192 - 5, 8192], ids=["pointer-loads", "tma-boxes"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_gpu_staged_packed_backward_matches_float32_sdpa_composition(causal: bool, n: int) -> None:
+    """The packed kernel compiled in two pipeline stages (m = 3: every hop packed), its tiles as TMA
+    boxes where the dims fill N, against autograd of the float32 composition."""
+    case = Case(n, 3, causal, BF16, heads=8, kv_heads=2, head_dim=128)
+    _check_against_float32_composition(_staged, case)
 
 
 @pytest.mark.gpu

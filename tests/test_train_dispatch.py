@@ -19,9 +19,10 @@ from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisone
 
 from tbench.core.case import Case, Mode
 from tbench.core.folding import hop_axes
+from tbench.kernels import tensorized_backward as tb
 from tbench.kernels import tensorized_dispatch as td
 from tbench.kernels import tensorized_train_dispatch as ttd
-from tbench.kernels.hop_backend import TrainChain
+from tbench.kernels.hop_backend import PackedBackward, TrainChain
 from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
 from tbench.kernels.tensorized_autograd import tensorized_attention_train, tensorized_hop_train
 from tbench.kernels.tensorized_dispatch import HopBackend
@@ -30,6 +31,7 @@ from tbench.methods.catalog import load_registry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 T, C, F3 = HopBackend.TRITON, HopBackend.CUDNN, HopBackend.FA3
+STAGED = PackedBackward.STAGED_BOXES
 SDPA = SDPBackend.MATH
 
 
@@ -186,13 +188,15 @@ def test_the_method_trains_on_the_fused_triton_chain_in_float32():
 @pytest.mark.parametrize("chain", [
     *(TrainChain(backends, fused_backward=False) for backends in ((T, C), (C, T), (C, C))),
     *(TrainChain(forward, fused_backward=True) for forward in ((F3, C), (C, C), (C, T), (F3, T))),
-], ids=lambda c: f"{'-'.join(b.name for b in c.forward)}{'-fused' if c.fused_backward else ''}")
+    *(TrainChain(forward, True, STAGED) for forward in ((T, T), (F3, C))),
+], ids=lambda c: (f"{'-'.join(b.name for b in c.forward)}{'-fused' if c.fused_backward else ''}"
+                  f"{'-staged' if c.packed_backward is STAGED else ''}"))
 def test_gpu_chains_match_the_fused_triton_chain(chain: TrainChain):
     """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal, against the fused Triton chain in float32
     (both against float32 SDPA would be the same bf16 rounding apart): the real cuDNN hops' forward
     and backward (mixed chains), and the real FA3 and cuDNN forwards' outputs and log-sum-exps behind
     the fused Triton backward. Those outputs come back contiguous, so the backward's blocked hops can
-    still move them as TMA boxes."""
+    still move them as TMA boxes; and the packed hop (slices of 64) in two stages with boxes."""
     if F3 in chain.forward and td.fa3_forward() is None:
         pytest.skip("FlashAttention-3 is not installed")
     inputs = _inputs(8192, 32, 8, 128)
@@ -291,3 +295,69 @@ def test_the_choice_times_the_library_forward_chain_beside_the_others(costs, wan
 
     chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=(C, F3))
     assert chosen == want and len(chains) == 3
+
+
+@pytest.mark.parametrize(("costs", "want"), [
+    ((2.0, 1.0), TrainChain((T, T), True, STAGED)),
+    ((1.0, 2.0), TrainChain.triton(2)),
+], ids=["staged-faster", "table-faster"])
+def test_the_choice_times_the_packed_backward_in_two_stages_on_16_bit_operands(costs, want):
+    """bf16 with slices of 8 and 16 (the packed kernel's): Triton wins both hops, so the chains timed
+    are the fused Triton chain and the same with its packed backward in two stages and boxes, each a
+    real step; the faster is chosen. (float32 times neither: see the test above, four timings.)"""
+    q, k, v, _ = (x.to(DEVICE, torch.bfloat16) for x in _inputs(128))
+    hop_costs = iter([1.0, 2.0, 1.0, 2.0])  # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
+    chain_costs = iter(costs)
+    chains: list[object] = []
+
+    def seconds(step) -> float:
+        result = step()
+        cost = next(hop_costs, None)
+        if cost is not None:
+            return cost
+        chains.append(result)
+        assert len(result) == 3 and all(torch.isfinite(g).all() for g in result)
+        return next(chain_costs)
+
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=())
+    assert chosen == want and len(chains) == 2
+
+
+def test_no_hop_short_enough_for_the_packed_kernel_times_no_staged_chain(monkeypatch: pytest.MonkeyPatch):
+    """Every hop on the blocked kernels (none packed): the fused Triton chain alone, no chain timed."""
+    monkeypatch.setattr(tb, "PACKED_MAX_LEN", 0)
+    q, k, v, _ = (x.to(DEVICE, torch.bfloat16) for x in _inputs(128))
+    times: list[float] = []
+
+    def seconds(step) -> float:
+        step()
+        times.append(1.0)
+        return 1.0 if len(times) % 2 == 1 else 2.0  # Triton's hops (timed first) cheaper than SDPA's
+
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=())
+    assert chosen == TrainChain.triton(2) and len(times) == 4
+
+
+@pytest.mark.usefixtures("poisoned_gradients")
+def test_the_method_trains_on_a_staged_chain_it_chose(monkeypatch: pytest.MonkeyPatch):
+    """A chain with the staged packed backward, once chosen, is what `tensorized` runs and names (the
+    table's chain would be `tensorized-triton`'s call); its gradients are the spec's."""
+    registry = load_registry(plugins=False)
+    case = Case("tensorized", "tensorized", 128, 1, 4, 2, 32, "bf16", True, DEVICE, order=2, dims=(8, 16),
+                mode=Mode.FWD_BWD)
+    method = registry.get("tensorized")
+    method.bind.__self__.chains[case.key] = TrainChain((T, T), True, STAGED)  # as a GPU's timing would leave it
+    launched: list[int] = []
+    plan = tb.plan_hop_backward
+
+    def recorded(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        launched.extend(launch.kwargs["num_stages"] for launch in planned if launch.kernel is tb._packed_kernel)
+        return planned
+
+    monkeypatch.setattr(tb, "plan_hop_backward", recorded)
+    inputs = _inputs(128)
+    errors = _errors(lambda q, k, v: method.bound(case)(q, k, v, case), inputs, (8, 16), True, torch.bfloat16)
+    assert max(errors.values()) < 2e-2, errors
+    assert launched == [2, 2]
+    assert "fused Triton chain (its packed kernel in two pipeline stages, TMA boxes)" in method.provenance(case)
