@@ -176,7 +176,9 @@ def packed_levers(tile: tb.PackedTile) -> list[tuple[tb.PackedTile, bool]]:
     slower, but they spill nothing where pointer loads spill 200-264 bytes a thread)."""
     transposed, staged = replace(tile, transposed=True), replace(tile, num_stages=2)
     both = replace(staged, transposed=True)
-    return [(tile, False), (transposed, False), (staged, False), (both, False), (staged, True), (both, True)]
+    # the boxed tiles say so in their shape too (the launch takes boxes from `tma` either way)
+    boxed = [(replace(t, boxes=True), True) for t in (staged, both)]
+    return [(tile, False), (transposed, False), (staged, False), (both, False), *boxed]
 
 
 def sweep(hop: HopSweep, best: dict[tuple[int, str], tuple[float, object]], scope: Scope = Scope.ALL) -> None:

@@ -556,11 +556,12 @@ class PackedTile:
 def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     """Tiles of whole slices of next_power_of_2(length) >= 16 rows. 16-bit operands: 32 rows and
     4 warps up to L = 32, 64 rows and 8 warps up to 64, one stage (the fastest on an H200, 2.5-2.8x
-    faster than 64 rows and 4 warps at L = 32; two stages gave different gradients there, so they
-    are not used). fp32: at least 32 rows, 4 warps. The interpreter takes big tiles (fewer programs
-    run faster there). Tiles load through pointers: once they moved as TMA boxes, the backward of
-    the m = 3 training steps (every hop on this kernel) measured 20-45 % slower on an H200, against
-    the blocked kernels' 16-24 % faster (docs/kernel-log.md)."""
+    faster than 64 rows and 4 warps at L = 32). fp32: at least 32 rows, 4 warps. The interpreter
+    takes big tiles (fewer programs run faster there). Tiles load through pointers: in one stage
+    as TMA boxes, the backward of the m = 3 training steps (every hop on this kernel) measured
+    20-45 % slower on an H200, against the blocked kernels' 16-24 % faster (docs/kernel-log.md).
+    The same tile in two stages with boxes is `staged_packed_tile`, which `tensorized` times
+    against this one per shape."""
     block_l = max(16, triton.next_power_of_2(length))
     if _INTERPRET:
         return PackedTile(max(block_l, 128), 8, 1)
@@ -571,11 +572,14 @@ def packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
 
 def staged_packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     """The table's packed tile in two pipeline stages with its tiles as TMA boxes where they fit one
-    (PackedBackward.STAGED_BOXES). Not the table: on an H100 it measured 12 % faster than the table's
-    tile on 32k m = 3's strided slices of 32, the one hop timed so far (docs/kernel-log.md), where
-    with one stage the boxes had measured 20-45 % slower; so the training dispatch times it per
-    shape against the table (kernels/tensorized_train_dispatch.py). 16-bit operands only: float32
-    tiles in two stages would take twice the shared memory of the table's."""
+    (PackedBackward.STAGED_BOXES): the second stage keeps the next tile's loads in flight, which the
+    one-stage boxes (20-45 % slower, see `packed_tile`) lacked at one program of 8 warps per SM. On
+    an H100 a hop's backward measured 12 % faster than the table's tile on 32k m = 3's slices of
+    32 and 22 % on 128k m = 3's slices of 64, and whole m = 3 training steps 0-12 % faster (4k-128k,
+    docs/kernel-log.md). Not the table, since it has not been measured on every GPU and shape: the
+    training dispatch times it per shape against the table (kernels/tensorized_train_dispatch.py),
+    and `tensorized-triton` keeps the table. 16-bit operands only: float32 tiles in two stages
+    would take twice the shared memory of the table's."""
     return replace(packed_tile(length, dtype), num_stages=2, boxes=True)
 
 
