@@ -190,7 +190,8 @@ class Prepared:
     """A call ready to be timed. `hold_cycles`: how long the GPU waits, after the L2 flush and
     before the start event, so that the host has queued the whole call when the clock starts
     (`host_ms`: the host's time to issue one call, measured when prepared). The hold grows when a
-    sample shows the host slower than that (`covers`, `lengthen_hold`); `retakes` counts them."""
+    sample shows the host slower than that (`covers`, `lengthen_hold`), and the sample is taken
+    again; `retakes` counts the samples taken again (`retake_until_covered`)."""
 
     call: Callable[[], object]
     hold_cycles: int = 0
@@ -214,7 +215,6 @@ class Prepared:
     def lengthen_hold(self, issue_ms: float, cycles_per_ms: float) -> None:
         """A hold that covers `issue_ms`, for the sample's retake and the samples after it."""
         self.hold_cycles, self.hold_ms = hold_for(issue_ms, cycles_per_ms)
-        self.retakes += 1
 
 
 class Timer:
@@ -243,6 +243,21 @@ LONG_CALL_S = 0.25
 HOLD_CAP_MS = 20.0
 # How many times one sample is taken again with a longer hold before it is kept as it is.
 MAX_RETAKES = 3
+
+
+def retake_until_covered(fn: Prepared, attempt: Callable[[], tuple[float, float]], cycles_per_ms: float) -> float:
+    """One sample: `attempt()` takes it, returning (its time, the host's issue time), and is run
+    again with a longer hold while the hold did not cover the issue, at most MAX_RETAKES times, after
+    which the last is kept as it is. The hold is lengthened after every uncovered attempt, the last
+    too, so that the samples after it start covered; `fn.retakes` counts the attempts run again."""
+    for n in range(MAX_RETAKES + 1):
+        took, issue_ms = attempt()
+        if fn.covers(issue_ms):
+            break
+        fn.lengthen_hold(issue_ms, cycles_per_ms)
+        if n < MAX_RETAKES:
+            fn.retakes += 1
+    return took
 
 
 def hold_for(host_ms: float, cycles_per_ms: float, cap_ms: float = HOLD_CAP_MS) -> tuple[int, float]:
@@ -316,7 +331,8 @@ class CudaEventTimer(Timer):
         prepared; should the host turn slower later (another process, a slower core), the GPU would
         wait for it inside the timed interval and the sample would time the host. Such a sample is
         taken again, with a hold that covers the host's time, as are the samples after it."""
-        for _ in range(MAX_RETAKES + 1):
+
+        def attempt() -> tuple[float, float]:
             if fn.setup is not None:
                 fn.setup()  # queued before the flush: done before the start event
             self.flush()
@@ -328,11 +344,9 @@ class CudaEventTimer(Timer):
             issue_ms = (time.perf_counter() - issued_from) * 1e3
             self.end.record()
             self.end.synchronize()
-            took = float(self.start.elapsed_time(self.end))
-            if fn.covers(issue_ms):
-                break
-            fn.lengthen_hold(issue_ms, self.cycles_per_ms)
-        return took
+            return float(self.start.elapsed_time(self.end)), issue_ms
+
+        return retake_until_covered(fn, attempt, self.cycles_per_ms)
 
 
 class CudaGraphTimer(CudaEventTimer):

@@ -9,6 +9,7 @@ import torch
 from tbench.harness.devicestate import ClockTrace, clock_summary
 from tbench.harness.measure import _Active, _settle_clocks, cost_tiers
 from tbench.harness.timing import (
+    MAX_RETAKES,
     Prepared,
     Sampling,
     TimingPolicy,
@@ -16,6 +17,7 @@ from tbench.harness.timing import (
     cool_down,
     hold_for,
     median_rse,
+    retake_until_covered,
     summarize,
 )
 
@@ -130,11 +132,27 @@ def test_a_sample_the_host_outlasted_is_retaken_with_a_hold_that_covers_it():
     assert prepared.covers(0.25)  # within the hold's margin: the call was queued when the clock started
     assert not prepared.covers(1.0)  # the host was still issuing when the hold ran out
     prepared.lengthen_hold(1.0, cycles_per_ms=1.5e6)
-    assert prepared.covers(1.0) and prepared.hold_ms > 1.0 and prepared.retakes == 1
+    assert prepared.covers(1.0) and prepared.hold_ms > 1.0
     assert prepared.hold_cycles == int(prepared.hold_ms * 1.5e6)
     capped = Prepared(lambda: None, *hold_for(100.0, cycles_per_ms=1.5e6), host_ms=100.0)
     assert capped.covers(200.0)  # a host-bound call: its hold is at the cap, taken as it is
     assert Prepared(lambda: None).covers(5.0)  # no hold (the call waits for the GPU itself)
+
+
+@pytest.mark.parametrize(("issues", "kept", "retakes"), [
+    ((0.1,), 0, 0),  # covered at once
+    ((1.0, 1.0), 1, 1),  # the host outlasted the hold once: one retake, covered
+    ((1.0, 2.0, 4.0, 8.0, 16.0), MAX_RETAKES, MAX_RETAKES),  # slower each time: the last allowed kept
+], ids=["covered", "one-retake", "never-covered"])
+def test_a_sample_is_retaken_until_its_hold_covers_the_host_and_each_retake_is_counted(issues, kept, retakes):
+    """Each attempt returns (its time, the host's issue time); the sample kept is the first covered,
+    or the last allowed; `retakes` counts the attempts run again, not the holds lengthened (the last
+    uncovered attempt lengthens the hold for the samples after it, and is not retaken)."""
+    prepared = Prepared(lambda: None, *hold_for(0.2, cycles_per_ms=1.5e6), host_ms=0.2)
+    attempts = iter(enumerate(issues))
+    took = retake_until_covered(prepared, lambda: next(attempts), cycles_per_ms=1.5e6)
+    assert took == kept and prepared.retakes == retakes
+    assert prepared.covers(issues[min(kept, len(issues) - 1)])  # the samples after it start covered
 
 
 def _settling(reader, policy, monkeypatch, limited=lambda: True):
