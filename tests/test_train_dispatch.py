@@ -279,22 +279,29 @@ def test_the_choice_times_the_library_forward_chain_beside_the_others(costs, wan
     Triton in both. Then the three chains are timed end to end, each with a real step."""
     monkeypatch.setattr(td, "fa3_forward", lambda: stand_in_fa3([]))
     q, k, v, _ = (x.to(DEVICE, torch.float32) for x in _inputs(128))
-    hop_costs = iter([2.0, 1.0, 1.0, 2.0,  # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
-                      2.0, 1.0, 1.0])  # forward: hop 1 Triton, FA3 (cuDNN refuses the CPU); hop 2 Triton
-    chain_costs = iter(costs)
     chains: list[object] = []
+    seconds = _scripted([2.0, 1.0, 1.0, 2.0,  # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
+                         2.0, 1.0, 1.0],  # forward: hop 1 Triton, FA3 (cuDNN refuses the CPU); hop 2 Triton
+                        costs, chains)
+    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=(C, F3))
+    assert chosen == want and len(chains) == 3
+
+
+def _scripted(hop_costs: list[float], chain_costs: tuple[float, ...], chains: list[object]):
+    """A stand-in timer: runs the step, charges the hops' costs in order, then the chains' (each a
+    whole step with every input's gradient, kept in `chains`)."""
+    hops, whole = iter(hop_costs), iter(chain_costs)
 
     def seconds(step) -> float:
         result = step()
-        cost = next(hop_costs, None)
+        cost = next(hops, None)
         if cost is not None:
             return cost
         chains.append(result)
-        assert len(result) == 3 and all(g is not None for g in result)  # a whole step: every gradient
-        return next(chain_costs)
+        assert len(result) == 3 and all(torch.isfinite(g).all() for g in result)
+        return next(whole)
 
-    chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=(C, F3))
-    assert chosen == want and len(chains) == 3
+    return seconds
 
 
 @pytest.mark.parametrize(("costs", "want"), [
@@ -304,21 +311,12 @@ def test_the_choice_times_the_library_forward_chain_beside_the_others(costs, wan
 def test_the_choice_times_the_packed_backward_in_two_stages_on_16_bit_operands(costs, want):
     """bf16 with slices of 8 and 16 (the packed kernel's): Triton wins both hops, so the chains timed
     are the fused Triton chain and the same with its packed backward in two stages and boxes, each a
-    real step; the faster is chosen. (float32 times neither: see the test above, four timings.)"""
+    real step; the faster is chosen. (In float32 the fused chain is timed alone: four hop timings and
+    no chain in test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins.)"""
     q, k, v, _ = (x.to(DEVICE, torch.bfloat16) for x in _inputs(128))
-    hop_costs = iter([1.0, 2.0, 1.0, 2.0])  # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
-    chain_costs = iter(costs)
     chains: list[object] = []
-
-    def seconds(step) -> float:
-        result = step()
-        cost = next(hop_costs, None)
-        if cost is not None:
-            return cost
-        chains.append(result)
-        assert len(result) == 3 and all(torch.isfinite(g).all() for g in result)
-        return next(chain_costs)
-
+    # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
+    seconds = _scripted([1.0, 2.0, 1.0, 2.0], costs, chains)
     chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=())
     assert chosen == want and len(chains) == 2
 
