@@ -15,10 +15,10 @@
 #   tiles     benchmarks/backward_tiles.py at 128k, m = 3 (hops 1 and 2, then 3) then 2: the backward
 #             kernels' launch shapes, judged against a float32 backward, each with TMA boxes and with
 #             pointer loads
-#   levers    benchmarks/backward_tiles.py --levers at 128k then 32k, m = 3, hops 1 and 2 (slices of 64 and
-#             32 on the packed backward): the table tile against its products transposed, two
-#             pipeline stages and both, and the two-stage tiles with TMA boxes, each judged against a
-#             float32 backward
+#   levers    benchmarks/backward_tiles.py --levers on m = 3's hops, one a call: 128k hops 2 and 1 (slices
+#             of 64), 32k hops 2 and 1 and 128k hop 3 (slices of 32): the packed backward's table
+#             tile against its products transposed, two pipeline stages and both, and the two-stage
+#             tiles with TMA boxes, each judged against a float32 backward
 #   hops      benchmarks/backward_tiles.py --table-only at 32k and 128k, m = 2, 3: each hop's backward as
 #             runs launch it, timed alone, beside the same hop's backward on cuDNN (where a training
 #             step's backward time goes, hop by hop)
@@ -35,6 +35,9 @@ OUT=${2:?usage: frontier_h200.sh forward|training|linear|trainbench|gate|tiles|l
 shift 2
 mkdir -p "$OUT"
 SAMPLING=(--budget 1 --min-time 0.3 --min-samples 5)
+# backward_tiles.py runs the Triton forward only to make the tensors the backward reads; the
+# backward's launches and times do not depend on the forward's configs, so they are not tuned
+UNTUNED=(env TBENCH_TRITON_AUTOTUNE=0)
 start=$SECONDS
 
 sweep() {  # NAME, then tbench run options: the run, its table and its bundle
@@ -82,15 +85,21 @@ case $PART in
   tiles)
     # the packed kernel's slices of 64 (m = 3, hops 1 and 2) first: the transposed products were built for
     # them; then the last hop's slices of 32 and the blocked hops of m = 2
-    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 1,2 | tee "$OUT/backward-tiles.md"
-    python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 3 | tee -a "$OUT/backward-tiles.md"
-    python3 benchmarks/backward_tiles.py --lengths 128k --orders 2 | tee -a "$OUT/backward-tiles.md"
+    "${UNTUNED[@]}" python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 1,2 | tee "$OUT/backward-tiles.md"
+    "${UNTUNED[@]}" python3 benchmarks/backward_tiles.py --lengths 128k --orders 3 --hops 3 | tee -a "$OUT/backward-tiles.md"
+    "${UNTUNED[@]}" python3 benchmarks/backward_tiles.py --lengths 128k --orders 2 | tee -a "$OUT/backward-tiles.md"
     ;;
   levers)
-    python3 benchmarks/backward_tiles.py --lengths 128k,32k --orders 3 --hops 1,2 --levers | tee "$OUT/backward-levers.md"
+    # one hop a call, the slices of 64 first: a limit that cuts the part leaves the hops that matter most
+    for spec in "128k 2" "128k 1" "32k 2" "32k 1" "128k 3"; do
+      read -r length hop <<< "$spec"
+      "${UNTUNED[@]}" python3 benchmarks/backward_tiles.py --lengths "$length" --orders 3 --hops "$hop" --levers \
+        | tee -a "$OUT/backward-levers.md"
+    done
     ;;
   hops)
-    python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 --table-only | tee "$OUT/backward-hops.md"
+    "${UNTUNED[@]}" python3 benchmarks/backward_tiles.py --lengths 32k,128k --orders 2,3 --table-only \
+      | tee "$OUT/backward-hops.md"
     ;;
   configs)
     python3 benchmarks/kernel_bench.py --sweep --no-table | tee "$OUT/hop-configs.txt"
