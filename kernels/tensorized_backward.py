@@ -578,8 +578,8 @@ def staged_packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     32 and 22 % on 128k m = 3's slices of 64, and whole m = 3 training steps 0-12 % faster (4k-128k,
     docs/kernel-log.md). Not the table, since it has not been measured on every GPU and shape: the
     training dispatch times it per shape against the table (kernels/tensorized_train_dispatch.py),
-    and `tensorized-triton` keeps the table. 16-bit operands only: float32 tiles in two stages
-    would take twice the shared memory of the table's."""
+    and `tensorized-triton` keeps the table. 16-bit operands only: float32 tiles already take twice
+    their shared memory, and two stages double it again (untried)."""
     return replace(packed_tile(length, dtype), num_stages=2, boxes=True)
 
 

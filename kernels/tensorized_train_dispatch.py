@@ -141,5 +141,5 @@ def choose_train_chain(
 
 def _stages_packed_backward(q: torch.Tensor, dims: Sequence[int]) -> bool:
     """Whether the chains are also timed with the packed backward in two stages and TMA boxes: some
-    hop runs the packed kernel, on 16-bit operands (float32 tiles in two stages would not fit)."""
+    hop runs the packed kernel, on 16-bit operands (see tensorized_backward.staged_packed_tile)."""
     return q.dtype in (torch.bfloat16, torch.float16) and min(dims) <= tensorized_backward.PACKED_MAX_LEN
