@@ -575,8 +575,9 @@ def staged_packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     (PackedBackward.STAGED_BOXES): the second stage keeps the next tile's loads in flight, which the
     one-stage boxes (20-45 % slower, see `packed_tile`) lacked at one program of 8 warps per SM. On
     an H100 a hop's backward measured 12 % faster than the table's tile on 32k m = 3's slices of
-    32 and 22 % on 128k m = 3's slices of 64, and whole m = 3 training steps 0-12 % faster (4k-128k,
-    docs/kernel-log.md). Not the table, since it has not been measured on every GPU and shape: the
+    32 and 22-23 % on 128k m = 3's slices of 64, but 4 % slower on 128k's slices of 32 (4096 apart),
+    and whole m = 3 training steps 0-12 % faster (4k-128k, docs/kernel-log.md). Not the table, since
+    it is not faster on every hop and has not been measured on every GPU: the
     training dispatch times it per shape against the table (kernels/tensorized_train_dispatch.py),
     and `tensorized-triton` keeps the table. 16-bit operands only: float32 tiles already take twice
     their shared memory, and two stages double it again (untried)."""
