@@ -99,8 +99,8 @@ def _measure(n: int, orders: list[int]) -> list[Row]:
             forward = choose_hop_backends(q, k, v.detach(), dims, True, None, library_candidates(),
                                           _median_cuda_seconds)
         print(f"N={n} m={m}: tensorized-sdpa plans {plans} (forward-chosen {fwd_plans}); tensorized chain "
-              f"{[b.value for b in chain.forward]}, fused backward {chain.fused_backward} (packed kernel: "
-              f"{chain.packed_backward.value}); fastest forward "
+              f"{[b.value for b in chain.forward]}, fused backward {chain.fused_backward} (packed kernel in two "
+              f"stages with boxes on hops {[t + 1 for t in chain.staged_hops]}); fastest forward "
               f"{[b.value for b in forward]}", flush=True)
 
         def dispatch_fn(dims: tuple[int, ...] = dims, chain: TrainChain = chain) -> torch.Tensor:

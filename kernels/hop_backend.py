@@ -31,11 +31,12 @@ class TrainChain:
     `fused_backward`, the backward is the fused Triton chain's (float32 dq and dk sums across the
     hops), from the outputs and log-sum-exps those forwards saved; else each hop's backward runs on
     its forward's backend, as its own differentiable op, and autograd adds the hops' dq and dk shares.
-    `packed_backward` says how the fused backward launches its packed kernel."""
+    `packed_backward[t]` says how the fused backward launches its packed kernel on hop t (empty: the
+    table's tile on every hop; a hop of slices longer than the packed kernel's ignores it)."""
 
     forward: tuple[HopBackend, ...]
     fused_backward: bool
-    packed_backward: PackedBackward = PackedBackward.TABLE
+    packed_backward: tuple[PackedBackward, ...] = ()
 
     @classmethod
     def triton(cls, hops: int) -> TrainChain:
@@ -47,6 +48,11 @@ class TrainChain:
         return self.fused_backward and all_triton(self.forward)
 
     @property
+    def staged_hops(self) -> tuple[int, ...]:
+        """The hops (0-based, the forward's order) whose packed backward runs in two stages with boxes."""
+        return tuple(t for t, form in enumerate(self.packed_backward) if form is PackedBackward.STAGED_BOXES)
+
+    @property
     def is_table_chain(self) -> bool:
         """The fused Triton chain with the table's launch shapes: what `tensorized-triton` runs."""
-        return self.all_triton and self.packed_backward is PackedBackward.TABLE
+        return self.all_triton and not self.staged_hops

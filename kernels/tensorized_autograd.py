@@ -38,7 +38,8 @@ class TensorizedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: tuple[int, ...],
                 causal: bool, scale: float, recompute: bool, fused_dq: bool,
-                forward_backends: tuple[HopBackend, ...] | None, packed: PackedBackward) -> torch.Tensor:
+                forward_backends: tuple[HopBackend, ...] | None, packed: tuple[PackedBackward, ...]
+                ) -> torch.Tensor:
         if forward_backends is None:
             saved = forward_with_saved(q, k, v, dims, causal, scale)
         else:
@@ -73,15 +74,16 @@ def tensorized_attention_train(
     recompute: bool = False,
     fused_dq: bool = False,
     forward_backends: Sequence[HopBackend] | None = None,
-    packed_backward: PackedBackward = PackedBackward.TABLE,
+    packed_backward: Sequence[PackedBackward] = (),
 ) -> torch.Tensor:
     """Tensorized attention over `dims` (prod >= N) with a backward: (B, H, N, D) in q's dtype that
     torch.autograd differentiates with respect to q, k and v. `recompute` keeps less between the
     passes and runs the forward's first m - 1 hops again in the backward; `fused_dq` adds the blocked
     hops' dQ from their dK/dV kernel (see backward_from_saved); `forward_backends` runs hop t's
     forward on forward_backends[t] (Triton, FA3 or cuDNN; see tensorized_dispatch.saved_forward_on)
-    and the backward on the Triton kernels from what they saved; `packed_backward` how the backward
-    launches its packed kernel (kernels/hop_backend.PackedBackward). Raises ValueError (see
+    and the backward on the Triton kernels from what they saved; `packed_backward[t]` how the
+    backward launches its packed kernel on hop t (kernels/hop_backend.PackedBackward; empty: the
+    table's tile). Raises ValueError (see
     tensorized_triton.unsupported_reason) for configurations the kernels lack, and for
     `forward_backends` with `recompute` (the recomputed hops would not be those whose log-sum-exps
     were saved)."""
@@ -96,8 +98,10 @@ def tensorized_attention_train(
             raise ValueError("recompute runs the forward's hops again on Triton; forward_backends "
                              f"{[b.value for b in backends]} would save log-sum-exps of other hops")
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
-    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq, backends,
-                                             packed_backward)
+    packed = tuple(packed_backward)
+    if packed and len(packed) != len(dims):
+        raise ValueError(f"{len(packed)} packed backward forms for {len(dims)} hops")
+    return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq, backends, packed)
 
 
 class TensorizedHopFunction(torch.autograd.Function):

@@ -24,6 +24,7 @@ default) adds dQ from the dK/dV kernel with float32 atomics instead of running t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -578,7 +579,7 @@ def staged_packed_tile(length: int, dtype: torch.dtype) -> PackedTile:
     32 and 22-23 % on 128k m = 3's slices of 64, but 4 % slower on 128k's slices of 32 (4096 apart),
     and whole m = 3 training steps 0-12 % faster (4k-128k, docs/kernel-log.md). Not the table, since
     it is not faster on every hop and has not been measured on every GPU: the
-    training dispatch times it per shape against the table (kernels/tensorized_train_dispatch.py),
+    training dispatch times it hop by hop against the table (kernels/tensorized_train_dispatch.py),
     and `tensorized-triton` keeps the table. 16-bit operands only: float32 tiles already take twice
     their shared memory, and two stages double it again (untried)."""
     return replace(packed_tile(length, dtype), num_stages=2, boxes=True)
@@ -829,7 +830,7 @@ def recompute_intermediates(
 def backward_from_saved(
     d_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, saved: SavedForward,
     dims: tuple[int, ...], causal: bool, scale: float, hand_deltas: bool = True, fused_dq: bool = False,
-    packed: PackedBackward = PackedBackward.TABLE,
+    packed: Sequence[PackedBackward] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtypes, from the gradient of the output and the saved forward.
     With `hand_deltas` each hop's backward forms the previous hop's Delta from the value and d_value
@@ -837,8 +838,10 @@ def backward_from_saved(
     per hop; off for comparisons). With `fused_dq` the hops on the blocked kernels (slices longer
     than PACKED_MAX_LEN) add their dQ from the dK/dV kernel (`fused_blocks`); the float32 dQ sum is
     then zeroed first if the first hop of the backward is one of them, and converted to q's dtype
-    last if the last is. `packed` says how the hops of slices of at most PACKED_MAX_LEN launch the
-    packed kernel."""
+    last if the last is. `packed[t]` says how hop t, if its slices are at most PACKED_MAX_LEN long,
+    launches the packed kernel (empty: the table's tile on every hop)."""
+    if packed and len(packed) != len(dims):
+        raise ValueError(f"{len(packed)} packed backward forms for {len(dims)} hops")
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))
@@ -866,7 +869,8 @@ def backward_from_saved(
             previous = handed[t % 2]
         _launch_hop_backward(q, k, value, saved.outputs[t], d_value, saved.lses[t], grads, d_prev,
                              dims, hops[t], causal, scale, blocks=fused_blocks(dims[hops[t]], q.dtype) if fused[t]
-                             else None, packed=_packed_launch(dims[hops[t]], q.dtype, packed),
+                             else None, packed=_packed_launch(dims[hops[t]], q.dtype,
+                                                              packed[t] if packed else PackedBackward.TABLE),
                              deltas=Deltas(given, previous))
         d_value, given = d_prev, previous
     if fused[0]:

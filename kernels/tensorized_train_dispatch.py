@@ -11,8 +11,10 @@ the backend whose forward + backward is fastest (the mixed chain), and the backe
 fastest (the library forward); then, where either differs from the fused Triton chain, the chains
 end to end. Where some hop's slices are short enough for the packed backward kernel (16-bit
 operands), each chain with the fused backward is also timed with that kernel in two pipeline stages
-and TMA boxes (hop_backend.PackedBackward), which is not the table's tile but measured faster on
-some of those hops.
+and TMA boxes on every such hop (hop_backend.PackedBackward), which is not the table's tile: on an
+H100 it measured 22-23 % faster on some of those hops and 4 % slower on another. So if such a chain
+wins, each of its staged hops is tried back on the table's tile, one at a time, and every change
+that made the step faster is kept.
 """
 
 from __future__ import annotations
@@ -95,9 +97,9 @@ def choose_train_chain(
     its value); and the fused Triton backward behind the fastest forward of each hop among Triton and
     `forward_candidates` (default: the libraries this machine has, tensorized_dispatch.library_candidates);
     and, where `_stages_packed_backward`, each of those with a fused backward again with its packed
-    kernel in two stages and TMA boxes. A chain that comes out as the fused Triton chain is not
-    timed again, and when every one does, no chain is timed. A backend that refuses a hop
-    (RuntimeError) is skipped; Triton runs every hop."""
+    kernel in two stages and TMA boxes on every packed hop (then per hop: `_unstage_slower_hops`).
+    A chain that comes out as the fused Triton chain is not timed again, and when every one does,
+    no chain is timed. A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""
     dims, scale = checked_arguments(q, k, v, dims, causal, scale)
     _check_trainable(candidates)
     d_out = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(0), device=q.device,
@@ -125,21 +127,51 @@ def choose_train_chain(
             forward = choose_hop_backends(q, k, v.detach(), dims, causal, scale, forward_candidates, seconds)
         if not all_triton(forward):
             chains.append(TrainChain(forward, fused_backward=True))
-    if _stages_packed_backward(q, dims):
-        chains += [replace(chain, packed_backward=PackedBackward.STAGED_BOXES) for chain in chains
-                   if chain.fused_backward]
+    staged = _staged_forms(q, dims)
+    if staged:
+        chains += [replace(chain, packed_backward=staged) for chain in chains if chain.fused_backward]
     if len(chains) == 1:
         return fused
 
-    def step(chain: TrainChain) -> Callable[[], object]:
-        return _step(lambda q_, k_, v_: tensorized_attention_train_dispatch(q_, k_, v_, dims, causal, scale, chain,
-                                                                          sdpa_backend), (q, k, v), d_out)
+    def timed(chain: TrainChain) -> float:
+        return seconds(_step(lambda q_, k_, v_: tensorized_attention_train_dispatch(
+            q_, k_, v_, dims, causal, scale, chain, sdpa_backend), (q, k, v), d_out))
 
-    times = [seconds(step(chain)) for chain in chains]
-    return chains[times.index(min(times))]
+    times = [timed(chain) for chain in chains]
+    best = chains[times.index(min(times))]
+    return _unstage_slower_hops(best, min(times), timed) if best.staged_hops else best
 
 
-def _stages_packed_backward(q: torch.Tensor, dims: Sequence[int]) -> bool:
-    """Whether the chains are also timed with the packed backward in two stages and TMA boxes: some
-    hop runs the packed kernel, on 16-bit operands (see tensorized_backward.staged_packed_tile)."""
-    return q.dtype in (torch.bfloat16, torch.float16) and min(dims) <= tensorized_backward.PACKED_MAX_LEN
+def _staged_forms(q: torch.Tensor, dims: Sequence[int]) -> tuple[PackedBackward, ...]:
+    """Per hop, two stages and TMA boxes on the hops whose slices the packed kernel takes, or () when
+    there is none or the operands are not 16-bit (see tensorized_backward.staged_packed_tile)."""
+    if q.dtype not in (torch.bfloat16, torch.float16) or min(dims) > tensorized_backward.PACKED_MAX_LEN:
+        return ()
+    return tuple(PackedBackward.STAGED_BOXES if dims[axis] <= tensorized_backward.PACKED_MAX_LEN
+                 else PackedBackward.TABLE for axis in hop_axes(len(dims)))
+
+
+def _unstage_slower_hops(chain: TrainChain, took: float, timed: Callable[[TrainChain], float]) -> TrainChain:
+    """`chain` (timed at `took`) with each of its staged hops put back on the table's tile where that
+    alone made the step faster; where several did, the chain with all of them is timed too, and the
+    fastest of those timed is kept."""
+    best, best_took = chain, took
+    faster: list[int] = []
+    for t in chain.staged_hops:
+        one = _on_table(chain, (t,))
+        one_took = timed(one)
+        if one_took < took:
+            faster.append(t)
+            if one_took < best_took:
+                best, best_took = one, one_took
+    if len(faster) > 1:
+        every = _on_table(chain, faster)
+        if timed(every) < best_took:
+            best = every
+    return best
+
+
+def _on_table(chain: TrainChain, hops: Sequence[int]) -> TrainChain:
+    """`chain` with `hops` on the table's packed tile (and no per-hop forms once none is staged)."""
+    forms = tuple(PackedBackward.TABLE if t in hops else form for t, form in enumerate(chain.packed_backward))
+    return replace(chain, packed_backward=forms if PackedBackward.STAGED_BOXES in forms else ())

@@ -81,9 +81,13 @@ def _median_cuda_seconds(fn: Callable[[], object], calls: int = 5) -> float:
 
 def _per_hop(dims: tuple[int, ...], choices: list[str]) -> str:
     """'hop 1 (L=512): ...; hop 2 (L=256): ...' for a provenance, in the order the hops run."""
-    lengths = [dims[axis] for axis in hop_axes(len(dims))]
     return "; ".join(f"hop {t + 1} (L={length}): {choice}"
-                     for t, (length, choice) in enumerate(zip(lengths, choices, strict=True)))
+                     for t, (length, choice) in enumerate(zip(_hop_lengths(dims), choices, strict=True)))
+
+
+def _hop_lengths(dims: tuple[int, ...]) -> list[int]:
+    """Each hop's slice length, in the order the hops run."""
+    return [dims[axis] for axis in hop_axes(len(dims))]
 
 
 def _plan_name(plan: HopPlan) -> str:
@@ -302,8 +306,11 @@ def _describe_chain(dims: tuple[int, ...], chain: TrainChain | None) -> str:
         return "forward and backward on the fused Triton chain"
     measured = ("chosen by timing whole steps against the fused Triton chain, each hop's forward + backward on "
                 "the faster of Triton and cuDNN, and the fused Triton backward behind each hop's fastest forward")
-    packed = ("" if chain.packed_backward is PackedBackward.TABLE
-              else f" (its packed kernel in {chain.packed_backward.value})")
+    packed = ""
+    if chain.staged_hops:
+        lengths = _hop_lengths(dims)
+        hops = ", ".join(f"hop {t + 1} (L={lengths[t]})" for t in chain.staged_hops)
+        packed = f" (its packed kernel in {PackedBackward.STAGED_BOXES.value} on {hops})"
     if chain.all_triton:
         return f"forward and backward on the fused Triton chain{packed}, {measured}"
     hops = _per_hop(dims, [backend.value for backend in chain.forward])

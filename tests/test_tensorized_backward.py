@@ -182,7 +182,7 @@ def test_tiles_through_tma_boxes(case: Case, kernels: str, planned_launches: lis
 
 
 def _staged(q, k, v, dims, causal):
-    return tensorized_attention_train(q, k, v, dims, causal, packed_backward=PackedBackward.STAGED_BOXES)
+    return tensorized_attention_train(q, k, v, dims, causal, packed_backward=(PackedBackward.STAGED_BOXES,) * len(dims))
 
 
 @pytest.mark.parametrize("case", [
@@ -207,6 +207,27 @@ def test_packed_backward_in_two_stages_with_boxes(case: Case, planned_launches: 
     fills = math.prod(case.resolved_dims) == case.n and case.layout == "bhnd"
     straddles = case.resolved_dims == (4, 6, 4)  # axis 1, as in test_tiles_through_tma_boxes
     assert sum(boxed) == (len(boxed) - straddles if staged and fills else 0)
+
+
+def test_packed_backward_forms_apply_hop_by_hop(planned_launches: list[tb.KernelLaunch]) -> None:
+    """Hops 1 and 3 of m = 3 in two stages with boxes, hop 2 on the table's tile: the backward (hop 3
+    first) launches each hop's own form, and the gradients stay the spec's."""
+    case = Case(64, 3, True, BF16, dims=(4, 4, 4), heads=4, kv_heads=2)
+    staged, table = PackedBackward.STAGED_BOXES, PackedBackward.TABLE
+
+    def one_table_hop(q, k, v, dims, causal):
+        return tensorized_attention_train(q, k, v, dims, causal, packed_backward=(staged, table, staged))
+
+    _check_against_spec(one_table_hop, case)
+    packed = [launch for launch in planned_launches if launch.kernel is tb._packed_kernel]
+    assert [launch.kwargs["num_stages"] for launch in packed] == [2, 1, 2]
+    assert [any(isinstance(arg, TensorDescriptor) for arg in launch.args) for launch in packed] == [True, False, True]
+
+
+def test_packed_backward_forms_must_name_every_hop() -> None:
+    q, k, v, _ = (x.to(DEVICE) for x in _inputs(Case(64, 3, True, dims=(4, 4, 4))))
+    with pytest.raises(ValueError, match="2 packed backward forms for 3 hops"):
+        tensorized_attention_train(q, k, v, (4, 4, 4), True, packed_backward=(PackedBackward.STAGED_BOXES,) * 2)
 
 
 def test_the_table_chain_keeps_one_stage_and_pointer_loads(planned_launches: list[tb.KernelLaunch]) -> None:

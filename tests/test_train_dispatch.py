@@ -31,7 +31,7 @@ from tbench.methods.catalog import load_registry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 T, C, F3 = HopBackend.TRITON, HopBackend.CUDNN, HopBackend.FA3
-STAGED = PackedBackward.STAGED_BOXES
+STAGED, TABLE = PackedBackward.STAGED_BOXES, PackedBackward.TABLE
 SDPA = SDPBackend.MATH
 
 
@@ -188,9 +188,9 @@ def test_the_method_trains_on_the_fused_triton_chain_in_float32():
 @pytest.mark.parametrize("chain", [
     *(TrainChain(backends, fused_backward=False) for backends in ((T, C), (C, T), (C, C))),
     *(TrainChain(forward, fused_backward=True) for forward in ((F3, C), (C, C), (C, T), (F3, T))),
-    *(TrainChain(forward, True, STAGED) for forward in ((T, T), (F3, C))),
+    *(TrainChain(forward, True, (STAGED, STAGED)) for forward in ((T, T), (F3, C))),
 ], ids=lambda c: (f"{'-'.join(b.name for b in c.forward)}{'-fused' if c.fused_backward else ''}"
-                  f"{'-staged' if c.packed_backward is STAGED else ''}"))
+                  f"{'-staged' if c.staged_hops else ''}"))
 def test_gpu_chains_match_the_fused_triton_chain(chain: TrainChain):
     """bf16, GQA 32:8, D = 128, 8k in 64 x 128, causal, against the fused Triton chain in float32
     (both against float32 SDPA would be the same bf16 rounding apart): the real cuDNN hops' forward
@@ -304,21 +304,26 @@ def _scripted(hop_costs: list[float], chain_costs: tuple[float, ...], chains: li
     return seconds
 
 
-@pytest.mark.parametrize(("costs", "want"), [
-    ((2.0, 1.0), TrainChain((T, T), True, STAGED)),
-    ((1.0, 2.0), TrainChain.triton(2)),
-], ids=["staged-faster", "table-faster"])
-def test_the_choice_times_the_packed_backward_in_two_stages_on_16_bit_operands(costs, want):
-    """bf16 with slices of 8 and 16 (the packed kernel's): Triton wins both hops, so the chains timed
-    are the fused Triton chain and the same with its packed backward in two stages and boxes, each a
-    real step; the faster is chosen. (In float32 the fused chain is timed alone: four hop timings and
-    no chain in test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins.)"""
+@pytest.mark.parametrize(("costs", "forms"), [
+    # the fused Triton chain, the same staged on both hops, then hop 1 and hop 2 alone back on the table
+    ((2.0, 1.0, 1.5, 1.5), (STAGED, STAGED)),
+    ((2.0, 1.0, 1.5, 0.5), (STAGED, TABLE)),
+    ((2.0, 1.0, 0.8, 0.9, 0.5), ()),  # each faster alone, both together faster still: the table's chain
+    ((2.0, 1.0, 0.8, 0.9, 0.95), (TABLE, STAGED)),  # both together slower than hop 1 alone
+    ((1.0, 2.0), ()),  # the table's chain wins: no hop is tried
+], ids=["staged", "hop-2-on-table", "both-on-table", "hop-1-on-table", "table"])
+def test_the_choice_times_the_packed_backward_in_two_stages_on_16_bit_operands(costs, forms):
+    """bf16 with slices of 16 and 8 (the packed kernel's): Triton wins both hops, so the chains timed
+    are the fused Triton chain and the same with its packed backward in two stages and boxes; if that
+    wins, each hop back on the table's tile, and both where both were faster. Each is a real step;
+    the fastest is chosen. (In float32 the fused chain is timed alone: four hop timings and no chain
+    in test_the_choice_skips_a_refusing_backend_and_times_no_chain_when_triton_wins.)"""
     q, k, v, _ = (x.to(DEVICE, torch.bfloat16) for x in _inputs(128))
     chains: list[object] = []
     # forward + backward: hop 1 Triton, SDPA; hop 2 Triton, SDPA
     seconds = _scripted([1.0, 2.0, 1.0, 2.0], costs, chains)
     chosen = ttd.choose_train_chain(q, k, v, (8, 16), True, None, seconds, (T, C), SDPA, forward_candidates=())
-    assert chosen == want and len(chains) == 2
+    assert chosen == TrainChain((T, T), True, forms) and len(chains) == len(costs)
 
 
 def test_no_hop_short_enough_for_the_packed_kernel_times_no_staged_chain(monkeypatch: pytest.MonkeyPatch):
@@ -336,15 +341,19 @@ def test_no_hop_short_enough_for_the_packed_kernel_times_no_staged_chain(monkeyp
     assert chosen == TrainChain.triton(2) and len(times) == 4
 
 
+@pytest.mark.parametrize(("forms", "stages", "named"), [
+    ((STAGED, STAGED), [2, 2], "hop 1 (L=16), hop 2 (L=8))"),
+    ((STAGED, TABLE), [1, 2], "hop 1 (L=16))"),  # the backward runs hop 2 first
+], ids=["both-hops", "hop-1"])
 @pytest.mark.usefixtures("poisoned_gradients")
-def test_the_method_trains_on_a_staged_chain_it_chose(monkeypatch: pytest.MonkeyPatch):
-    """A chain with the staged packed backward, once chosen, is what `tensorized` runs and names (the
-    table's chain would be `tensorized-triton`'s call); its gradients are the spec's."""
+def test_the_method_trains_on_a_staged_chain_it_chose(forms, stages, named, monkeypatch: pytest.MonkeyPatch):
+    """A chain with the staged packed backward, once chosen, is what `tensorized` runs and names, hop
+    by hop (the table's chain would be `tensorized-triton`'s call); its gradients are the spec's."""
     registry = load_registry(plugins=False)
     case = Case("tensorized", "tensorized", 128, 1, 4, 2, 32, "bf16", True, DEVICE, order=2, dims=(8, 16),
                 mode=Mode.FWD_BWD)
     method = registry.get("tensorized")
-    method.bind.__self__.chains[case.key] = TrainChain((T, T), True, STAGED)  # as a GPU's timing would leave it
+    method.bind.__self__.chains[case.key] = TrainChain((T, T), True, forms)  # as a GPU's timing would leave it
     launched: list[int] = []
     plan = tb.plan_hop_backward
 
@@ -357,5 +366,6 @@ def test_the_method_trains_on_a_staged_chain_it_chose(monkeypatch: pytest.Monkey
     inputs = _inputs(128)
     errors = _errors(lambda q, k, v: method.bound(case)(q, k, v, case), inputs, (8, 16), True, torch.bfloat16)
     assert max(errors.values()) < 2e-2, errors
-    assert launched == [2, 2]
-    assert "fused Triton chain (its packed kernel in two pipeline stages, TMA boxes)" in method.provenance(case)
+    assert launched == stages
+    text = method.provenance(case)
+    assert f"fused Triton chain (its packed kernel in two pipeline stages, TMA boxes on {named}" in text, text
