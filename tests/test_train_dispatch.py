@@ -231,6 +231,27 @@ def test_gpu_method_in_training_says_what_it_chose():
         assert f"hop 1 (L=128): {chain.forward[0].value}; hop 2 (L=128): {chain.forward[1].value}" in text, text
 
 
+@pytest.mark.gpu
+def test_gpu_method_in_training_chooses_the_packed_backward_hop_by_hop():
+    """m = 3 at 8k (slices of 16-32: every hop packed): the choice, timed for real, names exactly the
+    hops it staged, and its step's gradients match the table's chain (`tensorized-triton`)."""
+    registry = load_registry(plugins=False)
+    case = Case("tensorized", "tensorized", 8192, 1, 32, 8, 128, "bf16", True, "cuda", order=3, dims=(16, 16, 32),
+                mode=Mode.FWD_BWD)
+    method = registry.get("tensorized")
+    call = method.bound(case)
+    chain = method.bind.__self__.chains[case.key]
+    text = method.provenance(case)
+    lengths = [case.dims[axis] for axis in hop_axes(3)]
+    named = ", ".join(f"hop {t + 1} (L={lengths[t]})" for t in chain.staged_hops)
+    assert (f"TMA boxes on {named})" in text) == bool(chain.staged_hops), text
+    q, k, v = (x.requires_grad_() for x in make_inputs(case, 1))
+    got = torch.autograd.grad(call(q, k, v, case), (q, k, v), torch.ones_like(q))
+    want = torch.autograd.grad(tensorized_attention_train(q, k, v, case.dims, True), (q, k, v), torch.ones_like(q))
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert worst_head_err(g, w) < 1e-2, name
+
+
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize(("dims", "forward"), [
     ((8, 16), (F3, C)), ((16, 8), (C, T)), ((8, 16), (C, C)), ((4, 8, 4), (F3, T, C)),
