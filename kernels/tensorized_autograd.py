@@ -25,6 +25,7 @@ from .tensorized_backward import (
     SavedForward,
     _launch_hop_backward,
     backward_from_saved,
+    check_packed_forms,
     forward_with_saved,
     recompute_intermediates,
 )
@@ -99,8 +100,7 @@ def tensorized_attention_train(
                              f"{[b.value for b in backends]} would save log-sum-exps of other hops")
     q, k, v = _row_major(q), _row_major(k), _row_major(v)
     packed = tuple(packed_backward)
-    if packed and len(packed) != len(dims):
-        raise ValueError(f"{len(packed)} packed backward forms for {len(dims)} hops")
+    check_packed_forms(packed, dims)  # here, not first in the backward
     return TensorizedAttentionFunction.apply(q, k, v, dims, causal, scale, recompute, fused_dq, backends, packed)
 
 

@@ -593,6 +593,12 @@ def _packed_launch(length: int, dtype: torch.dtype, packed: PackedBackward) -> P
     return staged_packed_tile(length, dtype)
 
 
+def check_packed_forms(packed: Sequence[PackedBackward], dims: Sequence[int]) -> None:
+    """Per-hop packed forms name every hop, or none (the table's tile on every hop)."""
+    if packed and len(packed) != len(dims):
+        raise ValueError(f"{len(packed)} packed backward forms for {len(dims)} hops")
+
+
 def _new_gradient_buffer(like: torch.Tensor) -> torch.Tensor:
     """The gradient of an intermediate value (a module-level hook so tests can hand in a poisoned one)."""
     return torch.empty_like(like, memory_format=torch.contiguous_format)
@@ -840,8 +846,7 @@ def backward_from_saved(
     then zeroed first if the first hop of the backward is one of them, and converted to q's dtype
     last if the last is. `packed[t]` says how hop t, if its slices are at most PACKED_MAX_LEN long,
     launches the packed kernel (empty: the table's tile on every hop)."""
-    if packed and len(packed) != len(dims):
-        raise ValueError(f"{len(packed)} packed backward forms for {len(dims)} hops")
+    check_packed_forms(packed, dims)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     hops = hop_axes(len(dims))

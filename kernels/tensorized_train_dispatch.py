@@ -96,7 +96,7 @@ def choose_train_chain(
     backward is fastest on the hop's real views, the next hop getting the chosen backend's output as
     its value); and the fused Triton backward behind the fastest forward of each hop among Triton and
     `forward_candidates` (default: the libraries this machine has, tensorized_dispatch.library_candidates);
-    and, where `_stages_packed_backward`, each of those with a fused backward again with its packed
+    and, where `_staged_forms` gives any, each of those with a fused backward again with its packed
     kernel in two stages and TMA boxes on every packed hop (then per hop: `_unstage_slower_hops`).
     A chain that comes out as the fused Triton chain is not timed again, and when every one does,
     no chain is timed. A backend that refuses a hop (RuntimeError) is skipped; Triton runs every hop."""

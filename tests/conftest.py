@@ -89,6 +89,24 @@ def measurement_rows(db: Path | str, where: str = "1") -> list[dict]:
 
 
 @pytest.fixture
+def planned_launches(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every kernel launch the backward plans (`tensorized_backward.KernelLaunch`), in order."""
+    # imported when used, so that the test modules that never run a kernel do not load Triton for it
+    from tbench.kernels import tensorized_backward as tb
+
+    launches: list = []
+    plan = tb.plan_hop_backward
+
+    def recorded(*args, **kwargs) -> list:
+        planned = plan(*args, **kwargs)
+        launches.extend(planned)
+        return planned
+
+    monkeypatch.setattr(tb, "plan_hop_backward", recorded)
+    return launches
+
+
+@pytest.fixture
 def hf_kernels_unshadowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m pytest` puts the repository's root on sys.path, where its kernels/ folder would be
     found as the Hugging Face `kernels` package that transformers imports when one is installed."""

@@ -140,21 +140,6 @@ BOXED_CASES = [
 ]
 
 
-@pytest.fixture
-def planned_launches(monkeypatch: pytest.MonkeyPatch) -> list[tb.KernelLaunch]:
-    """Every kernel launch the backward plans, in order."""
-    launches: list[tb.KernelLaunch] = []
-    plan = tb.plan_hop_backward
-
-    def recorded(*args, **kwargs) -> list[tb.KernelLaunch]:
-        planned = plan(*args, **kwargs)
-        launches.extend(planned)
-        return planned
-
-    monkeypatch.setattr(tb, "plan_hop_backward", recorded)
-    return launches
-
-
 @pytest.mark.parametrize("kernels", ["table", "packed-boxes", "packed-two-slices-a-tile", "blocked"])
 @pytest.mark.parametrize("case", BOXED_CASES, ids=str)
 @pytest.mark.usefixtures("poisoned_gradients")

@@ -367,7 +367,7 @@ def test_no_hop_short_enough_for_the_packed_kernel_times_no_staged_chain(monkeyp
     ((STAGED, TABLE), [1, 2], "hop 1 (L=16))"),  # the backward runs hop 2 first
 ], ids=["both-hops", "hop-1"])
 @pytest.mark.usefixtures("poisoned_gradients")
-def test_the_method_trains_on_a_staged_chain_it_chose(forms, stages, named, monkeypatch: pytest.MonkeyPatch):
+def test_the_method_trains_on_a_staged_chain_it_chose(forms, stages, named, planned_launches: list[tb.KernelLaunch]):
     """A chain with the staged packed backward, once chosen, is what `tensorized` runs and names, hop
     by hop (the table's chain would be `tensorized-triton`'s call); its gradients are the spec's."""
     registry = load_registry(plugins=False)
@@ -375,18 +375,10 @@ def test_the_method_trains_on_a_staged_chain_it_chose(forms, stages, named, monk
                 mode=Mode.FWD_BWD)
     method = registry.get("tensorized")
     method.bind.__self__.chains[case.key] = TrainChain((T, T), True, forms)  # as a GPU's timing would leave it
-    launched: list[int] = []
-    plan = tb.plan_hop_backward
-
-    def recorded(*args, **kwargs):
-        planned = plan(*args, **kwargs)
-        launched.extend(launch.kwargs["num_stages"] for launch in planned if launch.kernel is tb._packed_kernel)
-        return planned
-
-    monkeypatch.setattr(tb, "plan_hop_backward", recorded)
     inputs = _inputs(128)
     errors = _errors(lambda q, k, v: method.bound(case)(q, k, v, case), inputs, (8, 16), True, torch.bfloat16)
     assert max(errors.values()) < 2e-2, errors
+    launched = [launch.kwargs["num_stages"] for launch in planned_launches if launch.kernel is tb._packed_kernel]
     assert launched == stages
     text = method.provenance(case)
     assert f"fused Triton chain (its packed kernel in two pipeline stages, TMA boxes on {named}" in text, text
