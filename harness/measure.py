@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import cost
-from ..core.case import PAPER_PASSES, Case, Scope, Status, TimingMode, TimingProtocol
+from ..core.case import PAPER_PASSES, Case, Scope, Status, TimingProtocol
 from ..core.device import device_kind
 from ..core.records import MeasurementRecord, utcnow
 from ..kernels.tensors import make_inputs
@@ -44,8 +44,6 @@ class MeasureSettings:
 Emit = Callable[[MeasurementRecord], None]
 
 PAPER_BACKWARD = "the paper's protocol times forward passes only (mode fwd)"
-GRAPH_BACKWARD = ("graph timing cannot time a backward: each sample needs a fresh autograd graph from an untimed "
-                  "forward, which a CUDA-graph replay cannot hold; use --timing events")
 # Called before each step that runs method code, so an isolating parent knows what crashed.
 Beacon = Callable[[Case, str], None]
 
@@ -131,8 +129,6 @@ def measure_group(
             _finish(rec, "error", f"method '{case.method}' is not in this registry", emit)
             continue
         reason = method.unsupported_reason(case)
-        if reason is None and case.mode.needs_backward and case.timing is TimingMode.GRAPH:
-            reason = GRAPH_BACKWARD
         if reason is None and case.mode.needs_backward and case.protocol is TimingProtocol.PAPER:
             reason = PAPER_BACKWARD
         if reason is not None:

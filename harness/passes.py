@@ -1,15 +1,19 @@
 """What one timed call of a case runs, per mode: the forward, the backward alone, or both.
 
-`bwd` times `out.backward(dO)` alone: before each sample, outside the timed region, `setup` runs
-the forward on inputs that require gradients, building a fresh autograd graph for the backward to
+`bwd` times the backward alone: before each sample, outside the timed region, `setup` runs the
+forward on inputs that require gradients, building a fresh autograd graph for the backward to
 consume (a graph is consumed by its backward). `fwd_bwd` times the forward and the backward in one
-call, as a training step runs them. Gradients are dropped before each call, so every backward
-writes fresh dq, dk and dv instead of adding to the last ones (an extra pass a training step does
-not make).
+call, as a training step runs them. Every backward returns fresh gradients (`torch.autograd.grad`)
+instead of adding them to ones held from the last call, an extra pass a training step does not make.
+
+Under CUDA-graph timing a call is captured once and replayed, so it can have no setup: `bwd` then
+runs its forward once, in the untimed call before the capture, and its backward keeps that autograd
+graph (`retain_graph`), so that each replay runs the same backward kernels on the same saved tensors.
+`fwd_bwd` needs nothing of the kind: the whole step is captured.
 
 The same steps serve layer and model scope (harness/scoped.py): there the inputs are hidden states
 or token ids (an integer tensor gets no gradient), and the module's weights, given as `weights`,
-receive gradients too, dropped like the inputs' before each call.
+receive gradients too.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.case import Case, Mode
+from ..core.case import Case, Mode, TimingMode
 
 # What a method (or a layer around it) computes on its inputs.
 Forward = Callable[..., torch.Tensor]
@@ -60,16 +64,13 @@ def make_step(forward: Forward, inputs: tuple[torch.Tensor, ...], case: Case,
 
         return Step(fwd)
 
-    # Leaves of their own: the method's gradients land here, never on the shared inputs.
+    # Leaves of their own: the method's gradients are taken for these, never for the shared inputs.
     leaves = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in inputs)
+    wrt = tuple(x for x in (*leaves, *weights) if x.requires_grad)
     held: dict[str, torch.Tensor | None] = {"out": None, "grad": None}
-
-    def drop_grads() -> None:
-        for leaf in (*leaves, *weights):
-            leaf.grad = None
+    replayed = case.timing is TimingMode.GRAPH
 
     def release() -> None:
-        drop_grads()
         held["out"] = None
 
     def run_forward() -> torch.Tensor:
@@ -81,19 +82,33 @@ def make_step(forward: Forward, inputs: tuple[torch.Tensor, ...], case: Case,
             held["grad"] = output_gradient(out)
         return out
 
+    def gradients(out: torch.Tensor, keep_graph: bool) -> tuple[torch.Tensor | None, ...]:
+        # allow_unused: a weight the output does not depend on gets no gradient, as under .backward()
+        return torch.autograd.grad(out, wrt, held["grad"], retain_graph=keep_graph, allow_unused=True)
+
+    if case.mode is Mode.BWD and replayed:
+        def backward_again() -> tuple[torch.Tensor | None, ...]:
+            # after a release, the first call: the timer's untimed call before its capture, on the
+            # capture's stream, where the captured backward's kernels must run
+            if held["out"] is None:
+                held["out"] = run_forward()
+            return gradients(held["out"], keep_graph=True)
+
+        return Step(backward_again, None, release)
+
     if case.mode is Mode.BWD:
         def setup() -> None:
             release()
             held["out"] = run_forward()
 
-        def backward() -> None:
+        def backward() -> tuple[torch.Tensor | None, ...]:
             out, held["out"] = held["out"], None
             assert out is not None, "the backward's forward runs in setup"
-            out.backward(held["grad"])
+            return gradients(out, keep_graph=False)
 
         return Step(backward, setup, release)
 
-    def forward_backward() -> None:
-        run_forward().backward(held["grad"])
+    def forward_backward() -> tuple[torch.Tensor | None, ...]:
+        return gradients(run_forward(), keep_graph=False)
 
-    return Step(forward_backward, drop_grads, release)
+    return Step(forward_backward, None, release)

@@ -349,6 +349,19 @@ class CudaEventTimer(Timer):
         return retake_until_covered(fn, attempt, self.cycles_per_ms)
 
 
+@dataclass(frozen=True)
+class Replay:
+    """A captured call. The graph reads the memory of what the call held when it was captured (its
+    inputs, the saved tensors of an autograd graph its backward retains), so the call is kept alive
+    with it: were it collected, a replay would read freed memory."""
+
+    graph: torch.cuda.CUDAGraph
+    captured: Callable[[], object]
+
+    def __call__(self) -> None:
+        self.graph.replay()
+
+
 class CudaGraphTimer(CudaEventTimer):
     """Replays a CUDA graph of the call, which removes CPU launch overhead from the samples."""
 
@@ -361,10 +374,12 @@ class CudaGraphTimer(CudaEventTimer):
             fn()  # allocations of the first call must not land inside the capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # the same stream: a backward's kernels run on the stream of their forward, which for a
+        # backward captured alone is the first call's
+        with torch.cuda.graph(graph, stream=stream):
             fn()
         torch.cuda.synchronize()
-        return graph.replay
+        return Replay(graph, fn)
 
 
 def make_timer(mode: str, device: str) -> Timer:
