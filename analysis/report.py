@@ -10,6 +10,7 @@ from ..core.case import MODE_NAMES, TIMED_STATUSES
 from ..core.sweep import BEST_EXACT
 from .endtoend import DEPTH_TOLERANCE
 from .families import sort_by_family
+from .host import host_bound_ms, host_bound_text
 from .over_forward import over_forward
 from .roofline import roofline, roofline_text
 from .speedup import with_speedup
@@ -42,11 +43,14 @@ HEADERS = ["family", "N", "method", "m", "dims", "status", "ms", "spread", "TFLO
            "speedup", "err"]
 
 
-def _flags(state: object) -> list[str]:
-    """'busy' and 'noisy' marks a run put on rows it could not measure cleanly."""
+def _flags(state: object, median_ms: object) -> list[str]:
+    """'busy' and 'noisy' marks a run put on rows it could not measure cleanly, and where the host
+    took longer to issue the call than the GPU to run it, 'host-bound' (analysis/host.py)."""
     if not isinstance(state, dict):
         return []
-    return [flag for flag in ("busy", "noisy") if state.get(flag)]
+    flags = [flag for flag in ("busy", "noisy") if state.get(flag)]
+    host_ms = host_bound_ms(state.get("host_ms"), median_ms)
+    return flags if host_ms is None else [*flags, host_bound_text(host_ms)]
 
 
 def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -> list[dict]:
@@ -71,7 +75,7 @@ def formatted_rows(df: pd.DataFrame, baseline: str | None, peaks: dict | None) -
         rows.append({
             "shape": tuple(getattr(row, c) for c in SHAPE_COLUMNS[1:]),
             "status": status, "message": str(row.message or ""), "throttled": bool(row.throttled),
-            "flags": _flags(row.device_state), "baseline_method": row.baseline_method,
+            "flags": _flags(row.device_state, row.median_ms), "baseline_method": row.baseline_method,
             "family": str(row.family), "N": str(row.seq_len), "method": str(row.method),
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)), "dims": str(row.dims or ""),
             "mode": str(getattr(row, "mode", "fwd")),

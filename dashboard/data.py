@@ -18,6 +18,7 @@ from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from ..analysis.endtoend import end_to_end
 from ..analysis.families import FAMILY_ORDER as FAMILY_ORDER
 from ..analysis.families import sort_by_family
+from ..analysis.host import host_bound_ms, host_bound_text
 from ..analysis.over_forward import over_forward
 from ..analysis.roofline import Bound, Roofline, roofline_text, with_roofline
 from ..analysis.speedup import BaselineChoice as BaselineChoice
@@ -321,7 +322,8 @@ def load_slice(engine: Engine, gpu: str, shape: Shape, run_id: int | None = None
     """The measurements of one GPU and shape: of one run, or (run_id None) the newest measurement of
     each configuration over all runs."""
     m = Measurement
-    columns = [getattr(m, c) for c in SLICE_COLUMNS]
+    # the host's issue time per call, for the host-bound mark; rows from before it was stored have none
+    columns = [*(getattr(m, c) for c in SLICE_COLUMNS), m.device_state["host_ms"].as_float().label("host_ms")]
     where = and_(_gpu_filter(gpu), _shape_filter(shape))
     stmt = select(*columns).join(Run, Run.id == m.run_id).where(where)
     if run_id is not None:
@@ -332,7 +334,7 @@ def load_slice(engine: Engine, gpu: str, shape: Shape, run_id: int | None = None
                   .join(Run, Run.id == m.run_id).where(where).group_by(m.config_key).subquery())
         stmt = stmt.join(newest, and_(m.config_key == newest.c.config_key, m.run_id == newest.c.run_id))
     with engine.connect() as conn:
-        df = _frame(conn.execute(stmt.order_by(m.id)).all(), list(SLICE_COLUMNS))
+        df = _frame(conn.execute(stmt.order_by(m.id)).all(), [*SLICE_COLUMNS, "host_ms"])
     if df.empty:
         return df.assign(roofline=pd.Series(dtype=float), bound=pd.Series(dtype=str))
     peaks = load_peaks(engine, sorted({int(r) for r in df["run_id"]}))
@@ -429,10 +431,13 @@ LEADERBOARD_METRICS = ("median ms", "p20–p80 ms", "speedup", "TFLOP/s", "TB/s"
                        "total MiB", "fidelity (rel L2)")
 
 
-def status_text(status: str, throttled: object = None) -> str:
+def status_text(status: str, throttled: object = None, host_bound: float | None = None) -> str:
+    """A row's status; a timed row also says where its clocks were limited, and where the host took
+    longer to issue its call than the GPU to run it (`host_bound`: that time, analysis/host.py)."""
     if status in TIMED_STATUSES:
         text = "ok" if status == "ok" else UNCHECKED_TEXT
-        return f"{text} (clocks limited)" if throttled is True else text
+        text = f"{text} (clocks limited)" if throttled is True else text
+        return text if host_bound is None else f"{text} ({host_bound_text(host_bound)})"
     return STATUS_MARKERS.get(status, status)
 
 
@@ -451,6 +456,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
     for row in table.itertuples(index=False):
         ok = row.status in TIMED_STATUSES
         marker = status_text(row.status)
+        host_bound = host_bound_ms(getattr(row, "host_ms", None), row.median_ms)
         metric = (lambda text, _ok=ok, _marker=marker: text if _ok else _marker)  # noqa: E731
         if ok and row.method == row.baseline_method and row.median_ms == row.baseline_ms:
             # the row that sets the baseline time (a baseline at several orders m has one; the
@@ -466,7 +472,7 @@ def format_leaderboard(table: pd.DataFrame, baseline: str | None) -> pd.DataFram
             "family": row.family,
             "m": "" if pd.isna(row.order_m) else str(int(row.order_m)),
             "dims": row.dims or "",
-            "status": status_text(row.status, row.throttled),
+            "status": status_text(row.status, row.throttled, host_bound),
             "median ms": metric(fmt_number(row.median_ms, ".4g")),
             "p20–p80 ms": metric(f"{fmt_number(row.p20_ms, '.4g')}–{fmt_number(row.p80_ms, '.4g')}"),
             "speedup": metric(speedup),
