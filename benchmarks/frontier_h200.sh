@@ -61,7 +61,9 @@ case $PART in
       --methods tensorized,tensorized-triton,tensorized-recompute,tensorized-sdpa,flash2,sdpa-cudnn,flex "$@"
     ;;
   linear)
-    sweep linear --modes fwd_bwd --lengths 4k,32k,128k --budget 1 --min-time 0 --min-samples 3 \
+    # --timeout 900: gla's first case compiles fla-core's kernels for 5 minutes on an H100's host
+    # (results-h200.md, eleventh stop), which the default 300 s of silence would take for a hang
+    sweep linear --modes fwd_bwd --lengths 4k,32k,128k --budget 1 --min-time 0 --min-samples 3 --timeout 900 \
       --methods simple-gla,gla,retention "$@"
     ;;
   trainbench)
