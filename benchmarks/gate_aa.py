@@ -10,8 +10,9 @@ pass and `--candidate 3` must find every configuration slower.
     python3 benchmarks/gate_aa.py OUT_DIR [--lengths 4k..128k] [--timing graph] [--slowdown 0.1] [--modes fwd_bwd]
 
 In training modes the extra heads' output joins the result's autograd graph (the result itself is
-left as it is), so their backward runs too; those modes are timed with CUDA events (the default
-there), since a CUDA-graph replay cannot time a backward.
+left as it is), so their backward runs too; those modes are timed with CUDA events by default, as
+the committed training baseline was (results/baselines/h100-fwd_bwd.json); `--timing graph` replays
+them too (docs/methodology.md, "Training passes").
 
 The runs are made in this process (no worker isolation): an isolated worker would rebuild the
 registry from the installed methods and lose the injected one.
@@ -80,7 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default=".")
     parser.add_argument("--lengths", default="4k..128k")
-    parser.add_argument("--timing", default=None, help="graph in fwd mode, events with a backward")
+    parser.add_argument("--timing", default=None,
+                        help="events or graph [default: graph in fwd mode, events with a backward]")
     parser.add_argument("--slowdown", type=float, default=0.10)
     parser.add_argument("--modes", default="fwd")
     args = parser.parse_args()
