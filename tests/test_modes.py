@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from alembic import command
 from conftest import run_cli
+from gradients import worst_head_err
 from sqlalchemy import create_engine
 
 from tbench.core import cost
@@ -316,7 +317,7 @@ def test_a_captured_training_step_replays_the_eager_gradients(name, mode):
     replay = CudaGraphTimer("cuda")._capture(fn)
     d_out = output_gradient(torch.empty_like(inputs[0]))
 
-    def rel(got, want) -> float:
+    def rel(got, want) -> float:  # over the whole tensor: for gradients that must differ everywhere
         return float((got.float() - want.float()).norm() / want.float().norm())
 
     if mode == "fwd_bwd":
@@ -329,7 +330,7 @@ def test_a_captured_training_step_replays_the_eager_gradients(name, mode):
     torch.cuda.synchronize()
     want = _eager_gradients(forward, inputs, d_out)
     for name_, g, w in zip(("dq", "dk", "dv"), kept, want, strict=True):
-        assert rel(g, w) < 1e-2, (name_, rel(g, w))
+        assert worst_head_err(g, w) < 1e-2, (name_, worst_head_err(g, w))  # every head, as the other gradient tests
     if mode == "fwd_bwd":
         assert all(rel(g, w) > 0.1 for g, w in zip(kept, old, strict=True))
 
