@@ -1,4 +1,4 @@
-"""Helpers of the gradient tests: the per-head error measure and NaN-poisoned gradient buffers."""
+"""NaN-poisoned gradient buffers for the gradient tests (their error measures are in errors.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ import pytest
 import torch
 
 from tbench.kernels import tensorized_backward as tb
-
-
-def worst_head_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """The largest relative L2 error over (batch, head) pairs: one wrong head cannot hide."""
-    diff = (got.double().cpu() - ref.double().cpu()).flatten(2).norm(dim=-1)
-    return (diff / ref.double().cpu().flatten(2).norm(dim=-1)).max().item()
 
 
 @pytest.fixture

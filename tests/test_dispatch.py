@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from errors import rel_err
 from fa3_stand_in import stand_in_fa3
 
 from tbench.core.case import Case
@@ -36,10 +37,6 @@ def _inputs(n: int, heads: int = 4, kv_heads: int = 2, d: int = 32, dtype: torch
     gen = torch.Generator().manual_seed(n)
     make = lambda h: torch.randn(1, h, n, d, generator=gen, dtype=torch.float64).to(DEVICE, dtype)  # noqa: E731
     return make(heads), make(kv_heads), make(kv_heads)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 @pytest.mark.parametrize("dims", [(8, 16), (16, 8), (4, 4, 4)], ids=str)
@@ -76,7 +73,7 @@ def test_sdpa_hops_with_the_heads_paired_inside_match_the_spec(dims, causal):
     value = v
     for axis in hop_axes(len(dims)):
         value = td.sdpa_hop(q, k, value, dims, axis, causal, 32**-0.5, SDPBackend.MATH)
-    assert _rel(value, tensorized_attention_f64(q, k, v, dims, causal)) < 1e-5
+    assert rel_err(value, tensorized_attention_f64(q, k, v, dims, causal)) < 1e-5
 
 
 def test_dispatch_runs_each_hop_where_chosen(monkeypatch: pytest.MonkeyPatch):
@@ -86,7 +83,7 @@ def test_dispatch_runs_each_hop_where_chosen(monkeypatch: pytest.MonkeyPatch):
     dims = (8, 16)
     got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (td.HopBackend.FA3, td.HopBackend.TRITON))
     assert calls == [((8, 16, 4, 32), (8, 16, 2, 32))]  # hop 1: 8 slices of 16, GQA 4:2, no copy
-    assert _rel(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
+    assert rel_err(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
     # FA3 cannot take hop 2 (2 key heads, 4 value heads): it never gets it, even if asked
     assert not td.hop_accepts(td.HopBackend.FA3, q, k, got, dims, 0)
     assert td.hop_accepts(td.HopBackend.CUDNN, q, k, got, dims, 0)
@@ -129,7 +126,7 @@ def test_dispatch_makes_only_the_buffers_its_hops_write(backends, buffers, monke
     # each hop ran where asked (FA3 takes only the first hop, cuDNN the first and last of m = 3)
     assert alive_at_sdpa == [0] * backends.count(CU)
     assert len(made) == buffers
-    assert _rel(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
+    assert rel_err(got, tensorized_attention_f64(q, k, v, dims, True)) < 1e-5
 
 
 def test_a_hop_that_writes_into_a_buffer_needs_one():
@@ -177,7 +174,7 @@ def test_dispatch_on_the_gpu_matches_the_triton_kernel(n):
             if first is td.HopBackend.FA3 and td.fa3_forward() is None:
                 continue
             got = td.tensorized_attention_dispatch(q, k, v, dims, True, None, (first, second))
-            assert _rel(got, want) < 1e-2, (first, second)
+            assert rel_err(got, want) < 1e-2, (first, second)
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.125, float("nan")], ids=["zero", "negative", "nan"])
@@ -188,7 +185,8 @@ def test_a_scale_that_is_not_positive_is_refused_before_any_hop_runs(scale: floa
     with pytest.raises(ValueError, match=f"softmax scale {scale} unsupported; it must be positive"):
         td.tensorized_attention_dispatch(q, k, v, (8, 8), True, scale, (td.HopBackend.TRITON,) * 2)
     out = td.tensorized_attention_dispatch(q, k, v, (8, 8), True, 0.125, (td.HopBackend.TRITON,) * 2)
-    assert _rel(out, tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), (8, 8), True, scale=0.125).to(DEVICE)) < 1e-5
+    ref = tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), (8, 8), True, scale=0.125).to(DEVICE)
+    assert rel_err(out, ref) < 1e-5
 
 
 def _l2_chunks():
@@ -216,9 +214,9 @@ def test_hops_run_a_chunk_of_heads_at_a_time_give_the_operator(backends, heads, 
         out, scratch = torch.full_like(q, torch.nan), torch.full_like(q, torch.nan)
         parts = chunks.chunked(q, k, v, dims, True, 32**-0.5, backends, heads, out, scratch, place)
         assert len(parts) == 4 // heads
-        assert _rel(torch.cat(parts, dim=1), want) < 1e-5
+        assert rel_err(torch.cat(parts, dim=1), want) < 1e-5
         if place or backends[-1] is not CU:
-            assert _rel(out, want) < 1e-5  # written in place, or copied there
+            assert rel_err(out, want) < 1e-5  # written in place, or copied there
         else:
             assert out.isnan().all()  # outputs apart: nothing copied
 
@@ -251,7 +249,7 @@ def test_a_forward_on_the_libraries_saves_what_the_triton_forward_saves(dims, ba
     for t, (out, lse, out_want, lse_want) in enumerate(zip(got.outputs, got.lses, want.outputs, want.lses,
                                                            strict=True)):
         assert out.shape == out_want.shape and out.is_contiguous()
-        assert _rel(out, out_want) < 1e-5, t
+        assert rel_err(out, out_want) < 1e-5, t
         assert lse.dtype == torch.float32 and (lse - lse_want).abs().max() < 1e-4, t
 
 

@@ -19,6 +19,8 @@ if not torch.cuda.is_available():
     # must precede the kernel module's import, which defines the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from errors import rel_err
+
 from tbench.core.folding import hop_axes, resolve_dims
 from tbench.kernels import tensorized_triton as tt
 from tbench.kernels.reference import tensorized_attention_f64, tensorized_hop_f64
@@ -65,10 +67,6 @@ def _inputs(case: Case, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.
     return draw(case.heads), draw(case.kv_heads), draw(case.kv_heads)
 
 
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.to(torch.float64) - ref.to(torch.float64)).norm() / ref.to(torch.float64).norm()).item()
-
-
 @pytest.fixture
 def poisoned_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Intermediate value tensors start as NaN, so a row a hop forgets to write poisons the result."""
@@ -83,7 +81,7 @@ def _check(case: Case, device: str) -> float:
     assert got is out
     assert not torch.isnan(out).any(), "unwritten or NaN output elements"
     ref = tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), dims, case.causal)
-    err = _rel_err(out.cpu(), ref)
+    err = rel_err(out.cpu(), ref)
     assert err <= TOLERANCE[case.dtype], f"{case}: relative L2 error {err:.2e}"
     return err
 
@@ -173,7 +171,7 @@ def test_block_shapes_of_one_hop(variant: dict, causal: bool) -> None:
     config = triton.Config(variant, num_warps=4, num_stages=2)
     tt._launch_hop(q, k, v, out, dims, 0, causal, 64**-0.5, config=config)
     assert not torch.isnan(out).any()
-    assert _rel_err(out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, 0, causal)) <= 1e-2
+    assert rel_err(out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, 0, causal)) <= 1e-2
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
@@ -200,7 +198,7 @@ def test_kv_group_programs_equal_one_program_per_head(value_heads: str, causal: 
     (out, lse), (shared_out, shared_lse) = results
     assert torch.equal(shared_out, out) and torch.equal(shared_lse, lse)
     ref = tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, 0, causal)
-    assert _rel_err(shared_out.cpu(), ref) <= TOLERANCE[dtype]
+    assert rel_err(shared_out.cpu(), ref) <= TOLERANCE[dtype]
 
 
 # (dims, axis, rows per tile, whether the tile moves as one TMA box)
@@ -249,9 +247,9 @@ def test_packed_tiles_through_tma_boxes(layout: tuple, causal: bool, value_heads
         results.append((out, lse))
     assert bool(boxes) == boxed and len(boxes) <= 1
     (boxed_out, boxed_lse), (plain_out, plain_lse) = results
-    assert _rel_err(boxed_out.cpu(), plain_out.cpu()) <= 1e-6
+    assert rel_err(boxed_out.cpu(), plain_out.cpu()) <= 1e-6
     assert torch.allclose(boxed_lse, plain_lse, rtol=1e-6, atol=1e-6)
-    assert _rel_err(boxed_out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, axis, causal)) <= 1e-4
+    assert rel_err(boxed_out.cpu(), tensorized_hop_f64(q.cpu(), k.cpu(), v.cpu(), dims, axis, causal)) <= 1e-4
 
 
 @pytest.fixture
@@ -285,7 +283,7 @@ def test_a_config_tuned_where_its_box_fits_is_not_reused_where_it_does_not(first
         out = torch.full_like(q, float("nan"))
         tt._launch_hop(q, k, v, out, dims, axis, False, 32**-0.5)
         assert not torch.isnan(out).any(), dims
-        assert _rel_err(out, tensorized_hop_f64(q, k, v, dims, axis, False)) <= 1e-5
+        assert rel_err(out, tensorized_hop_f64(q, k, v, dims, axis, False)) <= 1e-5
     rows = sorted(cfg.kwargs["ROWS"] for key, cfg in tt._chosen.items())
     assert rows == [64, 128]
 
@@ -327,7 +325,7 @@ def test_a_config_tuned_at_one_length_is_not_reused_at_another(first_config_wins
         q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for _ in range(3))
         out = torch.full_like(q, float("nan"))
         tt._launch_hop(q, k, v, out, dims, 1, True, 32**-0.5)
-        assert _rel_err(out, tensorized_hop_f64(q, k, v, dims, 1, True)) <= 1e-5
+        assert rel_err(out, tensorized_hop_f64(q, k, v, dims, 1, True)) <= 1e-5
     assert sorted(key.n for key in tt._chosen) == [64, 128]
     assert len(tt._packed_tuned.cache) == 2
 
@@ -370,7 +368,7 @@ def test_a_hop_runs_the_loads_that_measured_faster(loads_timer, faster: str, dim
     for _ in range(2):
         out = torch.full_like(q, float("nan"))
         tt._launch_hop(q, k, v, out, dims, axis, True, 32**-0.5)
-        assert _rel_err(out, ref) <= 1e-5
+        assert rel_err(out, ref) <= 1e-5
     assert calls == ["boxes", "pointers"]  # timed once
     (kernel,) = {name for name, _, _ in tt.tuned_configs()}
     assert ("-tma" in kernel) == (faster == "boxes"), kernel
@@ -389,7 +387,7 @@ def test_a_shape_that_ran_faster_through_pointers_builds_no_descriptors_again(
     out = torch.empty_like(q)
     tt._launch_hop(q, k, v, out, (4, 16), 1, True, 32**-0.5)
     assert built == []
-    assert _rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
+    assert rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
 
 
 def test_a_shape_whose_boxes_won_plans_no_pointer_launch_again(loads_timer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,7 +403,7 @@ def test_a_shape_whose_boxes_won_plans_no_pointer_launch_again(loads_timer, monk
     out = torch.empty_like(q)
     tt._launch_hop(q, k, v, out, (4, 16), 1, True, 32**-0.5)
     assert planned == [True] and calls == ["boxes", "pointers"]
-    assert _rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
+    assert rel_err(out, tensorized_hop_f64(q, k, v, (4, 16), 1, True)) <= 1e-5
 
 
 def test_a_hop_without_boxes_is_not_timed(loads_timer) -> None:
@@ -447,7 +445,7 @@ def test_explicit_scale() -> None:
     q, k, v = _inputs(case, device)
     out = tt.tensorized_attention_triton(q, k, v, case.resolved_dims, True, scale=0.3)
     ref = tensorized_attention_f64(q.cpu(), k.cpu(), v.cpu(), case.resolved_dims, True, scale=0.3)
-    assert _rel_err(out.cpu(), ref) <= 1e-4
+    assert rel_err(out.cpu(), ref) <= 1e-4
 
 
 def test_unsupported_head_dim_raises() -> None:
@@ -515,8 +513,8 @@ def test_gpu_every_packed_config_through_boxes_matches_pointer_loads(config: tri
             tt._launch_hop(q, k, value, out, dims, axis, True, 128**-0.5, config=config, tma=tma)
             assert not torch.isnan(out).any()
             outs.append(out.float())
-        assert _rel_err(outs[0], outs[1]) <= 1e-2
-        assert _rel_err(outs[0].cpu(), tensorized_hop_f64(q, k, value, dims, axis, True).cpu()) <= 1e-2
+        assert rel_err(outs[0], outs[1]) <= 1e-2
+        assert rel_err(outs[0].cpu(), tensorized_hop_f64(q, k, value, dims, axis, True).cpu()) <= 1e-2
 
 
 @pytest.mark.gpu
@@ -530,4 +528,4 @@ def test_gpu_matches_sdpa_composition(m: int, causal: bool) -> None:
     theirs = tensorized_attention_sdpa(q, k, v, dims, causal)
     assert not torch.isnan(ours).any()
     # both round intermediates to bf16, so they differ by about two bf16 roundings
-    assert _rel_err(ours, theirs.float()) <= 1e-2
+    assert rel_err(ours, theirs.float()) <= 1e-2

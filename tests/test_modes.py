@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from alembic import command
 from conftest import run_cli
-from gradients import worst_head_err
+from errors import rel_err, worst_head_err
 from sqlalchemy import create_engine
 
 from tbench.core import cost
@@ -317,9 +317,6 @@ def test_a_captured_training_step_replays_the_eager_gradients(name, mode):
     replay = CudaGraphTimer("cuda")._capture(fn)
     d_out = output_gradient(torch.empty_like(inputs[0]))
 
-    def rel(got, want) -> float:  # over the whole tensor: for gradients that must differ everywhere
-        return float((got.float() - want.float()).norm() / want.float().norm())
-
     if mode == "fwd_bwd":
         # new values in the captured inputs: a replay must compute their gradients, not the old ones
         old = _eager_gradients(forward, inputs, d_out)
@@ -332,7 +329,7 @@ def test_a_captured_training_step_replays_the_eager_gradients(name, mode):
     for name_, g, w in zip(("dq", "dk", "dv"), kept, want, strict=True):
         assert worst_head_err(g, w) < 1e-2, (name_, worst_head_err(g, w))  # every head, as the other gradient tests
     if mode == "fwd_bwd":
-        assert all(rel(g, w) > 0.1 for g, w in zip(kept, old, strict=True))
+        assert all(rel_err(g, w) > 0.1 for g, w in zip(kept, old, strict=True))
 
 
 def test_dashboard_mode_selector_defaults_to_the_forward(tmp_path):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from errors import rel_err
 
 from tbench.core.folding import auto_dims
 from tbench.kernels.reference import exact_attention_f64, tensorized_attention_f64
@@ -44,10 +45,6 @@ def brute_force(q, k, v, dims, causal):
                         for b in range(b_)])
 
 
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 @pytest.mark.parametrize(("n", "dims", "causal"), [(12, (2, 3, 2), True), (11, (2, 3, 2), False),
                                                    (7, (3, 3), False), (9, (9,), True)])
 def test_float64_reference_matches_brute_force(n, dims, causal):
@@ -55,7 +52,7 @@ def test_float64_reference_matches_brute_force(n, dims, causal):
     q = torch.randn(1, 2, n, 4, generator=g)
     k = torch.randn(1, 1, n, 4, generator=g)
     v = torch.randn(1, 1, n, 4, generator=g)
-    assert rel(tensorized_attention_f64(q, k, v, dims, causal), brute_force(q, k, v, dims, causal)) < 1e-12
+    assert rel_err(tensorized_attention_f64(q, k, v, dims, causal), brute_force(q, k, v, dims, causal)) < 1e-12
 
 
 def test_order_one_is_exact_attention():
@@ -63,7 +60,7 @@ def test_order_one_is_exact_attention():
     q, k, v = (torch.randn(2, 2, 50, 8, generator=g) for _ in range(3))
     for causal in (True, False):
         spec = tensorized_attention_f64(q, k, v, auto_dims(50, 1), causal)
-        assert rel(spec, exact_attention_f64(q, k, v, causal)) < 1e-12
+        assert rel_err(spec, exact_attention_f64(q, k, v, causal)) < 1e-12
 
 
 CASES = [
@@ -93,7 +90,7 @@ def test_sdpa_composition_matches_the_spec(n, m, dims, causal, heads, kv_heads, 
     out = tensorized_attention_sdpa(q, k, v, dims, causal)
     assert out.shape == q.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
-    error = rel(out, tensorized_attention_f64(q, k, v, dims, causal))
+    error = rel_err(out, tensorized_attention_f64(q, k, v, dims, causal))
     assert error < (1e-5 if dtype == torch.float32 else 2e-2)
 
 
@@ -118,4 +115,4 @@ def test_padding_content_never_reaches_real_outputs():
     # a shorter sequence is a different problem: outputs must differ (keys 45..49 count in a)
     assert not torch.allclose(a[:, :, :45], b)
     ref = tensorized_attention_f64(q[:, :, :45], k[:, :, :45], v[:, :, :45], (8, 8), causal=False)
-    assert rel(b, ref) < 1e-5
+    assert rel_err(b, ref) < 1e-5

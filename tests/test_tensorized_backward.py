@@ -22,7 +22,8 @@ if not torch.cuda.is_available():
     # must precede the kernel modules' import, which defines the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
+from errors import worst_head_err
+from gradients import poisoned_gradients  # noqa: F401  (a fixture)
 
 from tbench.core.folding import hop_axes, resolve_dims
 from tbench.kernels import tensorized_backward as tb

@@ -14,8 +14,9 @@ from torch.nn.attention import SDPBackend
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from errors import worst_head_err
 from fa3_stand_in import stand_in_fa3
-from gradients import poisoned_gradients, worst_head_err  # noqa: F401  (poisoned_gradients: a fixture)
+from gradients import poisoned_gradients  # noqa: F401  (a fixture)
 
 from tbench.core.case import Case, Mode
 from tbench.core.folding import hop_axes
